@@ -1,0 +1,166 @@
+"""SQLite persistence for the location service, so a restart loses no registration.
+
+Every change the store makes is written as one transaction and committed
+before the store's method returns. The database runs in WAL journal mode with
+``synchronous=NORMAL``: a committed transaction survives the process being
+killed (it may be lost only on an operating-system crash or power failure).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from sipproxy.location.binding import Binding
+
+__all__ = ["SCHEMA_VERSION", "SQLitePersistence"]
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``."""
+
+_COLUMNS = (
+    "aor",
+    "contact",
+    "call_id",
+    "cseq",
+    "expires_at",
+    "q",
+    "transport",
+    "source_host",
+    "source_port",
+    "path",
+    "user_agent",
+    "instance",
+    "reg_id",
+    "registered_at",
+    "refreshed_at",
+)
+
+_SCHEMA = """
+CREATE TABLE bindings (
+    aor           TEXT    NOT NULL,
+    contact       TEXT    NOT NULL,
+    call_id       TEXT    NOT NULL,
+    cseq          INTEGER NOT NULL,
+    expires_at    REAL    NOT NULL,
+    q             REAL    NOT NULL,
+    transport     TEXT    NOT NULL,
+    source_host   TEXT    NOT NULL,
+    source_port   INTEGER NOT NULL,
+    path          TEXT    NOT NULL,
+    user_agent    TEXT    NOT NULL,
+    instance      TEXT,
+    reg_id        INTEGER,
+    registered_at REAL    NOT NULL,
+    refreshed_at  REAL    NOT NULL,
+    PRIMARY KEY (aor, contact)
+)
+"""
+
+_UPSERT = "INSERT OR REPLACE INTO bindings ({}) VALUES ({})".format(", ".join(_COLUMNS), ", ".join("?" * len(_COLUMNS)))
+_DELETE = "DELETE FROM bindings WHERE aor = ? AND contact = ?"
+_SELECT = "SELECT {} FROM bindings ORDER BY aor, contact".format(", ".join(_COLUMNS))
+
+_Row = tuple[str, str, str, int, float, float, str, str, int, str, str, str | None, int | None, float, float]
+
+
+def _to_row(binding: Binding) -> _Row:
+    return (
+        binding.aor,
+        binding.contact,
+        binding.call_id,
+        binding.cseq,
+        binding.expires_at,
+        binding.q,
+        binding.transport,
+        binding.source_host,
+        binding.source_port,
+        json.dumps(list(binding.path)),
+        binding.user_agent,
+        binding.instance,
+        binding.reg_id,
+        binding.registered_at,
+        binding.refreshed_at,
+    )
+
+
+def _from_row(row: _Row) -> Binding:
+    return Binding(
+        aor=row[0],
+        contact=row[1],
+        call_id=row[2],
+        cseq=row[3],
+        expires_at=row[4],
+        q=row[5],
+        transport=row[6],
+        source_host=row[7],
+        source_port=row[8],
+        path=tuple(json.loads(row[9])),
+        user_agent=row[10],
+        instance=row[11],
+        reg_id=row[12],
+        registered_at=row[13],
+        refreshed_at=row[14],
+    )
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when anything in between fails."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+class SQLitePersistence:
+    """The ``bindings`` table of one SQLite file, one row per (aor, contact)."""
+
+    def __init__(self, path: str) -> None:
+        """Open (creating if needed) the database at ``path`` and its schema.
+
+        Raises ``RuntimeError`` if the file was written by a newer schema.
+        """
+        self.path = path
+        self._connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def _migrate(self) -> None:
+        (version,) = self._connection.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise RuntimeError(f"{self.path}: schema version {version}, this program knows {SCHEMA_VERSION}")
+        with _transaction(self._connection):
+            self._connection.execute(_SCHEMA)
+            self._connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def load(self) -> list[Binding]:
+        """Every stored binding, ordered by aor then contact."""
+        return [_from_row(row) for row in self._connection.execute(_SELECT)]
+
+    def write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
+        """Delete the ``(aor, contact)`` keys in ``remove``, then insert or replace ``put``.
+
+        All of it is one transaction, committed before returning; on any error
+        it is rolled back and the error propagates.
+        """
+        with _transaction(self._connection):
+            self._connection.executemany(_DELETE, remove)
+            self._connection.executemany(_UPSERT, [_to_row(b) for b in put])
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``sqlite3.ProgrammingError``."""
+        self._connection.close()

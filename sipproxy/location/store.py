@@ -1,0 +1,331 @@
+"""The location service: address-of-record -> contact -> binding (RFC 3261 §10.3).
+
+The index is the tutorial's ``Map<AOR, Map<Contact, Binding>>``. Each binding
+has one timer on the injected clock that removes it at ``expires_at``, the
+expiration the registrar computed in RFC 3261 §10.3 step 7. With a
+persistence object, every change is committed to it before it is applied in
+memory, so a failed write leaves the store as it was.
+
+The store does no I/O of its own beyond the persistence object and reads
+time only from the injected clock: Twisted's reactor in production,
+``twisted.internet.task.Clock`` in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, NamedTuple, Protocol
+
+from sipproxy.location.binding import Binding
+
+__all__ = ["BindingEvent", "Clock", "DelayedCall", "EventKind", "LocationStore", "Persistence"]
+
+EventKind = Literal["added", "refreshed", "removed", "expired"]
+
+
+class DelayedCall(Protocol):
+    """The part of Twisted's ``IDelayedCall`` the store uses."""
+
+    def cancel(self) -> None: ...
+
+    def active(self) -> bool: ...
+
+
+class Clock(Protocol):
+    """The part of Twisted's ``IReactorTime`` the store uses (``task.Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> DelayedCall: ...
+
+
+class Persistence(Protocol):
+    """Where the store keeps its bindings across restarts (``SQLitePersistence``)."""
+
+    def load(self) -> list[Binding]: ...
+
+    def write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BindingEvent(NamedTuple):
+    """A change of the location service, delivered to subscribers after it is applied."""
+
+    kind: EventKind
+    binding: Binding
+
+
+_Key = tuple[str, str]
+
+_ERRORS_KEPT = 100
+
+
+class LocationStore:
+    """The tutorial's two-level index AOR -> contact -> Binding, with exact expiry timers and optional persistence.
+
+    A binding is live while ``clock.seconds() < expires_at``. Reads return live
+    bindings only, so a binding disappears at its deadline even when the
+    reactor runs its timer late; the timer then removes it from memory and
+    from the database and emits an ``"expired"`` event.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        persistence: Persistence | None = None,
+        *,
+        on_callback_error: Callable[[BindingEvent, Exception], None] | None = None,
+    ) -> None:
+        """Start empty; call ``restore()`` to load what ``persistence`` holds.
+
+        A subscriber that raises is reported to ``on_callback_error``; without
+        one, the most recent failures are kept in ``callback_errors``.
+        """
+        self._clock = clock
+        self._persistence = persistence
+        self._index: dict[str, dict[str, Binding]] = {}
+        self._timers: dict[_Key, DelayedCall] = {}
+        self._subscribers: dict[int, Callable[[BindingEvent], None]] = {}
+        self._next_subscriber = 0
+        self._pending: deque[BindingEvent] = deque()
+        self._emitting = False
+        self._closed = False
+        self.callback_errors: deque[tuple[BindingEvent, Exception]] = deque(maxlen=_ERRORS_KEPT)
+        self._on_callback_error = on_callback_error or self._keep_callback_error
+
+    def restore(self) -> int:
+        """Load the persisted bindings and arm their timers; return how many are live.
+
+        Bindings already expired at ``clock.seconds()`` are deleted from the
+        database instead. No events are emitted. Restoring replaces whatever
+        the store held, so calling it again is harmless. Without persistence
+        this does nothing and returns 0.
+        """
+        self._check_open()
+        if self._persistence is None:
+            return 0
+        now = self._clock.seconds()
+        stored = self._persistence.load()
+        expired = [(b.aor, b.contact) for b in stored if b.expires_at <= now]
+        if expired:
+            self._persistence.write((), expired)
+        self._cancel_timers()
+        self._index.clear()
+        live = [b for b in stored if b.expires_at > now]
+        for binding in live:
+            self._index.setdefault(binding.aor, {})[binding.contact] = binding
+            self._arm(binding, now)
+        return len(live)
+
+    def lookup(self, aor: str) -> list[Binding]:
+        """Live bindings of ``aor``, highest q first, then most recently refreshed first.
+
+        This is the order a proxy tries the targets in (RFC 3261 §16.6).
+        """
+        now = self._clock.seconds()
+        contacts = self._index.get(aor, {})
+        return sorted((b for b in contacts.values() if b.expires_at > now), key=_lookup_order)
+
+    def get(self, aor: str, contact: str) -> Binding | None:
+        """The live binding of ``contact`` under ``aor``, if any."""
+        binding = self._index.get(aor, {}).get(contact)
+        if binding is None or binding.expires_at <= self._clock.seconds():
+            return None
+        return binding
+
+    def aors(self) -> list[str]:
+        """Addresses-of-record with at least one live binding, sorted."""
+        now = self._clock.seconds()
+        return sorted(
+            aor for aor, contacts in self._index.items() if any(b.expires_at > now for b in contacts.values())
+        )
+
+    def all_bindings(self) -> list[Binding]:
+        """Every live binding, by address-of-record and then in ``lookup()`` order."""
+        return [binding for aor in self.aors() for binding in self.lookup(aor)]
+
+    def count(self) -> int:
+        """Number of live bindings."""
+        now = self._clock.seconds()
+        return sum(1 for contacts in self._index.values() for b in contacts.values() if b.expires_at > now)
+
+    def aor_count(self) -> int:
+        """Number of addresses-of-record with at least one live binding."""
+        return len(self.aors())
+
+    def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None:
+        """Apply the outcome of one REGISTER to ``aor`` atomically (RFC 3261 §10.3 step 7).
+
+        Each binding in ``put`` replaces the binding with the same contact
+        (a ``"refreshed"`` event) or is inserted (``"added"``); one whose
+        ``expires_at`` is not in the future removes that contact instead.
+        Each contact in ``remove`` is removed (``"removed"``); unknown
+        contacts are ignored. When a contact appears more than once in
+        ``put`` the last one counts.
+
+        Bindings of ``aor`` whose deadline has passed but whose timer has not
+        run yet are expired first, in the same transaction, so an update never
+        refreshes or removes a binding that is already gone.
+
+        All changes are committed to persistence in one transaction before
+        memory changes; if that write raises, the store is unchanged and the
+        exception propagates. Events follow: ``"expired"`` ones, then ``put``
+        order, then ``remove`` order.
+        """
+        self._check_open()
+        puts: dict[str, Binding] = {}
+        for binding in put:
+            if binding.aor != aor:
+                raise ValueError(f"binding for {binding.aor!r} put under {aor!r}")
+            puts.pop(binding.contact, None)
+            puts[binding.contact] = binding
+        removes = list(dict.fromkeys(remove))
+        both = puts.keys() & set(removes)
+        if both:
+            raise ValueError(f"contacts both put and removed: {sorted(both)}")
+
+        now = self._clock.seconds()
+        known = self._index.get(aor, {})
+        dropped = [b for b in known.values() if b.expires_at <= now]
+        events = [BindingEvent("expired", b) for b in dropped]
+        current = {c: b for c, b in known.items() if b.expires_at > now}
+        stored: list[Binding] = []
+        for contact, binding in puts.items():
+            old = current.get(contact)
+            if binding.expires_at > now:
+                stored.append(binding)
+                events.append(BindingEvent("added" if old is None else "refreshed", binding))
+            elif old is not None:
+                dropped.append(old)
+                events.append(BindingEvent("removed", old))
+        for contact in removes:
+            old = current.get(contact)
+            if old is not None:
+                dropped.append(old)
+                events.append(BindingEvent("removed", old))
+        self._apply(stored, dropped, now)
+        self._emit(events)
+
+    def remove_aor(self, aor: str) -> int:
+        """Remove every binding of ``aor`` (RFC 3261 §10.3 step 6, ``Contact: *``); return how many."""
+        contacts = [b.contact for b in self.lookup(aor)]
+        self.update(aor, remove=contacts)
+        return len(contacts)
+
+    def remove(self, aor: str, contact: str) -> bool:
+        """Remove one binding; return whether it existed."""
+        existed = self.get(aor, contact) is not None
+        self.update(aor, remove=(contact,))
+        return existed
+
+    def subscribe(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` with every event from now on; return a function that stops it.
+
+        Callbacks run synchronously after the change is applied. A callback
+        that raises does not affect the store or the other callbacks. Events
+        caused from inside a callback are delivered after the current one
+        reaches every subscriber, so all subscribers see the same order.
+        """
+        token = self._next_subscriber
+        self._next_subscriber += 1
+        self._subscribers[token] = callback
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(token, None)
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Cancel every timer and close persistence; later changes raise ``RuntimeError``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_timers()
+        if self._persistence is not None:
+            self._persistence.close()
+
+    def _apply(self, stored: list[Binding], dropped: list[Binding], now: float) -> None:
+        if not stored and not dropped:
+            return
+        if self._persistence is not None:
+            self._persistence.write(stored, [(b.aor, b.contact) for b in dropped])
+        for binding in dropped:
+            self._forget(binding.aor, binding.contact)
+        for binding in stored:
+            self._index.setdefault(binding.aor, {})[binding.contact] = binding
+            self._arm(binding, now)
+
+    def _forget(self, aor: str, contact: str) -> Binding:
+        contacts = self._index[aor]
+        binding = contacts.pop(contact)
+        if not contacts:
+            del self._index[aor]
+        timer = self._timers.pop((aor, contact), None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        return binding
+
+    def _arm(self, binding: Binding, now: float) -> None:
+        key = (binding.aor, binding.contact)
+        timer = self._timers.pop(key, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._timers[key] = self._clock.callLater(
+            _delay_until(binding.expires_at, now), self._expire, binding.aor, binding.contact
+        )
+
+    def _expire(self, aor: str, contact: str) -> None:
+        binding = self._forget(aor, contact)
+        try:
+            if self._persistence is not None:
+                self._persistence.write((), [(aor, contact)])
+        finally:
+            self._emit([BindingEvent("expired", binding)])
+
+    def _cancel_timers(self) -> None:
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+
+    def _emit(self, events: Iterable[BindingEvent]) -> None:
+        self._pending.extend(events)
+        if self._emitting:
+            return
+        self._emitting = True
+        try:
+            while self._pending:
+                event = self._pending.popleft()
+                for callback in list(self._subscribers.values()):
+                    try:
+                        callback(event)
+                    except Exception as error:  # noqa: BLE001
+                        self._on_callback_error(event, error)
+        finally:
+            self._emitting = False
+
+    def _keep_callback_error(self, event: BindingEvent, error: Exception) -> None:
+        self.callback_errors.append((event, error))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("location store is closed")
+
+
+def _lookup_order(binding: Binding) -> tuple[float, float, str]:
+    return (-binding.q, -binding.refreshed_at, binding.contact)
+
+
+def _delay_until(deadline: float, now: float) -> float:
+    """The largest delay that a clock adding it to ``now`` does not place after ``deadline``.
+
+    ``now + (deadline - now)`` can round one ulp past ``deadline``, which would
+    make a timer armed at ``now`` (for instance by ``restore()``) run late.
+    """
+    delay = max(0.0, deadline - now)
+    while delay > 0.0 and now + delay > deadline:
+        delay = math.nextafter(delay, 0.0)
+    return delay

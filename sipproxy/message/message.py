@@ -1,0 +1,437 @@
+"""Requests and responses: ordered raw headers with typed access (RFC 3261 §7).
+
+Headers are kept as the peer wrote them.  A header we never touch is written
+back byte for byte, so a proxy that adds a Via, pops a Route or decrements
+Max-Forwards changes exactly those lines and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal, TypeVar
+
+from sipproxy.message.errors import ParseError
+from sipproxy.message.headers import canonical_key, display_name, is_list_header, split_commas
+from sipproxy.message.uri import URI, parse_uri
+from sipproxy.message.values import CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via
+
+__all__ = ["Header", "Message", "Request", "Response", "REASON_PHRASES", "make_response", "parse_vias"]
+
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"
+
+
+class Header:
+    """One header line: its key (lower-case long name), the name as written, its value.
+
+    ``raw`` is the exact original text of the line, folding included, without
+    the final CRLF -- or ``None`` once the value was changed by us.
+    """
+
+    __slots__ = ("key", "name", "value", "raw")
+
+    def __init__(self, key: str, name: str, value: str, raw: str | None = None) -> None:
+        self.key = key
+        self.name = name
+        self.value = value
+        self.raw = raw
+
+    def line(self) -> str:
+        if self.raw is not None:
+            return f"{self.raw}\r\n"
+        return f"{self.name}: {self.value}\r\n"
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, {self.value!r})"
+
+
+_T = TypeVar("_T")
+
+
+def _naming(key: str, parse: Callable[[str], _T], values: list[str]) -> list[_T]:
+    """Parse every value of one header; a failure's reason names that header ("Bad From: bad display name")."""
+    try:
+        return [parse(v) for v in values]
+    except ParseError as exc:
+        raise exc.in_header(display_name(key)) from None
+
+
+def parse_vias(values: list[str]) -> list[Via]:
+    """Every Via value of these header lines, top first (§7.3.1 comma lists included)."""
+    vias: list[Via] = []
+    try:
+        for value in values:
+            if "," in value:
+                vias.extend(parse_via(v) for v in split_commas(value))
+            elif value:
+                vias.append(parse_via(value))
+    except ParseError as exc:
+        raise exc.in_header("Via") from None
+    return vias
+
+
+class Message:
+    """What requests and responses share: headers, body and typed accessors."""
+
+    __slots__ = ("headers", "body", "_cache")
+
+    def __init__(self, headers: list[Header] | None = None, body: bytes = b"") -> None:
+        self.headers: list[Header] = headers if headers is not None else []
+        self.body = body
+        self._cache: dict[str, object] = {}
+
+    # -- raw access -----------------------------------------------------
+
+    def get(self, name: str) -> str | None:
+        """The first value of ``name`` as written (the whole line's value)."""
+        key = canonical_key(name)
+        for h in self.headers:
+            if h.key == key:
+                return h.value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, list headers split at their commas (§7.3.1)."""
+        key = canonical_key(name)
+        out: list[str] = []
+        if is_list_header(key):
+            for h in self.headers:
+                if h.key == key:
+                    out.extend(split_commas(h.value))
+        else:
+            out = [h.value for h in self.headers if h.key == key]
+        return out
+
+    def has(self, name: str) -> bool:
+        key = canonical_key(name)
+        return any(h.key == key for h in self.headers)
+
+    def count(self, name: str) -> int:
+        key = canonical_key(name)
+        return sum(1 for h in self.headers if h.key == key)
+
+    def add(self, name: str, value: str, *, first: bool = False) -> None:
+        """Add a header line: at the end, or before every other line of that name with ``first``."""
+        key = canonical_key(name)
+        header = Header(key, display_name(key) if len(name) == 1 else name, value)
+        self._cache.clear()
+        if first:
+            for i, h in enumerate(self.headers):
+                if h.key == key:
+                    self.headers.insert(i, header)
+                    return
+        self.headers.append(header)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of ``name`` with one line, kept where the first one was."""
+        key = canonical_key(name)
+        self._cache.clear()
+        for i, h in enumerate(self.headers):
+            if h.key == key:
+                h.value = value
+                h.raw = None
+                self.headers[i + 1 :] = [x for x in self.headers[i + 1 :] if x.key != key]
+                return
+        self.headers.append(Header(key, display_name(key), value))
+
+    def remove(self, name: str) -> None:
+        key = canonical_key(name)
+        self._cache.clear()
+        self.headers = [h for h in self.headers if h.key != key]
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first value of a list header (top Via, top Route)."""
+        key = canonical_key(name)
+        for i, h in enumerate(self.headers):
+            if h.key == key:
+                self._cache.clear()
+                values = split_commas(h.value)
+                if len(values) <= 1:
+                    del self.headers[i]
+                    return values[0] if values else None
+                h.value = ", ".join(values[1:])
+                h.raw = None
+                return values[0]
+        return None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for h in self.headers:
+            yield h.name, h.value
+
+    # -- typed access (parsed lazily, cached until a header changes) -----
+
+    def _cached(self, key: str, build: object) -> object:
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = build()  # type: ignore[operator]
+            self._cache[key] = value
+            return value
+
+    @property
+    def vias(self) -> list[Via]:
+        return self._cached("via", lambda: parse_vias([h.value for h in self.headers if h.key == "via"]))  # type: ignore[return-value]
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise ParseError("Missing Via")
+        return vias[0]
+
+    @property
+    def call_id(self) -> str:
+        value = self.get("call-id")
+        if value is None or not value.strip():
+            raise ParseError("Missing Call-ID")
+        return value.strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        def build() -> CSeq:
+            value = self.get("cseq")
+            if value is None:
+                raise ParseError("Missing CSeq")
+            return _naming("cseq", parse_cseq, [value])[0]
+
+        return self._cached("cseq", build)  # type: ignore[return-value]
+
+    def _address(self, name: str) -> NameAddr:
+        def build() -> NameAddr:
+            value = self.get(name)
+            if value is None:
+                raise ParseError(f"Missing {display_name(name)}")
+            return _naming(name, parse_name_addr, [value])[0]
+
+        return self._cached(name, build)  # type: ignore[return-value]
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._address("from")
+
+    @property
+    def to(self) -> NameAddr:
+        return self._address("to")
+
+    def addresses(self, name: str) -> list[NameAddr]:
+        """Every name-addr of a list header: Contact, Route, Record-Route, Path."""
+        key = canonical_key(name)
+        return self._cached(f"list:{key}", lambda: _naming(key, parse_name_addr, self.get_all(key)))  # type: ignore[return-value]
+
+    @property
+    def contacts(self) -> list[NameAddr] | Literal["*"]:
+        """Contact values, or ``"*"`` for the wildcard (§10.2.2)."""
+        values = self.get_all("contact")
+        if any(v == "*" for v in values):
+            if len(values) != 1:
+                raise ParseError("Wildcard Contact must be the only Contact")
+            return "*"
+        return self.addresses("contact")
+
+    def _integer(self, name: str, limit: int) -> int | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        value = value.strip(" \t")
+        if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > limit:
+            raise ParseError(f"Bad {display_name(canonical_key(name))}")
+        return int(value)
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self._integer("max-forwards", 255)
+
+    @property
+    def expires(self) -> int | None:
+        return self._integer("expires", 2**32 - 1)
+
+    @property
+    def content_length(self) -> int | None:
+        return self._integer("content-length", 2**31)
+
+    def option_tags(self, name: str) -> list[str]:
+        """Require, Proxy-Require, Supported, Unsupported (§20.32 and friends)."""
+        return [tag.lower() for tag in self.get_all(name)]
+
+    # -- output ---------------------------------------------------------
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialize; Content-Length is always made to match the body."""
+        body = self.body
+        length = str(len(body))
+        out = [self.start_line()]
+        seen_length = False
+        for h in self.headers:
+            if h.key == "content-length":
+                if seen_length:
+                    continue
+                seen_length = True
+                if h.value.strip() != length:
+                    out.append(f"{h.name}: {length}\r\n")
+                    continue
+            out.append(h.line())
+        if not seen_length:
+            out.append(f"Content-Length: {length}\r\n")
+        out.append("\r\n")
+        return "".join(out).encode(_ENCODING, _ERRORS) + body
+
+    def copy_headers(self) -> list[Header]:
+        return [Header(h.key, h.name, h.value, h.raw) for h in self.headers]
+
+
+class Request(Message):
+    __slots__ = ("method", "uri_text", "_uri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: list[Header] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        if isinstance(uri, str):
+            self.uri_text = uri
+            self._uri: URI | None = None
+        else:
+            self.uri_text = str(uri)
+            self._uri = uri
+
+    @property
+    def uri(self) -> URI:
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_text)
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: URI) -> None:
+        self._uri = value
+        self.uri_text = str(value)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri_text} SIP/2.0\r\n"
+
+    def copy(self) -> Request:
+        req = Request(self.method, self.uri_text, self.copy_headers(), self.body)
+        return req
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri_text}>"
+
+    @classmethod
+    def build(
+        cls,
+        method: str,
+        uri: URI | str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Request:
+        req = cls(method, uri, body=body)
+        for name, value in headers:
+            req.add(name, value)
+        return req
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str = "", headers: list[Header] | None = None, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}\r\n"
+
+    def copy(self) -> Response:
+        return Response(self.status, self.reason, self.copy_headers(), self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    429: "Too Many Requests",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
+
+
+def make_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None) -> Response:
+    """Build a response to ``request`` (RFC 3261 §8.2.6.2).
+
+    Via (all of them, in order), From, To, Call-ID and CSeq are copied as
+    written; a To tag is added when ``to_tag`` is given and the request's To
+    has none (never on 100 Trying).
+    """
+    headers = [Header(h.key, h.name, h.value, h.raw) for h in request.headers if h.key in _RESPONSE_COPIED]
+    response = Response(status, reason if reason is not None else REASON_PHRASES.get(status, ""), headers)
+    if to_tag and status > 100:
+        for h in headers:
+            if h.key == "to":
+                if _lacks_tag(h.value):
+                    h.value = f"{h.value.rstrip()};tag={to_tag}"
+                    h.raw = None
+                break
+    return response
+
+
+def _lacks_tag(value: str) -> bool:
+    try:
+        return parse_name_addr(value).tag is None
+    except ParseError:
+        return True

@@ -1,0 +1,38 @@
+"""Prometheus metrics for one running server (its own registry, so tests never collide)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests_in = Counter("sip_requests_received", "SIP requests received, by method", ["method"], registry=r)
+        self.responses_in = Counter(
+            "sip_responses_received", "SIP responses received, by status code", ["status"], registry=r
+        )
+        self.responses_out = Counter(
+            "sip_responses_sent", "SIP responses sent, by status code", ["status"], registry=r
+        )
+        self.requests_out = Counter("sip_requests_sent", "SIP requests sent, by method", ["method"], registry=r)
+        self.parse_errors = Counter(
+            "sip_parse_errors", "Messages that could not be parsed, by transport", ["transport"], registry=r
+        )
+        self.registers = Counter(
+            "sip_registers", "REGISTER requests answered, by result (accepted/rejected)", ["result"], registry=r
+        )
+        self.auth_failures = Counter("sip_auth_failures", "Failed digest authentications", registry=r)
+        self.blocked = Counter("sip_blocked_requests", "Requests refused by abuse limits, by reason", ["reason"], registry=r)
+        self.server_transactions = Gauge("sip_server_transactions", "Active server transactions", registry=r)
+        self.client_transactions = Gauge("sip_client_transactions", "Active client transactions", registry=r)
+        self.bindings = Gauge("sip_bindings", "Current registration bindings", registry=r)
+        self.aors = Gauge("sip_aors", "Addresses-of-record with at least one binding", registry=r)
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        gauge.set_function(read)

@@ -1,0 +1,221 @@
+"""Wiring: one ``MultiService`` of SIP listeners, the location store and the web page."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger, LogLevel
+
+from sipproxy.location import LocationStore, SQLitePersistence
+from sipproxy.metrics import Metrics
+from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.stack import Domains, SipStack
+from sipproxy.transaction import TransactionLayer
+from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, WireLog, tcp_connector
+
+__all__ = ["build_service", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
+
+log = Logger(namespace="sipproxy")
+
+
+def advertised_host(interface: str) -> str:
+    """The address we put in Via and Record-Route when none was given."""
+    if interface and interface not in ("0.0.0.0", "::"):
+        return interface
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def default_domains(interface: str, advertised: str) -> list[str]:
+    """The host name, its FQDN, localhost and the addresses we listen on."""
+    names = {"localhost", "127.0.0.1", "::1", advertised}
+    hostname = socket.gethostname()
+    names.update({hostname, socket.getfqdn()})
+    if interface and interface not in ("0.0.0.0", "::"):
+        names.add(interface)
+    else:
+        try:
+            names.update(info[4][0] for info in socket.getaddrinfo(hostname, None))
+        except OSError:
+            pass
+    return sorted(n.lower() for n in names if n)
+
+
+def _bound_socket(family: int, kind: int, address: str, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class SipListeners(Service):
+    """UDP and TCP on the same port, on IPv4 and IPv6 (each family its own sockets).
+
+    The sockets are bound here and handed to the reactor with
+    ``adoptDatagramPort``/``adoptStreamPort`` so that IPv6 ones can be
+    IPv6-only and share the port number with the IPv4 ones.
+    """
+
+    def __init__(self, reactor: Any, transport: TransportLayer, port: int, interface: str) -> None:
+        self.reactor = reactor
+        self.transport = transport
+        self.requested_port = port
+        self.interface = interface
+        self.port = port
+        self.ports: list[Any] = []
+
+    def _addresses(self) -> list[tuple[int, str]]:
+        if not self.interface:
+            return [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        return [(family, self.interface)]
+
+    def startService(self) -> None:
+        super().startService()
+        port = self.requested_port
+        for attempt in range(20):
+            try:
+                self._listen_all(port)
+                break
+            except OSError:
+                self._close_ports()
+                if self.requested_port != 0 or attempt == 19:
+                    raise
+        self.transport.listening = len(self.ports)
+
+    def _listen_all(self, port: int) -> None:
+        first = True
+        for family, address in self._addresses():
+            try:
+                udp = _bound_socket(family, socket.SOCK_DGRAM, address, port)
+            except OSError as exc:
+                if family == socket.AF_INET6 and not self.interface:
+                    log.warn("No IPv6 SIP listener: {error}", error=str(exc))
+                    continue
+                raise
+            if first and port == 0:
+                port = udp.getsockname()[1]
+            first = False
+            try:
+                tcp = _bound_socket(family, socket.SOCK_STREAM, address, port)
+            except OSError:
+                udp.close()
+                raise
+            fam = 6 if family == socket.AF_INET6 else 4
+            self.ports.append(
+                self.reactor.adoptDatagramPort(udp.fileno(), family, SipDatagramProtocol(self.transport, fam))
+            )
+            udp.close()
+            self.ports.append(
+                self.reactor.adoptStreamPort(tcp.fileno(), family, SipStreamFactory(self.transport, self.reactor))
+            )
+            tcp.close()
+            shown = f"[{address}]" if family == socket.AF_INET6 else address
+            log.info("SIP listening on UDP and TCP {address}:{port}", address=shown, port=port)
+        self.port = port
+
+    def _close_ports(self) -> None:
+        for p in self.ports:
+            p.stopListening()
+        self.ports = []
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.transport.listening = 0
+        for conn in list(self.transport.connections.values()):
+            conn.transport.loseConnection()
+        self._close_ports()
+
+
+class StoreService(Service):
+    """Restores the bindings at start-up, closes the store at shutdown."""
+
+    def __init__(self, store: LocationStore, where: str) -> None:
+        self.store = store
+        self.where = where
+
+    def startService(self) -> None:
+        super().startService()
+        restored = self.store.restore()
+        log.info("Restored {count} bindings from {where}", count=restored, where=self.where)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.store.close()
+
+
+class SipProxyService(MultiService):
+    """The running server; its parts are attributes so that tests and the web page can reach them."""
+
+    store: LocationStore
+    stack: SipStack
+    transport: TransportLayer
+    transactions: TransactionLayer
+    listeners: SipListeners
+    metrics: Metrics
+    domains: Domains
+    advertised: str
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("sipproxy ready")
+
+
+def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
+    """Everything ``twistd sipproxy`` runs, from parsed :class:`sipproxy.tap.Options`."""
+    top = SipProxyService()
+    metrics = Metrics()
+    interface = options["sip-interface"]
+    advertised = options.get("advertised-host") or advertised_host(interface)
+    domains = Domains(options["domains"] or default_domains(interface, advertised))
+
+    db = options["db"]
+    persistence = None if db == ":memory:" else SQLitePersistence(db)
+    store = LocationStore(reactor, persistence)
+    metrics.watch(metrics.bindings, store.count)
+    metrics.watch(metrics.aors, store.aor_count)
+    StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
+
+    registrar = Registrar(
+        store,
+        reactor,
+        RegistrarSettings(
+            domains=frozenset(domains.names),
+            min_expires=options["min-expires"],
+            max_expires=options["max-expires"],
+            max_contacts=options["max-contacts"],
+        ),
+        log=Logger(namespace="sipproxy.registrar"),
+    )
+    level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
+    transport = TransportLayer(tcp_connector(reactor, reactor), WireLog(level), metrics)
+    stack = SipStack(domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)))
+    transactions = TransactionLayer(reactor, transport, stack)
+    transport.transactions = transactions
+    metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
+    metrics.watch(metrics.client_transactions, transactions.client_transaction_count)
+
+    listeners = SipListeners(reactor, transport, options["sip-port"], interface)
+    listeners.setServiceParent(top)
+    log.info(
+        "sipproxy serving domains {domains}; advertised as {advertised}",
+        domains=", ".join(domains),
+        advertised=advertised,
+    )
+    top.store, top.stack, top.transport, top.transactions = store, stack, transport, transactions
+    top.listeners, top.metrics, top.domains, top.advertised = listeners, metrics, domains, advertised
+    return top

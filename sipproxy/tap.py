@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_tap -*-
+"""``twistd sipproxy``: command-line options and ``makeService``."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+__all__ = ["Options", "makeService"]
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise usage.UsageError(f"{value!r} is not a port number (0-65535)")
+    return int(value)
+
+
+def _positive(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise usage.UsageError(f"--{name} must be a positive whole number of seconds or items, not {value!r}")
+    return int(value)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A SIP registrar and stateful proxy (RFC 3261). SIP on UDP and TCP, "
+        "a live bindings page on the web, registrations kept in SQLite."
+    )
+
+    optParameters = [
+        ["sip-port", None, "5060", "UDP and TCP port for SIP."],
+        ["sip-interface", None, "", "Address to listen on for SIP (default: all IPv4 and IPv6 addresses)."],
+        ["advertised-host", None, None, "Host or address put in our Via and Record-Route (default: the interface, or this host's address)."],
+        ["web", None, "tcp:8080:interface=127.0.0.1", "strports description for the bindings page and JSON API."],
+        ["web-password", None, None, "Password (user 'admin') needed to remove bindings over the web when --web listens beyond loopback."],
+        ["db", None, "sipproxy.sqlite", "SQLite file for the bindings (':memory:' keeps them in memory only)."],
+        ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
+        ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
+        ["max-contacts", None, "10", "Bindings allowed per address-of-record."],
+        ["users", None, None, "Digest users file (user:realm:HA1 lines, see sipproxy-passwd); enables authentication."],
+        ["realm", None, None, "Digest realm (default: the first --domain)."],
+    ]
+    optFlags = [
+        ["log-sip", None, "Log every SIP message in and out (info level)."],
+        ["debug", None, "Log at debug level, including the SIP trace."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["domains"] = []
+
+    def opt_domain(self, domain: str) -> None:
+        """A domain we are registrar and home proxy for (repeatable; default: host name, FQDN, localhost and our addresses)."""
+        domain = domain.strip().lower()
+        if not domain or any(c in domain for c in " \t;:@<>/") and not domain.startswith("["):
+            raise usage.UsageError(f"{domain!r} is not a domain name")
+        self["domains"].append(domain)
+
+    def postOptions(self) -> None:
+        self["sip-port"] = _port(self["sip-port"])
+        iface = self["sip-interface"]
+        if iface:
+            try:
+                ipaddress.ip_address(iface)
+            except ValueError:
+                raise usage.UsageError(f"--sip-interface must be an IP address, not {iface!r}") from None
+        for name in ("min-expires", "max-expires", "max-contacts"):
+            self[name] = _positive(name, self[name])
+        if self["min-expires"] > self["max-expires"]:
+            raise usage.UsageError("--min-expires must not exceed --max-expires")
+        if not self["web"]:
+            raise usage.UsageError("--web needs a strports description such as tcp:8080:interface=127.0.0.1")
+        if not self["db"]:
+            raise usage.UsageError("--db needs a file name or :memory:")
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from sipproxy.service import build_service
+
+    reactor_: Any = reactor
+    return build_service(options, reactor_)

@@ -1,0 +1,244 @@
+"""The transport layer (RFC 3261 §18, RFC 3581): bytes in and out, on UDP and TCP.
+
+Incoming bytes are parsed and stamped (``received``/``rport``) before they
+reach the transaction layer; outgoing messages go where §18.2.2 says.  This
+is the one boundary where errors from the network stop: nothing raised here
+escapes into the reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
+
+from sipproxy.message import ParseError, Request, Response, make_response, parse_message
+from sipproxy.message.uri import is_ip_address
+from sipproxy.metrics import Metrics
+from sipproxy.transaction import Source, Target, is_reliable
+from sipproxy.transport.address import normalize_host
+from sipproxy.transport.wirelog import WireLog
+
+if TYPE_CHECKING:
+    from sipproxy.transaction import TransactionLayer
+    from sipproxy.transport.stream import SipStreamProtocol
+
+__all__ = ["TransportLayer", "TransportLimits", "normalize_host"]
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    max_datagram: int = 65507
+    max_connections: int = 1024
+    max_connections_per_address: int = 64
+    idle_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    max_head: int = 65536
+    max_body: int = 1 << 20
+
+
+class DatagramWriter(Protocol):
+    def write(self, data: bytes, addr: tuple[str, int]) -> Any: ...
+
+
+class TransportLayer:
+    """Implements the transaction layer's ``Transport``; owns the UDP ports and TCP connections."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        connect_tcp: Callable[[str, int, Any, float], Any],
+        wirelog: WireLog | None = None,
+        metrics: Metrics | None = None,
+        limits: TransportLimits = TransportLimits(),
+    ) -> None:
+        self.connect_tcp = connect_tcp
+        self.wire = wirelog if wirelog is not None else WireLog()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.limits = limits
+        self.transactions: TransactionLayer | None = None
+        self.udp: dict[int, DatagramWriter] = {}
+        self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
+        self._pending: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
+        self.listening = 0
+
+    # -- incoming -------------------------------------------------------
+
+    def received(self, data: bytes, source: Source) -> None:
+        """One whole message from the network.  Never raises."""
+        self.wire.incoming(source.transport, source.host, source.port, data)
+        try:
+            message = parse_message(data)
+        except ParseError as exc:
+            self._parse_error(exc, source)
+            return
+        try:
+            if isinstance(message, Request):
+                self._stamp_via(message, source)
+                self.metrics.requests_in.labels(message.method).inc()
+                assert self.transactions is not None
+                self.transactions.receive_request(message, source)
+            else:
+                self.metrics.responses_in.labels(str(message.status)).inc()
+                assert self.transactions is not None
+                self.transactions.receive_response(message, source)
+        except ParseError as exc:
+            partial = message if isinstance(message, Request) else None
+            self._parse_error(exc.with_partial(partial), source)
+        except Exception:
+            self.log.failure(
+                "Bug while handling a message from {transport} {host}:{port}",
+                transport=source.transport,
+                host=source.host,
+                port=source.port,
+            )
+
+    def _parse_error(self, exc: ParseError, source: Source) -> None:
+        self.metrics.parse_errors.labels(source.transport).inc()
+        partial = exc.partial
+        if partial is None or partial.method == "ACK":
+            self.log.warn(
+                "Dropped unparseable message from {transport} {host}:{port}: {reason}",
+                transport=source.transport,
+                host=source.host,
+                port=source.port,
+                reason=exc.reason,
+            )
+            return
+        self.log.warn(
+            "Rejected {method} from {transport} {host}:{port}: {status} {reason}",
+            method=partial.method,
+            transport=source.transport,
+            host=source.host,
+            port=source.port,
+            status=exc.status,
+            reason=exc.reason,
+        )
+        response = make_response(partial, exc.status, exc.reason)
+        # The Via may be what was broken: answer the packet's source directly.
+        self._send_to_source(response, source)
+
+    def _stamp_via(self, request: Request, source: Source) -> None:
+        """§18.2.1 and RFC 3581: add ``received``, fill ``rport``."""
+        via = request.top_via
+        needs_received = via.host_bare.lower() != source.host.lower()
+        if not needs_received and not via.wants_rport:
+            return
+        via.params["received"] = source.host
+        if via.wants_rport:
+            via.params["rport"] = str(source.port)
+        request.pop_first("via")
+        request.add("Via", str(via), first=True)
+
+    # -- outgoing -------------------------------------------------------
+
+    def send_request(self, request: Request, target: Target, on_error: Callable[[str], None]) -> None:
+        self.metrics.requests_out.labels(request.method).inc()
+        self._send(target.transport, target.host, target.port, request.to_bytes(), on_error)
+
+    def send_response(self, response: Response, source: Source) -> None:
+        """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by."""
+        self.metrics.responses_out.labels(str(response.status)).inc()
+        data = response.to_bytes()
+        conn = source.connection
+        if conn is not None and is_reliable(source.transport) and conn.alive:  # type: ignore[attr-defined]
+            self.wire.outgoing(source.transport, source.host, source.port, data)
+            conn.transport.write(data)  # type: ignore[attr-defined]
+            return
+        try:
+            via = response.top_via
+        except ParseError:
+            self._send(source.transport, source.host, source.port, data, self._response_failed)
+            return
+        transport = via.transport if via.transport in ("UDP", "TCP") else source.transport
+        if via.maddr and is_ip_address(via.maddr):
+            host, port = normalize_host(via.maddr), via.port or 5060
+        elif via.received:
+            host = normalize_host(via.received)
+            port = via.rport or via.port or 5060
+        elif is_ip_address(via.host_bare):
+            host, port = normalize_host(via.host_bare), via.port or 5060
+        else:
+            host, port = source.host, source.port
+        self._send(transport, host, port, data, self._response_failed)
+
+    def _send_to_source(self, response: Response, source: Source) -> None:
+        self.metrics.responses_out.labels(str(response.status)).inc()
+        data = response.to_bytes()
+        conn = source.connection
+        if conn is not None and conn.alive:  # type: ignore[attr-defined]
+            self.wire.outgoing(source.transport, source.host, source.port, data)
+            conn.transport.write(data)  # type: ignore[attr-defined]
+            return
+        self._send(source.transport, source.host, source.port, data, self._response_failed)
+
+    def _response_failed(self, reason: str) -> None:
+        self.log.warn("Could not send a response: {reason}", reason=reason)
+
+    def _send(self, transport: str, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
+        host = normalize_host(host)
+        try:
+            if transport == "UDP":
+                self._send_udp(host, port, data)
+            elif transport == "TCP":
+                self._send_tcp(host, port, data, on_error)
+            else:
+                on_error(f"transport {transport} is not supported")
+        except Exception as exc:  # the socket said no: tell the transaction, not the reactor
+            on_error(f"{type(exc).__name__}: {exc}")
+
+    def _send_udp(self, host: str, port: int, data: bytes) -> None:
+        family = 6 if ":" in host else 4
+        writer = self.udp.get(family)
+        if writer is None:
+            raise OSError(f"no IPv{family} UDP socket to send from")
+        if len(data) > self.limits.max_datagram:
+            raise OSError("message too large for UDP")
+        self.wire.outgoing("UDP", host, port, data)
+        writer.write(data, (host, port))
+
+    def _send_tcp(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
+        key = (host, port)
+        conn = self.connections.get(key)
+        if conn is not None and conn.alive:
+            self.wire.outgoing("TCP", host, port, data)
+            conn.transport.write(data)
+            return
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.append((data, on_error))
+            return
+        self._pending[key] = [(data, on_error)]
+        self.connect_tcp(host, port, self, self.limits.connect_timeout)
+
+    # -- connection table (called by the stream protocols) ---------------
+
+    def admit(self, host: str) -> bool:
+        """May one more connection from ``host`` be accepted?"""
+        if len(self.connections) >= self.limits.max_connections:
+            return False
+        same = sum(1 for h, _ in self.connections if h == host)
+        return same < self.limits.max_connections_per_address
+
+    def connection_made(self, conn: SipStreamProtocol) -> None:
+        key = (conn.host, conn.port)
+        self.connections[key] = conn
+        for data, _ in self._pending.pop(key, []):
+            self.wire.outgoing("TCP", conn.host, conn.port, data)
+            conn.transport.write(data)
+
+    def connection_lost(self, conn: SipStreamProtocol) -> None:
+        key = (conn.host, conn.port)
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+
+    def connect_failed(self, host: str, port: int, reason: str) -> None:
+        self.log.warn("TCP connection to {host}:{port} failed: {reason}", host=host, port=port, reason=reason)
+        for _, on_error in self._pending.pop((host, port), []):
+            try:
+                on_error(f"TCP connection to {host}:{port} failed: {reason}")
+            except Exception:
+                self.log.failure("Bug in a transport error callback")

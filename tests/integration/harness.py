@@ -1,0 +1,140 @@
+"""Helpers for the integration suite: run the real ``twistd -n sipproxy`` on loopback, pick free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+READY = "sipproxy ready"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on loopback."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((LOOPBACK, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def twistd() -> str:
+    """The ``twistd`` script of the Python running the tests."""
+    beside = Path(sys.executable).parent / "twistd"
+    return str(beside) if beside.exists() else require("twistd")
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed; the README's test command installs it")
+    return path
+
+
+class Server:
+    """One ``twistd -n sipproxy`` process; can be stopped, killed and started again on the same ports and file."""
+
+    def __init__(self, workdir: Path, extra: list[str]) -> None:
+        self.workdir = workdir
+        self.sip_port = free_port()
+        self.web_port = free_port()
+        self.extra = extra
+        self.db = workdir / "sipproxy.sqlite"
+        self.log_path = workdir / "twistd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def args(self) -> list[str]:
+        return [
+            "sipproxy",
+            "--sip-interface",
+            LOOPBACK,
+            "--sip-port",
+            str(self.sip_port),
+            "--web",
+            f"tcp:{self.web_port}:interface={LOOPBACK}",
+            "--db",
+            str(self.db),
+            "--domain",
+            "example.test",
+            "--domain",
+            LOOPBACK,
+            *self.extra,
+        ]
+
+    def start(self) -> None:
+        self.starts += 1
+        mark = self.log_text().count(READY)
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [twistd(), "--nodaemon", "--pidfile=", f"--logfile={self.log_path}", *self.args],
+            cwd=self.workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.log_text().count(READY) > mark:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"sipproxy did not start:\n{self.log_text()[-4000:]}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def sip_options(port: int, *, transport: str = "udp", extra_headers: str = "", call_id: str = "opt-1") -> bytes:
+    return (
+        f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport.upper()} {LOOPBACK}:9;branch=z9hG4bK-{call_id};rport\r\n"
+        f"From: <sip:tester@{LOOPBACK}>;tag=t1\r\n"
+        f"To: <sip:{LOOPBACK}>\r\n"
+        f"Call-ID: {call_id}@test\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Max-Forwards: 70\r\n"
+        f"{extra_headers}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()

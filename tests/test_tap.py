@@ -1,0 +1,58 @@
+"""``twistd sipproxy`` options and wiring, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.python.usage import UsageError
+
+from sipproxy.tap import Options
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults_serve_on_5060_with_web_on_loopback_8080_and_sqlite() -> None:
+    options = parse()
+    assert options["sip-port"] == 5060
+    assert options["sip-interface"] == ""
+    assert options["web"] == "tcp:8080:interface=127.0.0.1"
+    assert options["db"] == "sipproxy.sqlite"
+    assert options["domains"] == []
+    assert options["min-expires"] == 60 and options["max-expires"] == 7200 and options["max-contacts"] == 10
+
+
+def test_domain_is_repeatable_and_lower_cased() -> None:
+    assert parse("--domain", "Example.TEST", "--domain", "b.example")["domains"] == ["example.test", "b.example"]
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--sip-port", "70000"], "port"),
+        (["--sip-port", "five"], "port"),
+        (["--sip-interface", "not-an-ip"], "--sip-interface"),
+        (["--min-expires", "0"], "--min-expires"),
+        (["--min-expires", "600", "--max-expires", "60"], "--min-expires"),
+        (["--domain", "bad domain"], "domain"),
+        (["--web", ""], "--web"),
+    ],
+)
+def test_bad_values_say_what_is_wrong(args: list[str], complaint: str) -> None:
+    with pytest.raises(UsageError, match=complaint):
+        parse(*args)
+
+
+def test_build_service_wires_listeners_store_and_registrar(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    options = parse("--db", str(tmp_path / "b.sqlite"), "--sip-port", "5070", "--domain", "example.test")
+    service = build_service(options, Clock())
+    assert service.listeners.requested_port == 5070
+    assert "example.test" in service.domains
+    assert service.stack.registrar is not None
+    service.store.close()

@@ -1,0 +1,243 @@
+"""The transport layer against fake sockets: UDP datagrams, TCP streams, §18.2 and RFC 3581."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
+
+from sipproxy.message import parse_message
+from sipproxy.metrics import Metrics
+from sipproxy.stack import Domains, SipStack
+from sipproxy.transaction import TransactionLayer
+from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, TransportLimits
+
+
+class FakeUDP:
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
+class Connector:
+    def __init__(self) -> None:
+        self.attempts: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int, layer: TransportLayer, timeout: float) -> None:
+        self.attempts.append((host, port))
+
+
+def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLayer, FakeUDP, Clock, Connector]:
+    clock = Clock()
+    connector = Connector()
+    metrics = Metrics()
+    transport = TransportLayer(connector, metrics=metrics, limits=limits)
+    stack = SipStack(Domains(["example.test", "192.0.2.1"]), metrics)
+    transport.transactions = TransactionLayer(clock, transport, stack)
+    udp = FakeUDP()
+    proto = SipDatagramProtocol(transport, 4)
+    proto.transport = udp  # type: ignore[assignment]
+    proto.startProtocol()
+    return transport, udp, clock, connector
+
+
+def options(via: str = "SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-o1", extra: str = "", uri: str = "sip:example.test") -> bytes:
+    return (
+        f"OPTIONS {uri} SIP/2.0\r\n"
+        f"Via: {via}\r\n"
+        "From: <sip:alice@example.test>;tag=a1\r\n"
+        "To: <sip:example.test>\r\n"
+        "Call-ID: c1@192.0.2.7\r\n"
+        "CSeq: 7 OPTIONS\r\n"
+        "Max-Forwards: 70\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def datagram(transport: TransportLayer, data: bytes, addr: tuple[str, int]) -> None:
+    proto = SipDatagramProtocol(transport, 4)
+    proto.datagramReceived(data, addr)
+
+
+def test_options_to_server_answered_200_with_capabilities() -> None:
+    transport, udp, _, _ = make_stack()
+    datagram(transport, options(), ("192.0.2.7", 5062))
+    [(data, addr)] = udp.written
+    response = parse_message(data)
+    assert addr == ("192.0.2.7", 5062)
+    assert response.status == 200  # type: ignore[union-attr]
+    assert "REGISTER" in (response.get("allow") or "")
+    assert response.get("supported") == "path"
+    assert response.to.tag is not None
+
+
+def test_rport_and_received_filled_and_response_sent_there() -> None:
+    """RFC 3581: a client behind NAT asks for rport; the answer goes to the packet's source."""
+    transport, udp, _, _ = make_stack()
+    datagram(transport, options(via="SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-n1;rport"), ("192.0.2.99", 40000))
+    [(data, addr)] = udp.written
+    assert addr == ("192.0.2.99", 40000)
+    via = parse_message(data).top_via
+    assert via.received == "192.0.2.99"
+    assert via.rport == 40000
+
+
+def test_received_without_rport_answers_sent_by_port() -> None:
+    """§18.2.2: received host, Via port."""
+    transport, udp, _, _ = make_stack()
+    datagram(transport, options(via="SIP/2.0/UDP host.example.test:5070;branch=z9hG4bK-n2"), ("192.0.2.8", 40001))
+    [(data, addr)] = udp.written
+    assert addr == ("192.0.2.8", 5070)
+    assert parse_message(data).top_via.received == "192.0.2.8"
+
+
+def test_retransmitted_request_gets_same_response_once_handled() -> None:
+    transport, udp, _, _ = make_stack()
+    datagram(transport, options(), ("192.0.2.7", 5062))
+    datagram(transport, options(), ("192.0.2.7", 5062))
+    assert len(udp.written) == 2
+    assert udp.written[0] == udp.written[1]
+
+
+def test_broken_header_gets_400_naming_the_problem() -> None:
+    transport, udp, _, _ = make_stack()
+    with capturedLogs() as events:
+        datagram(transport, options().replace(b"Max-Forwards: 70", b"Max-Forwards: x"), ("192.0.2.7", 5062))
+    [(data, addr)] = udp.written
+    response = parse_message(data)
+    assert response.status == 400  # type: ignore[union-attr]
+    assert response.reason == "Bad Max-Forwards"  # type: ignore[union-attr]
+    assert any(e["log_level"] == LogLevel.warn and e.get("status") == 400 for e in events)
+
+
+def test_bad_content_length_gets_400() -> None:
+    transport, udp, _, _ = make_stack()
+    datagram(transport, options().replace(b"Content-Length: 0", b"Content-Length: 99"), ("192.0.2.7", 5062))
+    [(data, _)] = udp.written
+    assert parse_message(data).reason.startswith("Bad Content-Length")  # type: ignore[union-attr]
+
+
+def test_garbage_is_dropped_and_logged_with_source() -> None:
+    transport, udp, _, _ = make_stack()
+    with capturedLogs() as events:
+        datagram(transport, b"\x00\xffGET / HTTP/1.1\r\n\r\n", ("192.0.2.66", 1234))
+    assert udp.written == []
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert warnings and warnings[0]["host"] == "192.0.2.66"
+
+
+def test_malformed_response_is_dropped() -> None:
+    transport, udp, _, _ = make_stack()
+    datagram(transport, b"SIP/2.0 200 OK\r\nVia: nonsense\r\n\r\n", ("192.0.2.66", 1234))
+    assert udp.written == []
+
+
+def test_ack_with_parse_error_is_never_answered() -> None:
+    transport, udp, _, _ = make_stack()
+    ack = options().replace(b"OPTIONS sip", b"ACK sip").replace(b"7 OPTIONS", b"7 ACK") + b""
+    datagram(transport, ack.replace(b"Max-Forwards: 70", b"Max-Forwards: many"), ("192.0.2.7", 5062))
+    assert udp.written == []
+
+
+def test_unknown_method_to_server_is_not_silence() -> None:
+    transport, udp, _, _ = make_stack()
+    data = options().replace(b"OPTIONS sip", b"FOO sip").replace(b"7 OPTIONS", b"7 FOO")
+    datagram(transport, data, ("192.0.2.7", 5062))
+    [(out, _)] = udp.written
+    assert parse_message(out).status >= 400  # type: ignore[union-attr]
+
+
+def tcp_connection(transport: TransportLayer, clock: Clock, peer: tuple[str, int] = ("192.0.2.9", 40400)):  # type: ignore[no-untyped-def]
+    factory = SipStreamFactory(transport, clock)
+    proto = factory.buildProtocol(IPv4Address("TCP", *peer))
+    wire = StringTransport(peerAddress=IPv4Address("TCP", *peer))
+    proto.makeConnection(wire)
+    return proto, wire
+
+
+def test_tcp_one_byte_at_a_time_and_two_messages_in_one_write() -> None:
+    transport, _, clock, _ = make_stack()
+    proto, wire = tcp_connection(transport, clock)
+    tcp_options = options(via="SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-t1")
+    for byte in tcp_options:
+        proto.dataReceived(bytes([byte]))
+    first = wire.value()
+    assert parse_message(first).status == 200  # type: ignore[union-attr]
+    wire.clear()
+    second = options(via="SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-t2")
+    third = options(via="SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-t3")
+    proto.dataReceived(second + third)
+    assert wire.value().count(b"SIP/2.0 200 OK") == 2
+
+
+def test_tcp_keepalive_ping_gets_pong() -> None:
+    transport, _, clock, _ = make_stack()
+    proto, wire = tcp_connection(transport, clock)
+    proto.dataReceived(b"\r\n\r\n")
+    assert wire.value() == b"\r\n"
+
+
+def test_tcp_missing_content_length_gets_400_and_close() -> None:
+    transport, _, clock, _ = make_stack()
+    proto, wire = tcp_connection(transport, clock)
+    proto.dataReceived(options(via="SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-t4").replace(b"Content-Length: 0\r\n", b""))
+    response = parse_message(wire.value())
+    assert response.status == 400  # type: ignore[union-attr]
+    assert response.reason == "Missing Content-Length"  # type: ignore[union-attr]
+    assert wire.disconnecting
+
+
+def test_tcp_endless_header_is_cut_off() -> None:
+    transport, _, clock, _ = make_stack(TransportLimits(max_head=1024))
+    proto, wire = tcp_connection(transport, clock)
+    for _ in range(100):
+        proto.dataReceived(b"X-Junk: " + b"a" * 50 + b"\r\n")
+        if wire.disconnecting:
+            break
+    assert wire.disconnecting
+    assert proto.framer.buffered < 4096
+
+
+def test_tcp_idle_connection_closed() -> None:
+    transport, _, clock, _ = make_stack(TransportLimits(idle_timeout=30))
+    proto, wire = tcp_connection(transport, clock)
+    assert ("192.0.2.9", 40400) in transport.connections
+    clock.advance(31)
+    assert wire.disconnecting
+
+
+def test_tcp_connection_limit_per_address() -> None:
+    transport, _, clock, _ = make_stack(TransportLimits(max_connections_per_address=2))
+    factory = SipStreamFactory(transport, clock)
+    for port in (1, 2):
+        tcp_connection(transport, clock, ("192.0.2.9", port))
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 3)) is None
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.10", 3)) is not None
+
+
+def test_request_to_peer_reuses_its_inbound_connection() -> None:
+    transport, _, clock, connector = make_stack()
+    proto, wire = tcp_connection(transport, clock, ("192.0.2.9", 40400))
+    from sipproxy.transaction import Target
+
+    errors: list[str] = []
+    request = parse_message(options(via="SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK-out1"))
+    transport.send_request(request, Target("TCP", "192.0.2.9", 40400), errors.append)  # type: ignore[arg-type]
+    assert wire.value().startswith(b"OPTIONS sip:example.test SIP/2.0")
+    assert connector.attempts == [] and errors == []
+
+
+def test_tcp_connect_failure_reaches_the_sender() -> None:
+    transport, _, _, connector = make_stack()
+    from sipproxy.transaction import Target
+
+    errors: list[str] = []
+    request = parse_message(options(via="SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK-out2"))
+    transport.send_request(request, Target("TCP", "192.0.2.50", 5060), errors.append)  # type: ignore[arg-type]
+    assert connector.attempts == [("192.0.2.50", 5060)]
+    transport.connect_failed("192.0.2.50", 5060, "Connection refused")
+    assert errors and "refused" in errors[0]
