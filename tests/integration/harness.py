@@ -138,3 +138,81 @@ def sip_options(port: int, *, transport: str = "udp", extra_headers: str = "", c
         f"{extra_headers}"
         "Content-Length: 0\r\n\r\n"
     ).encode()
+
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def users_file(directory: Path, users: list[str], name: str = "users.csv") -> Path:
+    path = directory / name
+    path.write_text("SEQUENTIAL\n" + "".join(f"{u};\n" for u in users))
+    return path
+
+
+def sipp(
+    scenario: str,
+    server_port: int,
+    *,
+    workdir: Path,
+    calls: int,
+    rate: int = 200,
+    transport: str = "udp",
+    inf: Path | None = None,
+    keys: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run one sipp UAC scenario to completion against the server on loopback."""
+    args = [
+        require("sipp"),
+        f"{LOOPBACK}:{server_port}",
+        "-sf",
+        str(SCENARIOS / scenario),
+        "-i",
+        LOOPBACK,
+        "-p",
+        str(free_port()),
+        "-t",
+        "u1" if transport == "udp" else "t1",
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-nostdin",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-max_socket",
+        "100",
+        "-trace_err",
+        "-error_file",
+        str(workdir / f"sipp-{scenario}-errors.log"),
+    ]
+    if inf is not None:
+        args += ["-inf", str(inf)]
+    for key, value in (keys or {}).items():
+        args += ["-key", key, value]
+    return subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=timeout + 30)
+
+
+def register_query(port: int, user: str, domain: str = "example.test", transport: str = "udp") -> list[str]:
+    """A REGISTER without Contact (§10.2.3): the Contact values the registrar holds for the AOR."""
+    from sipproxy.message import parse_message
+
+    branch = f"z9hG4bK-q{user}{time.monotonic_ns()}"
+    request = (
+        f"REGISTER sip:{domain} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport.upper()} {LOOPBACK}:9;branch={branch};rport\r\n"
+        f"From: <sip:{user}@{domain}>;tag=q\r\n"
+        f"To: <sip:{user}@{domain}>\r\n"
+        f"Call-ID: {branch}@query\r\n"
+        "CSeq: 1 REGISTER\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(request, (LOOPBACK, port))
+        while True:
+            response = parse_message(s.recvfrom(65535)[0])
+            if response.status >= 200:  # type: ignore[union-attr]
+                break
+    assert response.status == 200, response  # type: ignore[union-attr]
+    return response.get_all("contact")
