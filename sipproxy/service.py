@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from sipproxy.location import LocationStore, SQLitePersistence
+from sipproxy.message import Request, Response
 from sipproxy.metrics import Metrics
+from sipproxy.proxy import LocalAddress, Proxy
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.stack import Domains, SipStack
-from sipproxy.transaction import TransactionLayer
+from sipproxy.transaction import Target, TransactionLayer
 from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, WireLog, tcp_connector
 
 __all__ = ["build_service", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
@@ -141,6 +144,22 @@ class SipListeners(Service):
         self._close_ports()
 
 
+class Resolver:
+    """A and AAAA lookups for the proxy's next hops (``twisted.names``; RFC 3263 NAPTR/SRV not yet)."""
+
+    def __call__(self, host: str, callback: Callable[[str | None], None]) -> None:
+        from twisted.names import client
+
+        def found(address: str) -> None:
+            callback(address)
+
+        def failed(reason: Failure) -> None:
+            log.warn("Could not resolve {host}: {error}", host=host, error=reason.getErrorMessage())
+            callback(None)
+
+        client.getHostByName(host).addCallbacks(found, failed)
+
+
 class StoreService(Service):
     """Restores the bindings at start-up, closes the store at shutdown."""
 
@@ -206,10 +225,26 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     stack = SipStack(domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)))
     transactions = TransactionLayer(reactor, transport, stack)
     transport.transactions = transactions
+    listeners = SipListeners(reactor, transport, options["sip-port"], interface)
+
+    def send_stateless(message: Request | Response, target: Target | None) -> None:
+        if isinstance(message, Response):
+            transport.send_response(message, None)
+        elif target is not None:
+            transactions.send_stateless(message, target)
+
+    stack.proxy = Proxy(
+        reactor,
+        transactions,
+        store,
+        domains,
+        LocalAddress(advertised, options["sip-port"]),
+        send_stateless,
+        Resolver(),
+        log=Logger(namespace="sipproxy.proxy"),
+    )
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
     metrics.watch(metrics.client_transactions, transactions.client_transaction_count)
-
-    listeners = SipListeners(reactor, transport, options["sip-port"], interface)
     listeners.setServiceParent(top)
     log.info(
         "sipproxy serving domains {domains}; advertised as {advertised}",

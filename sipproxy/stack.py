@@ -13,11 +13,11 @@ from twisted.logger import Logger
 
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.metrics import Metrics
+from sipproxy.proxy.validate import ALLOW
 from sipproxy.transaction import ServerTransaction, Source, TransactionError
 
 __all__ = ["SipStack", "Domains", "Core", "ALLOW", "SUPPORTED"]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH"
 SUPPORTED = "path"
 
 

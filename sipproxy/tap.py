@@ -13,8 +13,8 @@ __all__ = ["Options", "makeService"]
 
 
 def _port(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 65535:
-        raise usage.UsageError(f"{value!r} is not a port number (0-65535)")
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise usage.UsageError(f"{value!r} is not a port number (1-65535)")
     return int(value)
 
 

@@ -139,21 +139,26 @@ class TransportLayer:
         self.metrics.requests_out.labels(request.method).inc()
         self._send(target.transport, target.host, target.port, request.to_bytes(), on_error)
 
-    def send_response(self, response: Response, source: Source) -> None:
-        """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by."""
+    def send_response(self, response: Response, source: Source | None) -> None:
+        """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by.
+
+        ``source`` is ``None`` for a response forwarded statelessly (a 2xx
+        retransmission): then only its Via says where it goes.
+        """
         self.metrics.responses_out.labels(str(response.status)).inc()
         data = response.to_bytes()
-        conn = source.connection
-        if conn is not None and is_reliable(source.transport) and conn.alive:  # type: ignore[attr-defined]
-            self.wire.outgoing(source.transport, source.host, source.port, data)
-            conn.transport.write(data)  # type: ignore[attr-defined]
+        conn = source.connection if source is not None else None
+        if conn is not None and is_reliable(source.transport) and conn.alive:  # type: ignore[union-attr]
+            self.wire.outgoing(source.transport, source.host, source.port, data)  # type: ignore[union-attr]
+            conn.transport.write(data)
             return
         try:
             via = response.top_via
         except ParseError:
-            self._send(source.transport, source.host, source.port, data, self._response_failed)
+            if source is not None:
+                self._send(source.transport, source.host, source.port, data, self._response_failed)
             return
-        transport = via.transport if via.transport in ("UDP", "TCP") else source.transport
+        transport = via.transport if via.transport in ("UDP", "TCP") else (source.transport if source else "UDP")
         if via.maddr and is_ip_address(via.maddr):
             host, port = normalize_host(via.maddr), via.port or 5060
         elif via.received:
@@ -161,8 +166,11 @@ class TransportLayer:
             port = via.rport or via.port or 5060
         elif is_ip_address(via.host_bare):
             host, port = normalize_host(via.host_bare), via.port or 5060
-        else:
+        elif source is not None:
             host, port = source.host, source.port
+        else:
+            self.log.warn("Dropped a response: its Via names host {host}, which we do not resolve", host=via.host)
+            return
         self._send(transport, host, port, data, self._response_failed)
 
     def _send_to_source(self, response: Response, source: Source) -> None:

@@ -1,0 +1,312 @@
+# -*- test-case-name: tests.test_proxy_core -*-
+"""The stateful proxy (RFC 3261 §16): the tutorial's ProxyServer, with the container's part done here.
+
+``handle_request`` runs, for every request the stack hands over:
+
+- ACK (an ACK for a 2xx, which matched no transaction): §16.3 checks,
+  §16.4, then forwarded statelessly along its Route or Request-URI (§16.11).
+- CANCEL: §16.10, answered here and applied to the INVITE's response context.
+- everything else: §16.3 validation, the ``authorize`` hook (§16.3 step 6),
+  §16.4 Route preprocessing, §16.5 targets, then a :class:`ResponseContext`
+  that forwards to each target (§16.6) and picks the response (§16.7).
+
+The tutorial's ``doInvite`` in RFC terms: an own-domain Request-URI with
+registered contacts -> ``proxyTo(targets)`` with Record-Route, 3xx recursion
+and q-ordered (sequential) groups; otherwise "do our best" -> ``proxyTo(callee)``.
+Here an own-domain user with no contact gets 480 instead: the location
+service is the authority for our domains (§16.5).
+
+No Twisted here: time comes from the injected clock, DNS from the injected
+``resolve``, sending from the transaction layer and ``send_stateless``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import secrets
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sipproxy.message import ParseError, Request, Response, SipURI, make_response
+from sipproxy.message.uri import is_ip_address
+from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
+from sipproxy.proxy.responses import ResponseContext
+from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
+from sipproxy.proxy.targets import Locator, TargetURI, group_by_q, location_targets
+from sipproxy.proxy.validate import SUPPORTED_SCHEMES, check_syntax, is_looped, loop_part, make_branch, validate_request
+from sipproxy.transaction import Source, Target, TransactionError
+
+__all__ = ["Proxy", "ProxySettings", "ProxyLog"]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What the proxy does, as a value (h2's ``H2Configuration``)."""
+
+    timer_c: float = 180.0
+    """§16.6 step 11: Timer C for INVITE branches, > 3 minutes."""
+    max_branches: int = 16
+    """Targets tried per request, including those found by 3xx recursion."""
+    max_recursion: int = 3
+    """How many 3xx deep we follow Contacts."""
+    record_route: bool = True
+    """Stay on the dialog's path (§16.6 step 4) for the methods in ``RECORD_ROUTE_METHODS``."""
+    default_max_forwards: int = 70
+    """§16.6 step 3: Max-Forwards for a request that has none."""
+    cancel_wait: float = 32.0
+    """§9.1: how long a CANCELled branch may stay without a final response (64*T1)."""
+    extensions: frozenset[str] = field(default_factory=frozenset)
+    """Option tags we accept in Proxy-Require (§16.3 step 5); none by default."""
+
+
+class ProxyLog(Protocol):
+    """The two calls the proxy makes on its logger (``twisted.logger.Logger`` fits)."""
+
+    def warn(self, format: str, **kwargs: object) -> None: ...
+
+    def failure(self, format: str, **kwargs: object) -> None: ...
+
+
+class _NullLog:
+    def warn(self, format: str, **kwargs: object) -> None:
+        pass
+
+    def failure(self, format: str, **kwargs: object) -> None:
+        pass
+
+
+class ServerTransaction(Protocol):
+    request: Request
+
+    def respond(self, response: Response) -> None: ...
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> Any: ...
+
+
+class Transactions(Protocol):
+    """The part of :class:`sipproxy.transaction.TransactionLayer` the proxy uses."""
+
+    def send_request(self, request: Request, target: Target, owner: Any) -> Any: ...
+
+    def find_invite_server_transaction(self, cancel: Request) -> Any: ...
+
+    def build_cancel(self, invite: Request) -> Request: ...
+
+
+SendStateless = Callable[[Request | Response, Target | None], None]
+Resolve = Callable[[str, Callable[[str | None], None]], None]
+Authorize = Callable[[Request, Source], Response | None]
+
+
+class Proxy:
+    """RFC 3261 §16 stateful proxy core; the stack's ``Core`` for every request not for the registrar."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        transactions: Transactions,
+        store: Locator,
+        domains: Container[str],
+        local: LocalAddress,
+        send_stateless: SendStateless,
+        resolve: Resolve,
+        settings: ProxySettings = ProxySettings(),
+        authorize: Authorize | None = None,
+        log: ProxyLog | None = None,
+    ) -> None:
+        self.clock = clock
+        self.transactions = transactions
+        self.store = store
+        self.domains = domains
+        self.local = local
+        self.locality = Locality(local, domains)
+        self.send_stateless = send_stateless
+        self.resolve = resolve
+        self.settings = settings
+        self.authorize = authorize
+        self.log: ProxyLog = log if log is not None else _NullLog()
+        self._contexts: dict[int, ResponseContext] = {}
+        self._counter = itertools.count(1)
+
+    # -- the stack's Core interface ---------------------------------------
+
+    def handle_request(self, request: Request, source: Source, stx: Any) -> None:
+        """Proxy one new request; never raises (bad input is answered, bugs answer 500)."""
+        try:
+            if request.method == "ACK":
+                self._forward_ack(request)
+            elif request.method == "CANCEL":
+                self._cancel(request, stx)
+            else:
+                self._proxy(request, source, stx)
+        except ParseError as error:
+            self._answer(stx, request, error.status, error.reason)
+        except Exception:
+            self.log.failure("Bug while proxying {method} {uri}", method=request.method, uri=request.uri_text)
+            self._answer(stx, request, 500, None)
+
+    def handle_response(self, response: Response, source: Source) -> None:
+        """§16.7 for a response that matched no client transaction: forward statelessly if the top Via is ours."""
+        with self.guard("stray response"):
+            try:
+                vias = response.vias
+            except ParseError:
+                return
+            if len(vias) < 2 or not self.locality.is_our_via(vias[0]):
+                return  # not ours, or meant for us (§16.7 step 3): drop
+            forwarded = response.copy()
+            forwarded.pop_first("via")
+            self.send_stateless(forwarded, None)
+
+    def active_contexts(self) -> int:
+        """Response contexts still waiting to send their final response."""
+        return len(self._contexts)
+
+    # -- §16.3 - §16.5, then the response context -----------------------
+
+    def _proxy(self, received: Request, source: Source, stx: Any) -> None:
+        to_tag = self.new_tag()
+        response = validate_request(received, self.locality, self.settings.extensions, to_tag)  # §16.3 steps 1-5
+        if response is None and self.authorize is not None:
+            response = self.authorize(received, source)  # §16.3 step 6
+        if response is not None:
+            self._respond(stx, response)
+            return
+        loop = loop_part(received)
+        request = received.copy()  # the server transaction keeps the request as received
+        preprocess_routing(request, self.locality)  # §16.4
+        groups = self._target_groups(request)  # §16.5
+        if not groups:
+            self._respond(stx, make_response(received, 480, to_tag=to_tag))
+            return
+        record_route = self.settings.record_route and request.method in RECORD_ROUTE_METHODS
+        context = ResponseContext(self, request, source, stx, loop, groups, record_route, to_tag)
+        self._contexts[id(stx)] = context
+        try:
+            context.start()
+        except Exception:
+            self.release(context)
+            raise
+
+    def _target_groups(self, request: Request) -> list[list[TargetURI]]:
+        """§16.5: our domain and no Route left -> the location service, in q groups; else the Request-URI."""
+        uri = request.uri
+        if not isinstance(uri, SipURI):
+            raise ParseError("Unsupported URI Scheme", 416)
+        if top_route(request) is None and self.locality.is_us(uri):
+            return group_by_q(location_targets(uri, self.store))
+        return [[TargetURI(uri=uri)]]
+
+    def expand(self, targets: list[TargetURI]) -> list[TargetURI]:
+        """Targets found by recursion: one of our own addresses-of-record becomes its registered contacts."""
+        out: list[TargetURI] = []
+        for target in targets:
+            if self.locality.is_us(target.uri):
+                out.extend(location_targets(target.uri, self.store, target.depth))
+            else:
+                out.append(target)
+        return out
+
+    def release(self, context: ResponseContext) -> None:
+        """The context sent its final response: CANCELs and late 2xx need no table entry."""
+        if self._contexts.get(id(context.stx)) is context:
+            del self._contexts[id(context.stx)]
+
+    # -- §16.10 CANCEL -------------------------------------------------------
+
+    def _cancel(self, cancel: Request, stx: Any) -> None:
+        """§16.10: 200 at once when the INVITE is known, then cancel its branches; 481 otherwise."""
+        check_syntax(cancel)
+        invite_stx = self.transactions.find_invite_server_transaction(cancel)
+        if invite_stx is None:
+            self._answer(stx, cancel, 481, None)
+            return
+        context = self._contexts.get(id(invite_stx))
+        to_tag = context.to_tag if context is not None else self.new_tag()
+        self._respond(stx, make_response(cancel, 200, to_tag=to_tag))
+        if context is not None:
+            context.cancel()
+
+    # -- ACK for a 2xx: stateless (§16.11 for this one method) -------------
+
+    def _forward_ack(self, ack: Request) -> None:
+        """Forward an ACK that matched no transaction along its Route set; drop it when it cannot go anywhere."""
+        check_syntax(ack)
+        if ack.uri.scheme not in SUPPORTED_SCHEMES or ack.max_forwards == 0 or is_looped(ack, self.locality):
+            return
+        loop = loop_part(ack)
+        request = ack.copy()
+        preprocess_routing(request, self.locality)
+        groups = self._target_groups(request)
+        if not groups:
+            return
+        target = groups[0][0]
+        forwarded, hop = forward_copy(request, target, self.settings.default_max_forwards)
+        seed = f"{ack.top_via.branch}\x00{forwarded.uri_text}".encode("utf-8", "surrogateescape")
+        add_via(forwarded, self.local, hop.transport, make_branch(loop, hashlib.sha256(seed).hexdigest()[:16]))
+
+        def resolved(target: Target | None) -> None:
+            if target is not None:
+                self.send_stateless(forwarded, target)
+
+        self.resolve_hop(hop, resolved)
+
+    # -- helpers ----------------------------------------------------------
+
+    def resolve_hop(self, hop: Target, callback: Callable[[Target | None], None]) -> None:
+        """Resolve the host of ``hop`` through the injected ``resolve``; IP literals are passed as they are."""
+        host = hop.host.strip("[]")
+        if is_ip_address(host):
+            callback(hop._replace(host=host))
+            return
+
+        def done(address: str | None) -> None:
+            with self.guard("DNS answer"):
+                callback(hop._replace(host=address.strip("[]")) if address else None)
+
+        try:
+            self.resolve(host, done)
+        except Exception:
+            self.log.failure("Resolving {host} failed", host=host)
+            callback(None)
+
+    def unique(self) -> str:
+        """The per-branch unique part of our Via branch."""
+        return f"{next(self._counter):x}{secrets.token_hex(4)}"
+
+    @staticmethod
+    def new_tag() -> str:
+        return secrets.token_hex(4)
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Nothing raised by the proxy escapes into the transaction layer or the reactor."""
+        try:
+            yield
+        except Exception:
+            self.log.failure("Bug in the proxy: {what}", what=what)
+
+    def _respond(self, stx: Any, response: Response) -> None:
+        if stx is None:
+            return
+        try:
+            stx.respond(response)
+        except TransactionError as error:
+            self.log.warn("Could not answer {status}: {error}", status=response.status, error=str(error))
+
+    def _answer(self, stx: Any, request: Request, status: int, reason: str | None) -> None:
+        if stx is None or request.method == "ACK":
+            return
+        try:
+            response = make_response(request, status, reason, to_tag=self.new_tag())
+        except Exception:
+            self.log.failure("Cannot build a {status} response", status=status)
+            return
+        self._respond(stx, response)

@@ -1,0 +1,469 @@
+# -*- test-case-name: tests.test_proxy_responses -*-
+"""The response context (RFC 3261 §16.7), its branches (§16.6 steps 9-11, §16.8, §16.9) and CANCEL (§16.10).
+
+One :class:`ResponseContext` per proxied request.  It owns the target set,
+split into groups of equal q tried one after the other; the branches of a
+group run in parallel.  Each :class:`Branch` is the ``ClientTransactionUser``
+of one client transaction.
+
+Decisions made here, with their RFC basis:
+
+- 100 is absorbed; every other provisional is forwarded while no final
+  response has been sent (§16.7 step 5).
+- Every 2xx is forwarded at once.  The first goes to the server transaction;
+  later INVITE 2xx (other branches, RFC 6026 retransmissions, downstream
+  forks) are sent statelessly (§16.7 step 10).  A 2xx closes the target set
+  and cancels the other branches.
+- A 3xx whose Contacts give new targets (within ``max_recursion``,
+  ``max_branches``, never a URI twice) starts them at once as a new group
+  and is then forgotten; otherwise it competes for the best response.
+- A 6xx is forwarded at once and cancels the other branches.  (§16.7 step 5
+  lets the proxy wait for the cancelled branches first; the result would be
+  the same 6xx, only later.)
+- When nothing is pending and no group is left, the best response goes out
+  (§16.7 step 6): see :func:`choose_best`.
+- A branch that got no provisional is never sent a CANCEL (§9.1): when the
+  context cancels it, the context stops waiting for it, and the CANCEL goes
+  out only if a provisional response turns up later.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sipproxy.message import ParseError, Request, Response, SipURI, make_response
+from sipproxy.proxy.forward import forward_copy, stamp
+from sipproxy.proxy.targets import TargetURI, redirect_targets, unique
+from sipproxy.proxy.validate import make_branch
+from sipproxy.transaction import Source, Target, TransactionError
+
+if TYPE_CHECKING:
+    from sipproxy.proxy.core import Proxy
+
+__all__ = ["Branch", "ResponseContext", "choose_best", "strip_our_via"]
+
+#: §16.7 step 6: within 4xx, responses that help the caller resubmit are preferred, in this order.
+_PREFERRED_4XX = (415, 420, 484)
+
+
+def strip_our_via(response: Response) -> Response:
+    """§16.7 step 3: a copy of ``response`` without its topmost Via (ours); every other line untouched."""
+    out = response.copy()
+    out.pop_first("via")
+    return out
+
+
+def choose_best(responses: Sequence[Response], request: Request, to_tag: str, cancelled: bool = False) -> Response:
+    """§16.7 step 6: the response to send when every branch is done and no 2xx was forwarded.
+
+    - A 6xx if there is one.
+    - After the caller's CANCEL (§16.10): a callee's 487 if one came back,
+      else a 487 of our own.
+    - No response at all: 408 (every branch timed out or was given up).
+    - Otherwise the lowest class among 4xx and 5xx, a 3xx only when there is
+      nothing else (a 3xx still here has contacts we already tried or were
+      not allowed to follow, so the caller is better served by the failure).
+    - 4xx: a 401/407 collects the WWW-Authenticate and Proxy-Authenticate
+      values of every other 401/407; else 415, 420, 484; else the first.
+    - 5xx: the first that is not 503; a 503 is turned into 500 (a 503 would
+      tell the caller that *we* are unavailable).
+    """
+    for response in responses:
+        if response.status >= 600:
+            return response
+    if cancelled:
+        for response in responses:
+            if response.status == 487:
+                return response
+        return make_response(request, 487, to_tag=to_tag)
+    if not responses:
+        return make_response(request, 408, to_tag=to_tag)
+    classes = {r.status // 100 for r in responses}
+    failures = classes - {3}
+    chosen_class = min(failures) if failures else 3
+    candidates = [r for r in responses if r.status // 100 == chosen_class]
+    if chosen_class == 4:
+        return _best_4xx(candidates)
+    if chosen_class == 5:
+        for response in candidates:
+            if response.status != 503:
+                return response
+        return make_response(request, 500, to_tag=to_tag)
+    return candidates[0]
+
+
+def _best_4xx(candidates: list[Response]) -> Response:
+    challenges = [r for r in candidates if r.status in (401, 407)]
+    if challenges:
+        chosen = challenges[0].copy()
+        for other in challenges[1:]:
+            for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+                for value in other.get_all(name):
+                    chosen.add(name, value)
+        return chosen
+    for status in _PREFERRED_4XX:
+        for response in candidates:
+            if response.status == status:
+                return response
+    return candidates[0]
+
+
+class _CancelUser:
+    """The client transaction user of a CANCEL we send: its response tells us nothing we need (§9.1)."""
+
+    def response_received(self, ctx: Any, response: Response) -> None:
+        pass
+
+    def timed_out(self, ctx: Any) -> None:
+        pass
+
+    def transport_failed(self, ctx: Any, reason: str) -> None:
+        pass
+
+
+class Branch:
+    """One target being tried: the client transaction user of one forwarded request (§16.6-§16.9).
+
+    ``settled`` means the response context no longer waits for this branch
+    (it answered, failed, timed out, or was given up after a CANCEL);
+    ``final`` is the first final response the transaction really received.
+    """
+
+    def __init__(self, context: ResponseContext, target: TargetURI) -> None:
+        self.context = context
+        self.target = target
+        self.request: Request | None = None
+        self.hop: Target | None = None
+        self.client: Any = None
+        self.provisional: Response | None = None
+        self.final: Response | None = None
+        self.settled = False
+        self.cancel_wanted = False
+        self.cancel_sent = False
+        self.timer_c: Any = None
+        self.cancel_timer: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.target.uri} settled={self.settled}>"
+
+    @property
+    def proxy(self) -> Proxy:
+        return self.context.proxy
+
+    @property
+    def is_invite(self) -> bool:
+        return self.context.is_invite
+
+    # -- sending (§16.6) -----------------------------------------------
+
+    def start(self) -> None:
+        """§16.6 steps 1-8, then resolve the next hop and hand the request to a client transaction."""
+        ctx = self.context
+        proxy = self.proxy
+        try:
+            request, hop = forward_copy(ctx.request, self.target, proxy.settings.default_max_forwards)
+        except ParseError as error:
+            self._fail(error.status, error.reason)
+            return
+        branch = make_branch(ctx.loop, proxy.unique())
+        stamp(request, proxy.local, branch, ctx.source.transport, hop.transport, ctx.record_route)
+        self.request = request
+        proxy.resolve_hop(hop, self._resolved)
+
+    def _resolved(self, hop: Target | None) -> None:
+        if self.settled or self.request is None:
+            return  # cancelled while the name was being looked up
+        if hop is None:
+            self._fail(503, "Next hop not found in DNS")
+            return
+        self.hop = hop
+        try:
+            self.client = self.proxy.transactions.send_request(self.request, hop, self)
+        except TransactionError as error:
+            self._fail(503, f"Not sent: {error}")
+            return
+        if self.is_invite and self.final is None and not self.settled:
+            self._start_timer_c()  # §16.6 step 11
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._stop_timers()
+        self.context.on_failure(self, status, reason)
+
+    # -- ClientTransactionUser (§16.7 steps 1-2) -------------------------
+
+    def response_received(self, ctx: Any, response: Response) -> None:
+        with self.proxy.guard("response to a branch"):
+            if response.status < 200:
+                self._provisional(response)
+            else:
+                self._final(response)
+
+    def timed_out(self, ctx: Any) -> None:
+        """§16.8: a timeout is a 408 for the response context."""
+        with self.proxy.guard("branch timeout"):
+            if self.final is None:
+                self._stop_timers()
+                self.context.on_failure(self, 408, "Request Timeout")
+
+    def transport_failed(self, ctx: Any, reason: str) -> None:
+        """§16.9: a transport error is a 503 for the response context."""
+        with self.proxy.guard("branch transport failure"):
+            if self.final is None:
+                self._stop_timers()
+                self.context.on_failure(self, 503, "Service Unavailable")
+
+    def _provisional(self, response: Response) -> None:
+        if self.final is not None:
+            return
+        self.provisional = response
+        if self.is_invite and response.status > 100 and self.timer_c is not None:
+            self._start_timer_c()  # §16.7 step 2: 101-199 reset Timer C
+        if self.cancel_wanted:
+            self.send_cancel()  # §9.1: the CANCEL we held back until a provisional arrived
+            return
+        if not self.settled:
+            self.context.on_provisional(self, response)
+
+    def _final(self, response: Response) -> None:
+        if self.final is None:
+            self.final = response
+            self._stop_timers()
+        self.context.on_final(self, response)
+
+    # -- Timer C (§16.8) and CANCEL (§16.10, §9.1) -----------------------
+
+    def _start_timer_c(self) -> None:
+        if self.timer_c is not None and self.timer_c.active():
+            self.timer_c.cancel()
+        self.timer_c = self.proxy.clock.callLater(self.proxy.settings.timer_c, self._timer_c_fired)
+
+    def _timer_c_fired(self) -> None:
+        """§16.8: with a provisional, CANCEL the branch; without one, act as if it answered 408."""
+        with self.proxy.guard("Timer C"):
+            self.timer_c = None
+            if self.final is not None:
+                return
+            if self.provisional is not None:
+                self.send_cancel()
+            elif not self.settled:
+                self.cancel_wanted = True
+                self.context.on_failure(self, 408, "Request Timeout")
+            else:
+                self.cancel_wanted = False  # given up long ago and still silent: stop caring
+
+    def cancel(self) -> None:
+        """Cancel this branch for the response context (§16.10, §16.7 step 10).
+
+        Not yet sent: dropped.  A non-INVITE: no longer waited for (CANCEL
+        does nothing useful there).  An INVITE with a provisional: CANCEL
+        now and wait for its final response (normally 487).  Without one:
+        the CANCEL waits for the first provisional (§9.1), and the context
+        stops waiting for this branch.
+        """
+        if self.final is not None or self.settled:
+            return
+        if not self.is_invite or self.client is None:
+            self.settled = True
+            self._stop_timers()
+            return
+        if self.provisional is not None:
+            self.send_cancel()
+        else:
+            self.cancel_wanted = True
+            self.settled = True
+
+    def send_cancel(self) -> None:
+        """§9.1: a CANCEL for this branch's INVITE, to the same hop, once."""
+        if self.cancel_sent or self.final is not None or self.request is None or self.hop is None:
+            return
+        self.cancel_sent = True
+        proxy = self.proxy
+        try:
+            cancel = proxy.transactions.build_cancel(self.request)
+            proxy.transactions.send_request(cancel, self.hop, _CancelUser())
+        except TransactionError as error:
+            proxy.log.warn("Could not CANCEL {uri}: {error}", uri=self.request.uri_text, error=str(error))
+        self.cancel_timer = proxy.clock.callLater(proxy.settings.cancel_wait, self._cancel_expired)
+
+    def _cancel_expired(self) -> None:
+        """§9.1: no final response 64*T1 after our CANCEL: consider the INVITE cancelled (a 408 here)."""
+        with self.proxy.guard("CANCEL wait"):
+            self.cancel_timer = None
+            if self.final is None:
+                self._stop_timers()
+                self.context.on_failure(self, 408, "Request Timeout")
+
+    def _stop_timers(self) -> None:
+        for timer in (self.timer_c, self.cancel_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.timer_c = self.cancel_timer = None
+
+
+class ResponseContext:
+    """§16.7: the target set, the branches, the responses collected, and the final response we send."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        request: Request,
+        source: Source,
+        stx: Any,
+        loop: str,
+        groups: Sequence[Sequence[TargetURI]],
+        record_route: bool,
+        to_tag: str,
+    ) -> None:
+        self.proxy = proxy
+        self.request = request
+        """The request after §16.4: what every branch copies."""
+        self.source = source
+        self.stx = stx
+        self.loop = loop
+        self.record_route = record_route
+        self.to_tag = to_tag
+        self.is_invite = request.method == "INVITE"
+        self.groups: deque[list[TargetURI]] = deque(list(g) for g in groups)
+        self.tried: list[SipURI] = []
+        self.branches: list[Branch] = []
+        self.responses: list[Response] = []
+        """Final responses kept for §16.7 step 6, our Via already removed."""
+        self.final: Response | None = None
+        """What we sent on the server transaction."""
+        self.closed = False
+        """No new branches (a 2xx or 6xx arrived, a final was sent, or the caller cancelled)."""
+        self.cancelled = False
+        """The caller sent CANCEL (§16.10)."""
+        self._advancing = False
+        self._again = False
+
+    def __repr__(self) -> str:
+        return f"<ResponseContext {self.request.method} {self.request.uri_text} branches={len(self.branches)}>"
+
+    def start(self) -> None:
+        self._advance()
+
+    # -- events from branches ------------------------------------------
+
+    def on_provisional(self, branch: Branch, response: Response) -> None:
+        """§16.7 step 5: forward any provisional but 100 while no final was sent."""
+        if response.status == 100 or self.final is not None:
+            return
+        self._respond(strip_our_via(response))
+
+    def on_final(self, branch: Branch, response: Response) -> None:
+        """§16.7 steps 3-10 for a final response of ``branch``."""
+        forwarded = strip_our_via(response)
+        status = response.status
+        if 200 <= status < 300:
+            if self.final is None:
+                self._send_final(forwarded)
+            elif self.is_invite:
+                self.proxy.send_stateless(forwarded, None)  # §16.7 step 10: every INVITE 2xx reaches the caller
+            branch.settled = True
+            self._close()
+            self._advance()
+            return
+        if branch.settled:
+            return  # a late answer from a branch we stopped waiting for
+        branch.settled = True
+        if 300 <= status < 400 and self._recurse(branch, forwarded):
+            self._advance()
+            return
+        self.responses.append(forwarded)
+        if status >= 600:
+            if self.final is None:
+                self._send_final(forwarded)
+            self._close()
+        self._advance()
+
+    def on_failure(self, branch: Branch, status: int, reason: str) -> None:
+        """§16.8/§16.9: a timeout (408) or transport error (503) of ``branch``, as if it had answered so."""
+        if branch.settled:
+            return
+        branch.settled = True
+        self.responses.append(make_response(self.request, status, reason, to_tag=self.to_tag))
+        self._advance()
+
+    # -- §16.10 CANCEL ---------------------------------------------------
+
+    def cancel(self) -> None:
+        """The caller cancelled: no new branches, every pending one is cancelled, 487 unless a 2xx/6xx beats it."""
+        self.cancelled = True
+        self._close()
+        self._advance()
+
+    # -- internals ---------------------------------------------------------
+
+    def _close(self) -> None:
+        """No new branches, and cancel the pending ones (§16.7 step 10, §16.10)."""
+        self.closed = True
+        self.groups.clear()
+        for branch in list(self.branches):
+            branch.cancel()
+
+    def _recurse(self, branch: Branch, response: Response) -> bool:
+        """§16.5/§16.7 step 4: add a 3xx's Contacts to the target set; True if any was started."""
+        if self.closed or branch.target.depth >= self.proxy.settings.max_recursion:
+            return False
+        found = self.proxy.expand(redirect_targets(response, branch.target.depth + 1))
+        return self._start_group(found) > 0
+
+    def _start_group(self, targets: Sequence[TargetURI]) -> int:
+        """Start one branch per new target, within ``max_branches``; return how many were started."""
+        budget = self.proxy.settings.max_branches - len(self.branches)
+        fresh = unique(targets, self.tried)[: max(budget, 0)]
+        new = []
+        for target in fresh:
+            self.tried.append(target.uri)
+            branch = Branch(self, target)
+            self.branches.append(branch)
+            new.append(branch)
+        for branch in new:
+            branch.start()
+        return len(new)
+
+    def _advance(self) -> None:
+        """Start the next group when no branch is pending; send the best response when no group is left."""
+        if self._advancing:
+            self._again = True  # re-entered from a branch that settled while starting: loop once more
+            return
+        self._advancing = True
+        try:
+            while True:
+                self._again = False
+                self._step()
+                if not self._again:
+                    break
+        finally:
+            self._advancing = False
+
+    def _step(self) -> None:
+        if self.final is not None:
+            return
+        if any(not b.settled for b in self.branches):
+            return
+        if not self.closed and self.groups:
+            if self._start_group(self.groups.popleft()) == 0:
+                self._again = True  # nothing new in that group: try the next one
+            elif all(b.settled for b in self.branches):
+                self._again = True
+            return
+        self._send_final(choose_best(self.responses, self.request, self.to_tag, self.cancelled))
+
+    def _send_final(self, response: Response) -> None:
+        """Send the one final response of the server transaction; the context's work is then done."""
+        self.final = response
+        self._respond(response)
+        self._close()
+        self.proxy.release(self)
+
+    def _respond(self, response: Response) -> None:
+        try:
+            self.stx.respond(response)
+        except TransactionError as error:
+            self.proxy.log.warn(
+                "Could not forward {status} to the caller: {error}", status=response.status, error=str(error)
+            )

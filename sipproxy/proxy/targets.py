@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_proxy_targets -*-
+"""Determining request targets (RFC 3261 §16.5) and where each one is sent.
+
+A target is the URI that becomes the Request-URI of one branch.  Where the
+branch is *sent* is the next hop: the top Route if there is one, otherwise
+the target URI (§16.6 step 7, a simplified RFC 3263: ``maddr`` or host, the
+URI's port or 5060/5061, the ``transport`` parameter or UDP/TLS), except for
+a registered contact reached through the flow its REGISTER came on (NAT, or
+a TCP connection we reuse).
+
+Transport choice: ``transport=tcp`` -> TCP, none -> UDP, ``sips:`` or
+``transport=tls`` -> TLS.  We only route TLS targets as far as the transport:
+if it has no TLS (the case today) the branch fails like any transport
+error, a synthesized 503 (§16.9), which a lone branch turns into 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sipproxy.message import ParseError, Response, SipURI, parse_uri
+from sipproxy.transaction import Target, is_reliable
+
+if TYPE_CHECKING:
+    from sipproxy.location import Binding
+
+__all__ = [
+    "Locator",
+    "TargetURI",
+    "group_by_q",
+    "location_targets",
+    "next_hop",
+    "redirect_targets",
+    "target_from_binding",
+    "unique",
+]
+
+
+class Locator(Protocol):
+    """The part of :class:`sipproxy.location.LocationStore` the proxy uses."""
+
+    def lookup(self, aor: str) -> list[Binding]: ...
+
+
+@dataclass(frozen=True)
+class TargetURI:
+    """One element of the target set (§16.5)."""
+
+    uri: SipURI
+    """Becomes the Request-URI of the branch."""
+    q: float = 1.0
+    path: tuple[str, ...] = ()
+    """RFC 3327 Path of the binding, turned into Route headers (§16.6 step 6 by way of RFC 3327 §5.3)."""
+    flow: Target | None = None
+    """Send here instead of the URI's address: the source of the REGISTER (NAT, TCP connection)."""
+    depth: int = 0
+    """How many 3xx responses led to this target (0 for the original target set)."""
+
+
+def _bare(host: str) -> str:
+    return host.strip("[]").lower()
+
+
+def next_hop(uri: SipURI) -> Target:
+    """Where a request for ``uri`` goes (RFC 3263 §4 without NAPTR/SRV); the host may still need resolving."""
+    param = uri.transport
+    if uri.scheme == "sips" or param == "tls":
+        transport = "TLS"
+    elif param:
+        transport = param.upper()
+    else:
+        transport = "UDP"
+    host = uri.maddr or uri.host
+    port = uri.port or (5061 if transport == "TLS" else 5060)
+    return Target(transport, host.strip("[]"), port)
+
+
+def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
+    """A registered contact as a target; ``None`` if its contact is not a SIP URI.
+
+    When the REGISTER came from another address than the Contact names (a
+    NAT between the user agent and us), or came over a connection-oriented
+    transport, the request goes back to that source over that transport,
+    the Contact staying the Request-URI.  A binding registered through
+    edge proxies (Path) is reached through its Path instead.
+    """
+    try:
+        uri = parse_uri(binding.contact)
+    except ParseError:
+        return None
+    if not isinstance(uri, SipURI):
+        return None
+    flow = None
+    if not binding.path and binding.source_host and binding.source_port:
+        hop = next_hop(uri)
+        moved = _bare(hop.host) != _bare(binding.source_host) or hop.port != binding.source_port
+        if moved or is_reliable(binding.transport):
+            flow = Target(binding.transport, _bare(binding.source_host), binding.source_port)
+    return TargetURI(uri=uri, q=binding.q, path=tuple(binding.path), flow=flow, depth=depth)
+
+
+def location_targets(uri: SipURI, store: Locator, depth: int = 0) -> list[TargetURI]:
+    """§16.5: the location service's contacts for the address-of-record ``uri``, best q first."""
+    aor = uri.aor()
+    keys = [str(aor)]
+    if aor.port is not None:
+        keys.append(str(aor.with_(port=None)))
+    for key in keys:
+        bindings = store.lookup(key)
+        if bindings:
+            out = [t for t in (target_from_binding(b, depth) for b in bindings) if t is not None]
+            return sorted(out, key=lambda t: -t.q)
+    return []
+
+
+def group_by_q(targets: Iterable[TargetURI]) -> list[list[TargetURI]]:
+    """Split targets, already in order, into groups of equal q: tried one group after the other.
+
+    The tutorial's ``proxy.setParallel(false)`` tries contacts one at a
+    time; RFC 3261 §16.6 lets q-values decide: equal q in parallel, a lower
+    q only after every higher-q branch failed.
+    """
+    groups: list[list[TargetURI]] = []
+    for target in sorted(targets, key=lambda t: -t.q):
+        if groups and groups[-1][0].q == target.q:
+            groups[-1].append(target)
+        else:
+            groups.append([target])
+    return groups
+
+
+def redirect_targets(response: Response, depth: int) -> list[TargetURI]:
+    """§16.5/§16.7 step 4: the SIP Contacts of a 3xx, best q first; malformed ones are skipped."""
+    try:
+        contacts = response.contacts
+    except ParseError:
+        return []
+    if contacts == "*":
+        return []
+    out: list[TargetURI] = []
+    for contact in contacts:
+        if not isinstance(contact.uri, SipURI):
+            continue
+        out.append(TargetURI(uri=contact.uri, q=_q(contact.params.get("q")), depth=depth))
+    return sorted(out, key=lambda t: -t.q)
+
+
+def _q(value: str | None) -> float:
+    if value is None:
+        return 1.0
+    try:
+        q = float(value)
+    except ValueError:
+        return 1.0
+    return q if 0.0 <= q <= 1.0 else 1.0
+
+
+def unique(targets: Sequence[TargetURI], tried: list[SipURI]) -> list[TargetURI]:
+    """Targets whose URI is not in ``tried`` (nor twice in ``targets``), by §19.1.4 comparison."""
+    out: list[TargetURI] = []
+    seen = list(tried)
+    for target in targets:
+        if target.uri in seen:
+            continue
+        seen.append(target.uri)
+        out.append(target)
+    return out
