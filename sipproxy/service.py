@@ -6,9 +6,11 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from sipproxy.location import LocationStore, SQLitePersistence
 from sipproxy.message import Request, Response
@@ -18,6 +20,7 @@ from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.stack import Domains, SipStack
 from sipproxy.transaction import Target, TransactionLayer
 from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, WireLog, tcp_connector
+from sipproxy.web import is_loopback_description, make_web_resource
 
 __all__ = ["build_service", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
 
@@ -246,6 +249,20 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
     metrics.watch(metrics.client_transactions, transactions.client_transaction_count)
     listeners.setServiceParent(top)
+
+    web = options["web"]
+    resource = make_web_resource(
+        store,
+        reactor,
+        metrics,
+        healthy=lambda: bool(top.running) and transport.listening > 0,
+        password=options.get("web-password"),
+        public=not is_loopback_description(web),
+    )
+    site = Site(resource)
+    site.noisy = False
+    strports.service(web, site).setServiceParent(top)
+    log.info("Bindings page on {web}", web=web)
     log.info(
         "sipproxy serving domains {domains}; advertised as {advertised}",
         domains=", ".join(domains),

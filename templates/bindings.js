@@ -11,7 +11,9 @@
   const POLL_MS = 1000;
   const SSE_RETRY_MS = 30000;
   const RENDER_DELAY_MS = 50;
+  const MAX_GROUP_UPDATES = 200; // more changed AORs than this at once: rebuild the whole table
   const SOON_S = 30;
+  const MESSAGE_MS = 20000;
 
   const body = document.body;
   const canRemove = body.dataset.canRemove === "true";
@@ -130,6 +132,7 @@
 
   function render() {
     renderTimer = null;
+    if (dirty.size > MAX_GROUP_UPDATES) renderAll = true;
     if (renderAll) {
       renderAll = false;
       table.querySelectorAll("tbody.aor-group").forEach((tbody) => tbody.remove());
@@ -320,9 +323,13 @@
 
   // -- removal -----------------------------------------------------------
 
+  let messageTimer = null;
+
   function showMessage(text, isError) {
     messageBox.textContent = text;
     messageBox.classList.toggle("error", Boolean(isError));
+    clearTimeout(messageTimer);
+    messageTimer = setTimeout(() => (messageBox.textContent = ""), MESSAGE_MS);
   }
 
   async function removeBindings(aor, contact, count) {

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_web -*-
+"""The web face of sipproxy: the live bindings page, its JSON API, health and metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import cast
+
+from twisted.web.resource import IResource
+
+from sipproxy.location import LocationStore
+from sipproxy.location.store import Clock
+from sipproxy.metrics import Metrics
+from sipproxy.web.app import BindingsPage
+from sipproxy.web.render import make_environment
+
+__all__ = ["BindingsPage", "is_loopback_description", "make_environment", "make_web_resource"]
+
+
+def make_web_resource(
+    store: LocationStore,
+    clock: Clock,
+    metrics: Metrics,
+    healthy: Callable[[], bool],
+    password: str | None = None,
+    public: bool = False,
+) -> IResource:
+    """The resource to serve with ``twisted.web.server.Site``.
+
+    ``public`` says the listener is reachable beyond loopback (see
+    :func:`is_loopback_description`); then removing bindings needs
+    ``password``, and without one the page is read-only.
+    """
+    page = BindingsPage(store, clock, metrics, make_environment(), healthy, password=password, public=public)
+    return cast(IResource, page.app.resource())
+
+
+def _unescape(value: str) -> str:
+    r"""Undo strports escaping (``\:`` stands for a colon inside a value)."""
+    out: list[str] = []
+    chars = iter(value)
+    for char in chars:
+        out.append(next(chars, "") if char == "\\" else char)
+    return "".join(out)
+
+
+def _split_description(description: str) -> list[str]:
+    r"""Split a strports description on unescaped colons (``tcp:8080:interface=\:\:1``)."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append("\\" + char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _is_loopback_interface(interface: str) -> bool:
+    interface = interface.strip().strip("[]")
+    if interface.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_description(strports_description: str) -> bool:
+    r"""Whether a strports description listens on loopback only.
+
+    True for ``tcp:8080:interface=127.0.0.1`` (any 127.x address),
+    ``interface=\:\:1`` or ``interface=localhost``; False for ``tcp:8080``
+    (all interfaces), any other address, and anything else, including
+    ``unix:`` sockets (a reverse proxy in front of one may publish it).
+    """
+    parts = _split_description(strports_description)
+    kind = parts[0].strip().lower()
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep and key.strip().lower() == "interface":
+            return _is_loopback_interface(_unescape(value))
+    return False

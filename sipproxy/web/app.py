@@ -1,0 +1,348 @@
+# -*- test-case-name: tests.test_web -*-
+"""The bindings page: the tutorial's ``index.jsp`` for an operator who keeps it open all day.
+
+Routes (a Klein app on :class:`BindingsPage`):
+
+- ``GET /``: every address-of-record with its contacts, live.
+- ``GET /static/<name>``: the page's script and style sheet.
+- ``GET /api/bindings``: the bindings as JSON; ``?aor=`` selects one AOR.
+- ``GET /api/events``: Server-Sent Events, a ``snapshot`` event first and
+  then one ``binding`` event per change of the location service.
+- ``DELETE /api/bindings/<aor>`` (``?contact=`` for one contact): removes bindings.
+- ``GET /healthz`` and ``GET /metrics``.
+
+Removing bindings is open on a loopback-only listener and needs HTTP Basic
+credentials (user ``admin``) on a public one; without a password a public
+listener is read-only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from sipproxy.location import BindingEvent, LocationStore
+from sipproxy.location.store import Clock, DelayedCall
+from sipproxy.metrics import Metrics
+from sipproxy.web.render import EMPTY_BINDING, binding_json
+
+__all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_message"]
+
+ADMIN_USER = "admin"
+"""The only user name accepted for removals on a public listener."""
+
+PING_INTERVAL = 15.0
+"""Seconds between comment lines on idle event streams (keeps proxies and NATs from closing them)."""
+
+RETRY_MS = 2000
+"""How long a browser waits before reconnecting a dropped event stream."""
+
+_STATIC = {
+    "bindings.js": b"text/javascript; charset=utf-8",
+    "bindings.css": b"text/css; charset=utf-8",
+}
+
+_SECURITY_HEADERS = {
+    b"content-security-policy": (
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+}
+
+_LOOPBACK_NAMES = ("localhost", "::1", "[::1]")
+
+
+def sse_message(event: str, data: object) -> bytes:
+    """One Server-Sent Events message: an event name and JSON data on a single line."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _is_loopback_host(host: str) -> bool:
+    """Whether a Host header (without port) names this machine's loopback interface."""
+    host = host.lower()
+    return host in _LOOPBACK_NAMES or host.startswith("127.") or host.endswith(".localhost")
+
+
+def _host_without_port(host: str) -> str:
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class EventStream:
+    """One open ``text/event-stream`` response."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    def send(self, message: bytes) -> None:
+        """Write ``message`` unless the client has gone."""
+        self.request.write(message)
+
+
+class BindingsPage:
+    """The web face of the location service (see the module docstring for the routes)."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        store: LocationStore,
+        clock: Clock,
+        metrics: Metrics,
+        env: jinja2.Environment,
+        healthy: Callable[[], bool],
+        password: str | None = None,
+        public: bool = False,
+    ) -> None:
+        """Serve ``store``; ``public`` says the listener is reachable beyond loopback."""
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.env = env
+        self.healthy = healthy
+        self.password = password
+        self.public = public
+        self.streams: set[EventStream] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._ping: DelayedCall | None = None
+
+    def can_remove(self, request: Request) -> bool:
+        """Whether the page shown to ``request`` offers removal buttons at all."""
+        return not self._is_public(request) or self.password is not None
+
+    def _is_public(self, request: Request) -> bool:
+        """Public listener, or a loopback one reached through a reverse proxy."""
+        return self.public or _forwarded(request)
+
+    # -- the page ---------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def index(self, request: Request) -> bytes:
+        """The bindings page, rendered with the current bindings; the script keeps it live."""
+        self._secure(request)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        now = self.clock.seconds()
+        groups = [(aor, [binding_json(b, now) for b in self.store.lookup(aor)]) for aor in self.store.aors()]
+        page = self.env.get_template("bindings.html").render(
+            groups=groups,
+            aor_count=len(groups),
+            total=sum(len(rows) for _, rows in groups),
+            placeholder=EMPTY_BINDING,
+            can_remove=self.can_remove(request),
+            needs_login=self._is_public(request) and self.password is not None,
+        )
+        return page.encode("utf-8")
+
+    @app.route("/static/<name>", methods=["GET"])
+    def static(self, request: Request, name: str) -> bytes:
+        """The page's script and style sheet, straight from the template directory."""
+        content_type = _STATIC.get(name)
+        if content_type is None or self.env.loader is None:
+            return self._json(request, 404, {"error": f"no such file: {name}"})
+        source, _, _ = self.env.loader.get_source(self.env, name)
+        self._secure(request)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-cache")
+        return source.encode("utf-8")
+
+    # -- JSON API ---------------------------------------------------------
+
+    @app.route("/api/bindings", methods=["GET"])
+    def list_bindings(self, request: Request) -> bytes:
+        """``{"bindings": [...], "aors": N, "total": M}``; ``?aor=`` keeps one AOR (exact match)."""
+        aor = _query(request, "aor")
+        return self._json(request, 200, self._snapshot(aor))
+
+    @app.route("/api/bindings/<path:aor>", methods=["DELETE"])
+    def remove_bindings(self, request: Request, aor: str) -> bytes:
+        """Remove every binding of ``aor``, or only ``?contact=``; 404 when nothing matched."""
+        refusal = self._refuse_removal(request)
+        if refusal is not None:
+            return refusal
+        contact = _query(request, "contact")
+        if contact is None:
+            count = self.store.remove_aor(aor)
+        else:
+            count = 1 if self.store.remove(aor, contact) else 0
+        if count == 0:
+            what = f"binding {contact} of {aor}" if contact is not None else f"bindings of {aor}"
+            return self._json(request, 404, {"error": f"no {what}"})
+        client = _client(request)
+        if contact is None:
+            self.log.info("Web removed {count} bindings of {aor}", count=count, aor=aor, client=client)
+        else:
+            self.log.info("Web removed binding {contact} of {aor}", contact=contact, aor=aor, client=client)
+        return self._json(request, 200, {"removed": count, "aor": aor, "contact": contact})
+
+    # -- live updates -----------------------------------------------------
+
+    @app.route("/api/events", methods=["GET"])
+    def events(self, request: Request) -> Deferred[None]:
+        """A ``text/event-stream``: a ``snapshot`` of every binding, then one ``binding`` event per change.
+
+        The returned Deferred never fires; Klein cancels it when the client
+        goes away, and ``notifyFinish`` drops the stream.
+        """
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            return succeed(None)
+        stream = EventStream(request)
+        stream.send(f"retry: {RETRY_MS}\n\n".encode())
+        stream.send(sse_message("snapshot", self._snapshot(None)))
+        self._open(stream)
+        request.notifyFinish().addBoth(self._closed, stream)
+        return Deferred()
+
+    def on_binding_event(self, event: BindingEvent) -> None:
+        """Store subscriber: send one ``binding`` event to every open stream."""
+        if not self.streams:
+            return
+        payload = {"kind": event.kind, "binding": binding_json(event.binding, self.clock.seconds())}
+        message = sse_message("binding", payload)
+        for stream in list(self.streams):
+            stream.send(message)
+
+    def _open(self, stream: EventStream) -> None:
+        if not self.streams:
+            self._unsubscribe = self.store.subscribe(self.on_binding_event)
+            self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
+        self.streams.add(stream)
+        self.log.debug(
+            "Event stream opened for {client}; {count} open", client=_client(stream.request), count=len(self.streams)
+        )
+
+    def _closed(self, result: object, stream: EventStream) -> None:
+        """``notifyFinish`` callback: forget the stream; the last one stops the subscription and pings.
+
+        Returns None, so a dropped connection's failure ends here.
+        """
+        self.streams.discard(stream)
+        self.log.debug("Event stream closed; {count} open", count=len(self.streams))
+        if self.streams:
+            return
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        self._ping = None
+
+    def _send_ping(self) -> None:
+        for stream in list(self.streams):
+            stream.send(b": ping\n\n")
+        self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping) if self.streams else None
+
+    # -- operations -------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: Request) -> bytes:
+        """200 ``ok`` while the server is healthy, 503 otherwise."""
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if self.healthy():
+            return b"ok\n"
+        request.setResponseCode(503)
+        return b"unhealthy\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: Request) -> bytes:
+        """The server's Prometheus metrics in the text exposition format."""
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.metrics.registry)
+
+    # -- helpers ----------------------------------------------------------
+
+    def _snapshot(self, aor: str | None) -> dict[str, Any]:
+        now = self.clock.seconds()
+        bindings = self.store.lookup(aor) if aor is not None else self.store.all_bindings()
+        return {
+            "bindings": [binding_json(b, now) for b in bindings],
+            "aors": len({b.aor for b in bindings}),
+            "total": len(bindings),
+        }
+
+    def _refuse_removal(self, request: Request) -> bytes | None:
+        """The error response when ``request`` may not remove bindings, else None.
+
+        A request that came through a reverse proxy (``Forwarded`` or
+        ``X-Forwarded-For``) is treated as public even on a loopback
+        listener, and on loopback the Host must be a loopback name, which
+        stops DNS rebinding. Cross-site requests need no check of their own:
+        a DELETE from another origin needs a CORS preflight that this server
+        never grants.
+        """
+        if not self._is_public(request):
+            host = (request.getHeader(b"host") or b"").decode("latin-1")
+            if not _is_loopback_host(_host_without_port(host)):
+                return self._refused(request, 403, "removal over loopback needs a loopback host name")
+            return None
+        if self.password is None:
+            return self._refused(request, 403, "removal is disabled: the web listener is public and has no password")
+        if not self._authorised(request):
+            request.setHeader(b"www-authenticate", b'Basic realm="sipproxy", charset="UTF-8"')
+            return self._refused(request, 401, "removal needs the admin password")
+        return None
+
+    def _authorised(self, request: Request) -> bool:
+        assert self.password is not None
+        user_ok = hmac.compare_digest(request.getUser(), ADMIN_USER.encode())
+        password_ok = hmac.compare_digest(request.getPassword(), self.password.encode())
+        return user_ok and password_ok
+
+    def _refused(self, request: Request, status: int, reason: str) -> bytes:
+        self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn, not warning
+            "Web refused removal {uri} from {client}: {reason}",
+            uri=_uri(request),
+            client=_client(request),
+            reason=reason,
+        )
+        return self._json(request, status, {"error": reason})
+
+    def _json(self, request: Request, status: int, body: object) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return json.dumps(body).encode("utf-8")
+
+    @staticmethod
+    def _secure(request: Request) -> None:
+        for name, value in _SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+
+
+def _query(request: Request, name: str) -> str | None:
+    """The first ``name=`` query parameter, decoded as UTF-8."""
+    values = request.args.get(name.encode()) if request.args is not None else None
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _forwarded(request: Request) -> bool:
+    """Whether a reverse proxy says it forwarded ``request`` for someone else."""
+    return request.getHeader(b"forwarded") is not None or request.getHeader(b"x-forwarded-for") is not None
+
+
+def _client(request: Request) -> str:
+    peer = request.getClientAddress()
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
+def _uri(request: Request) -> str:
+    return request.uri.decode("latin-1")

@@ -1,0 +1,605 @@
+"""Tests for sipproxy.web: the bindings page, JSON API, event stream, health and metrics, in process (no sockets)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import treq
+from treq.testing import StubTreq
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, capturedLogs
+from twisted.python.failure import Failure
+
+from sipproxy.location import Binding, LocationStore
+from sipproxy.metrics import Metrics
+from sipproxy.web import BindingsPage, is_loopback_description, make_environment, make_web_resource
+from sipproxy.web.app import PING_INTERVAL, sse_message
+from sipproxy.web.render import (
+    EMPTY_BINDING,
+    SOURCE_TEMPLATES,
+    binding_json,
+    format_duration,
+    format_utc,
+    iso_utc,
+    make_loader,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+ALICE = "sip:alice@example.test"
+BOB = "sip:bob@example.test"
+START = 1_714_566_896.0  # 2024-05-01T12:34:56Z
+BASE = "http://127.0.0.1:8080"
+JSON_KEYS = {
+    "aor", "contact", "expires_in", "q", "call_id", "cseq", "user_agent", "source", "transport",
+    "source_host", "source_port", "path", "instance", "reg_id", "registered_at", "refreshed_at",
+}  # fmt: skip
+
+
+def make_binding(
+    aor: str = ALICE, contact: str = "sip:alice@192.0.2.7:5062", *, ttl: float = 3600, **fields: Any
+) -> Binding:
+    values: dict[str, Any] = {
+        "call_id": "a84b4c76e66710@pc33.example.test",
+        "cseq": 1,
+        "expires_at": START + ttl,
+        "user_agent": "Linphone/5.2",
+        "source_host": "192.0.2.7",
+        "source_port": 5062,
+        "registered_at": START,
+        "refreshed_at": START,
+    }
+    values.update(fields)
+    return Binding(aor=aor, contact=contact, **values)
+
+
+class Web:
+    """One page over a real in-memory store, driven through StubTreq on a fake clock."""
+
+    def __init__(self, *, password: str | None = None, public: bool = False) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = LocationStore(self.clock)
+        self.metrics = Metrics()
+        self.metrics.watch(self.metrics.bindings, self.store.count)
+        self.healthy = True
+        self.page = BindingsPage(
+            self.store,
+            self.clock,
+            self.metrics,
+            make_environment(),
+            lambda: self.healthy,
+            password=password,
+            public=public,
+        )
+        self.stub = StubTreq(self.page.app.resource())
+
+    def put(self, *bindings: Binding) -> None:
+        for binding in bindings:
+            self.store.update(binding.aor, put=[binding])
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
+        """(response, body) of one request; the page answers synchronously."""
+        response = _result(self.stub.request(method, BASE + path, **kwargs))
+        return response, _result(response.content())
+
+    def get_json(self, path: str) -> Any:
+        response, body = self.request("GET", path)
+        assert response.code == 200
+        assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
+        return json.loads(body)
+
+
+def _result(deferred: Any) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the deferred did not fire synchronously"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def template_source(name: str) -> str:
+    """A file of the template directory the code under test uses (source tree or installed package)."""
+    env = make_environment()
+    assert env.loader is not None
+    return env.loader.get_source(env, name)[0]
+
+
+def outside_templates(page: str) -> str:
+    """The page without its ``<template>`` elements (the script's blank rows)."""
+    return re.sub(r"<template\b.*?</template>", "", page, flags=re.DOTALL)
+
+
+def basic(user: str, password: str) -> dict[str, list[str]]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": [f"Basic {token}"]}
+
+
+@pytest.fixture
+def web() -> Web:
+    return Web()
+
+
+# -- rendering helpers ------------------------------------------------------
+
+
+def test_formatting_helpers() -> None:
+    assert iso_utc(START) == "2024-05-01T12:34:56Z"
+    assert format_utc("2024-05-01T12:34:56Z") == "2024-05-01 12:34:56 UTC"
+    assert [format_duration(s) for s in (0, 9, 60, 307, 3600, 7209)] == [
+        "0 s", "9 s", "1 min 00 s", "5 min 07 s", "1 h 00 min 00 s", "2 h 00 min 09 s",
+    ]  # fmt: skip
+
+
+def test_binding_json_has_the_api_fields_and_matches_the_row_template() -> None:
+    shown = binding_json(make_binding(path=("<sip:p1.example.test;lr>",), instance="<urn:uuid:1>", reg_id=1), START + 1)
+    assert JSON_KEYS <= shown.keys()
+    assert shown.keys() == EMPTY_BINDING.keys()
+    assert shown["expires_in"] == 3599
+    assert shown["source"] == "UDP 192.0.2.7:5062"
+    assert shown["path"] == ["<sip:p1.example.test;lr>"]
+    assert shown["registered_at"] == "2024-05-01T12:34:56Z"
+    json.dumps(shown)
+
+
+def test_environment_autoescapes_and_finds_the_templates() -> None:
+    env = make_environment()
+    assert env.from_string("{{ x }}").render(x="<b>") == "&lt;b&gt;"
+    assert "bindings.html" in env.list_templates()
+    assert {"bindings.js", "bindings.css"} <= set(env.list_templates())
+
+
+def test_loader_finds_the_templates_of_the_sipproxy_being_tested(tmp_path: Path) -> None:
+    """A checkout or editable install has no sipproxy.templates package and reads ``templates/``;
+    an installed wheel has only the package. Without either, say so."""
+    import sipproxy
+
+    installed = (Path(sipproxy.__file__).parent / "templates").is_dir()
+    loader = make_loader()
+    assert isinstance(loader, jinja2.ChoiceLoader)
+    kinds = [type(x) for x in loader.loaders]
+    assert kinds == ([jinja2.PackageLoader] if installed else [jinja2.FileSystemLoader])
+    if not installed:
+        assert SOURCE_TEMPLATES == REPO / "templates"
+        with pytest.raises(RuntimeError, match="no sipproxy templates"):
+            make_loader(tmp_path / "missing")
+
+
+def test_package_loader_is_used_when_sipproxy_templates_is_a_package(tmp_path: Path) -> None:
+    """The wheel layout: templates inside the package, no source tree next to it."""
+    import sipproxy
+
+    templates = Path(make_environment().get_template("bindings.html").filename or "").parent
+    package = tmp_path / "sipproxy"
+    shutil.copytree(Path(sipproxy.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__", "templates"))
+    shutil.copytree(templates, package / "templates", ignore=shutil.ignore_patterns("__pycache__"))
+    script = textwrap.dedent(
+        """
+        import jinja2, sipproxy.web.render as render
+        from pathlib import Path
+        assert not render.SOURCE_TEMPLATES.is_dir(), render.SOURCE_TEMPLATES
+        env = render.make_environment()
+        assert isinstance(env.loader.loaders[0], jinja2.PackageLoader)
+        assert len(env.loader.loaders) == 1
+        print(env.get_template("bindings.html").filename)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(package / "templates" / "bindings.html")
+
+
+# -- the page ---------------------------------------------------------------
+
+
+def test_page_has_a_row_per_binding_grouped_by_aor(web: Web) -> None:
+    web.put(
+        make_binding(),
+        make_binding(contact="sip:alice@198.51.100.4:5060;transport=tcp", q=0.5, transport="TCP"),
+        make_binding(BOB, "sip:bob@192.0.2.9", path=("<sip:edge.example.test;lr>",), cseq=42),
+    )
+    response, body = web.request("GET", "/")
+    page = body.decode()
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
+    assert "script-src 'self'" in response.headers.getRawHeaders("content-security-policy")[0]
+    shown = outside_templates(page)
+    assert shown.count('<tbody class="aor-group"') == 2
+    assert shown.count('<tr class="binding"') == 3
+    assert page.index(f'data-aor="{ALICE}"') < page.index(f'data-aor="{BOB}"')
+    assert 'data-contact="sip:alice@198.51.100.4:5060;transport=tcp"' in page
+    assert 'data-expires-in="3600"' in page and "1 h 00 min 00 s" in page
+    assert '<td class="num" data-field="q">0.5</td>' in page
+    assert '<td class="num" data-field="cseq">42</td>' in page
+    assert "TCP 192.0.2.7:5062" in page
+    assert "2024-05-01 12:34:56 UTC" in page
+    assert "&lt;sip:edge.example.test;lr&gt;" in page
+    assert '<strong id="aor-total">2</strong>' in page
+    assert '<strong id="binding-total">3</strong>' in page
+    assert 'id="filter"' in page
+    assert 'src="static/bindings.js"' in page
+    assert page.count('class="remove remove-contact"') == 3 + 1  # the rows, and the row template
+
+
+def test_page_without_bindings_says_so(web: Web) -> None:
+    page = web.request("GET", "/")[1].decode()
+    assert '<tbody id="empty">' in page
+    assert '<tr class="binding"' in page  # in the row template
+    assert '<tr class="binding"' not in outside_templates(page)
+
+
+def test_what_a_phone_sent_is_shown_as_text(web: Web) -> None:
+    web.put(
+        make_binding(
+            contact='sip:x@192.0.2.7;a="><img src=x onerror=alert(1)>',
+            user_agent="<script>alert('ua')</script> <b>bold</b>",
+            call_id="<i>call</i>",
+        )
+    )
+    page = web.request("GET", "/")[1].decode()
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert "&lt;script&gt;alert(&#39;ua&#39;)&lt;/script&gt;" in page
+    assert "<script>alert" not in page and "<b>bold" not in page and "<img" not in page
+    assert "&lt;i&gt;call&lt;/i&gt;" in page
+    assert 'data-contact="sip:x@192.0.2.7;a=&#34;&gt;&lt;img' in page
+
+
+def test_script_fills_rows_with_text_only() -> None:
+    script = template_source("bindings.js")
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "outerHTML" not in script
+    assert "textContent" in script
+    assert 'new EventSource("api/events")' in script and 'fetch("api/bindings"' in script
+
+
+@pytest.mark.parametrize(("name", "content_type"), [("bindings.js", "text/javascript"), ("bindings.css", "text/css")])
+def test_static_files(web: Web, name: str, content_type: str) -> None:
+    response, body = web.request("GET", f"/static/{name}")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == [f"{content_type}; charset=utf-8"]
+    assert body.decode() == template_source(name)
+
+
+@pytest.mark.parametrize("name", ["bindings.html", "..%2Fsetup.cfg", "nope.js"])
+def test_other_static_names_are_404(web: Web, name: str) -> None:
+    assert web.request("GET", f"/static/{name}")[0].code == 404
+
+
+# -- JSON API ---------------------------------------------------------------
+
+
+def test_json_lists_every_binding(web: Web) -> None:
+    web.put(
+        make_binding(
+            path=("<sip:p1.example.test;lr>",), instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>", reg_id=1
+        ),
+        make_binding(BOB, "sip:bob@192.0.2.9:5070", transport="TCP", source_host="2001:db8::9", source_port=5070),
+    )
+    data = web.get_json("/api/bindings")
+    assert data["aors"] == 2 and data["total"] == 2
+    alice, bob = data["bindings"]
+    assert JSON_KEYS <= alice.keys()
+    assert alice == {
+        "aor": ALICE,
+        "contact": "sip:alice@192.0.2.7:5062",
+        "expires_in": 3600,
+        "expires_at": "2024-05-01T13:34:56Z",
+        "q": 1.0,
+        "call_id": "a84b4c76e66710@pc33.example.test",
+        "cseq": 1,
+        "user_agent": "Linphone/5.2",
+        "source": "UDP 192.0.2.7:5062",
+        "transport": "UDP",
+        "source_host": "192.0.2.7",
+        "source_port": 5062,
+        "path": ["<sip:p1.example.test;lr>"],
+        "instance": "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>",
+        "reg_id": 1,
+        "registered_at": "2024-05-01T12:34:56Z",
+        "refreshed_at": "2024-05-01T12:34:56Z",
+    }
+    assert bob["source"] == "TCP [2001:db8::9]:5070"
+
+
+def test_json_aor_filter_is_exact(web: Web) -> None:
+    web.put(make_binding(), make_binding(contact="sip:alice@192.0.2.8"), make_binding(BOB, "sip:bob@192.0.2.9"))
+    data = web.get_json("/api/bindings?aor=" + ALICE)
+    assert {b["aor"] for b in data["bindings"]} == {ALICE}
+    assert (data["aors"], data["total"]) == (1, 2)
+    assert web.get_json("/api/bindings?aor=sip:alice@example") == {"bindings": [], "aors": 0, "total": 0}
+
+
+def test_expires_in_counts_down_with_the_clock(web: Web) -> None:
+    web.put(make_binding(ttl=120))
+    assert web.get_json("/api/bindings")["bindings"][0]["expires_in"] == 120
+    web.clock.advance(30)
+    assert web.get_json("/api/bindings")["bindings"][0]["expires_in"] == 90
+    web.clock.advance(89.5)
+    assert web.get_json("/api/bindings")["bindings"][0]["expires_in"] == 1
+    web.clock.advance(0.5)
+    assert web.get_json("/api/bindings") == {"bindings": [], "aors": 0, "total": 0}
+
+
+# -- removal ----------------------------------------------------------------
+
+
+def test_delete_removes_every_binding_of_an_aor(web: Web) -> None:
+    web.put(make_binding(), make_binding(contact="sip:alice@192.0.2.8"), make_binding(BOB, "sip:bob@192.0.2.9"))
+    with capturedLogs() as events:
+        response, body = web.request("DELETE", "/api/bindings/sip%3Aalice%40example.test")
+    assert response.code == 200
+    assert json.loads(body) == {"removed": 2, "aor": ALICE, "contact": None}
+    assert web.store.lookup(ALICE) == []
+    assert len(web.store.lookup(BOB)) == 1
+    assert_logged(events, "Web removed {count} bindings of {aor}", count=2, aor=ALICE)
+
+
+def test_delete_one_contact(web: Web) -> None:
+    web.put(make_binding(), make_binding(contact="sip:alice@192.0.2.8;transport=tcp"))
+    with capturedLogs() as events:
+        response, body = web.request(
+            "DELETE", "/api/bindings/sip:alice@example.test", params={"contact": "sip:alice@192.0.2.8;transport=tcp"}
+        )
+    assert response.code == 200
+    assert json.loads(body)["removed"] == 1
+    assert [b.contact for b in web.store.lookup(ALICE)] == ["sip:alice@192.0.2.7:5062"]
+    assert_logged(
+        events, "Web removed binding {contact} of {aor}", contact="sip:alice@192.0.2.8;transport=tcp", aor=ALICE
+    )
+
+
+def test_delete_aor_with_a_slash_in_it(web: Web) -> None:
+    aor = "sip:odd/user@example.test"
+    web.put(make_binding(aor, "sip:odd@192.0.2.7"))
+    response, _ = web.request("DELETE", "/api/bindings/sip%3Aodd%2Fuser%40example.test")
+    assert response.code == 200
+    assert web.store.lookup(aor) == []
+
+
+def test_delete_unknown_is_404_json(web: Web) -> None:
+    web.put(make_binding())
+    for path, params in [
+        ("/api/bindings/sip:carol@example.test", {}),
+        ("/api/bindings/" + ALICE, {"contact": "sip:nope@192.0.2.1"}),
+    ]:
+        response, body = web.request("DELETE", path, params=params)
+        assert response.code == 404
+        assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
+        assert "error" in json.loads(body)
+    assert web.store.count() == 1
+
+
+def test_delete_on_loopback_needs_a_loopback_host(web: Web) -> None:
+    """DNS rebinding: a page from evil.example that resolves to 127.0.0.1 sends Host: evil.example."""
+    web.put(make_binding())
+    for host in ("localhost:8080", "127.0.0.1", "[::1]:8080"):
+        web.put(make_binding())
+        response, _ = web.request("DELETE", "/api/bindings/" + ALICE, headers={"Host": host})
+        assert response.code == 200, host
+    web.put(make_binding())
+    response, _ = web.request("DELETE", "/api/bindings/" + ALICE, headers={"Host": "evil.example:8080"})
+    assert response.code == 403
+    assert web.store.count() == 1
+
+
+def test_public_without_password_is_read_only() -> None:
+    web = Web(public=True)
+    web.put(make_binding())
+    with capturedLogs() as events:
+        response, body = web.request("DELETE", "/api/bindings/" + ALICE, headers=basic("admin", ""))
+    assert response.code == 403
+    assert "disabled" in json.loads(body)["error"]
+    assert web.store.count() == 1
+    assert any(e["log_level"].name == "warn" and e["log_format"].startswith("Web refused removal") for e in events)
+    page = web.request("GET", "/")[1].decode()
+    assert 'data-can-remove="false"' in page
+    assert "remove-contact" not in page and "remove-aor" not in page
+    assert "read-only" in page
+
+
+def test_public_with_password_needs_basic_auth() -> None:
+    web = Web(public=True, password="s3cret")
+    web.put(make_binding())
+    response, _ = web.request("DELETE", "/api/bindings/" + ALICE)
+    assert response.code == 401
+    assert response.headers.getRawHeaders("www-authenticate") == ['Basic realm="sipproxy", charset="UTF-8"']
+    for user, password in [("admin", "wrong"), ("root", "s3cret"), ("admin", "s3cret2")]:
+        assert web.request("DELETE", "/api/bindings/" + ALICE, headers=basic(user, password))[0].code == 401
+    assert web.store.count() == 1
+    response, _ = web.request("DELETE", "/api/bindings/" + ALICE, headers=basic("admin", "s3cret"))
+    assert response.code == 200
+    assert web.store.count() == 0
+    page = web.request("GET", "/")[1].decode()
+    assert 'data-can-remove="true"' in page and "admin password" in page
+
+
+def test_loopback_behind_a_reverse_proxy_counts_as_public(web: Web) -> None:
+    web.put(make_binding())
+    response, _ = web.request("DELETE", "/api/bindings/" + ALICE, headers={"X-Forwarded-For": "203.0.113.5"})
+    assert response.code == 403
+    assert web.store.count() == 1
+    assert 'data-can-remove="false"' in web.request("GET", "/", headers={"Forwarded": "for=203.0.113.5"})[1].decode()
+
+
+def test_get_is_not_a_removal(web: Web) -> None:
+    web.put(make_binding())
+    assert web.request("GET", "/api/bindings/" + ALICE)[0].code == 405
+    assert web.request("POST", "/api/bindings")[0].code == 405
+    assert web.store.count() == 1
+
+
+# -- health and metrics -------------------------------------------------------
+
+
+def test_healthz(web: Web) -> None:
+    response, body = web.request("GET", "/healthz")
+    assert (response.code, body) == (200, b"ok\n")
+    web.healthy = False
+    response, body = web.request("GET", "/healthz")
+    assert response.code == 503
+
+
+def test_metrics(web: Web) -> None:
+    web.put(make_binding(), make_binding(BOB, "sip:bob@192.0.2.9"))
+    response, body = web.request("GET", "/metrics")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain; version=")
+    assert "# TYPE sip_bindings gauge" in body.decode()
+    assert "sip_bindings 2.0" in body.decode()
+
+
+def test_make_web_resource_serves_the_page() -> None:
+    clock = Clock()
+    store = LocationStore(clock)
+    stub = StubTreq(make_web_resource(store, clock, Metrics(), lambda: True))
+    response = _result(stub.get(BASE + "/healthz"))
+    assert response.code == 200
+
+
+@pytest.mark.parametrize(
+    ("description", "loopback"),
+    [
+        ("tcp:8080:interface=127.0.0.1", True),
+        ("tcp:port=8080:interface=127.0.0.2", True),
+        ("tcp:8080:interface=localhost", True),
+        ("tcp6:8080:interface=\\:\\:1", True),
+        ("tcp:8080:interface=[\\:\\:1]", True),
+        ("ssl:8443:privateKey=key.pem:interface=127.0.0.1", True),
+        ("tcp:8080", False),
+        ("tcp:8080:interface=0.0.0.0", False),
+        ("tcp:8080:interface=192.0.2.1", False),
+        ("tcp6:8080:interface=\\:\\:", False),
+        ("tcp:8080:interface=", False),
+        ("unix:/run/sipproxy.sock", False),
+        ("", False),
+    ],
+)
+def test_is_loopback_description(description: str, loopback: bool) -> None:
+    assert is_loopback_description(description) is loopback
+
+
+# -- live updates -------------------------------------------------------------
+
+
+class Stream:
+    """An open ``/api/events`` response, its body chunks as they arrive."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+        self.chunks: list[bytes] = []
+        self.response = _result(web.stub.get(BASE + "/api/events"))
+        treq.collect(self.response, self.chunks.append)
+        web.stub.flush()
+
+    def events(self) -> list[tuple[str, Any]]:
+        self.web.stub.flush()
+        found = []
+        for message in b"".join(self.chunks).decode().split("\n\n"):
+            lines = dict(line.split(": ", 1) for line in message.splitlines() if line.startswith(("event:", "data:")))
+            if "event" in lines:
+                found.append((lines["event"], json.loads(lines["data"])))
+        return found
+
+    def close(self) -> None:
+        for stream in list(self.web.page.streams):
+            stream.request.transport.loseConnection()  # type: ignore[attr-defined]
+            stream.request.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.web.stub.flush()
+
+
+def test_sse_message_format() -> None:
+    assert (
+        sse_message("binding", {"kind": "added", "x": "a\nb"})
+        == b'event: binding\ndata: {"kind":"added","x":"a\\nb"}\n\n'
+    )
+
+
+def test_event_stream_starts_with_a_snapshot(web: Web) -> None:
+    web.put(make_binding())
+    stream = Stream(web)
+    assert stream.response.code == 200
+    assert stream.response.headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
+    assert stream.chunks[0] == b"retry: 2000\n\n"
+    [(kind, snapshot)] = stream.events()
+    assert kind == "snapshot"
+    assert snapshot == web.get_json("/api/bindings")
+
+
+def test_every_change_is_one_event_on_every_open_stream(web: Web) -> None:
+    first, second = Stream(web), Stream(web)
+    web.put(make_binding())
+    web.clock.advance(10)
+    web.put(make_binding(ttl=3700, refreshed_at=START + 10, cseq=2))
+    web.put(make_binding(BOB, "sip:bob@192.0.2.9", ttl=30))
+    web.store.remove(ALICE, "sip:alice@192.0.2.7:5062")
+    web.clock.advance(30)
+    for stream in (first, second):
+        events = stream.events()[1:]
+        assert [(e["kind"], e["binding"]["aor"]) for _, e in events] == [
+            ("added", ALICE), ("refreshed", ALICE), ("added", BOB), ("removed", ALICE), ("expired", BOB),
+        ]  # fmt: skip
+        assert {name for name, _ in events} == {"binding"}
+        assert events[1][1]["binding"]["expires_in"] == 3690
+        assert events[1][1]["binding"]["cseq"] == 2
+
+
+def test_head_on_the_event_stream_opens_no_stream(web: Web) -> None:
+    response, body = web.request("HEAD", "/api/events")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
+    assert (body, web.page.streams, web.clock.getDelayedCalls()) == (b"", set(), [])
+
+
+def test_idle_streams_get_a_ping_and_closed_streams_are_dropped(web: Web) -> None:
+    stream = Stream(web)
+    assert len(web.page.streams) == 1
+    web.clock.advance(PING_INTERVAL)
+    web.stub.flush()
+    assert stream.chunks[-1] == b": ping\n\n"
+    assert len(web.clock.getDelayedCalls()) == 1
+    stream.close()
+    assert web.page.streams == set()
+    assert web.clock.getDelayedCalls() == []
+    web.put(make_binding())  # no subscriber left to write to a closed request
+    assert web.store.callback_errors == type(web.store.callback_errors)()
+    assert web.page._unsubscribe is None
+
+
+def test_a_page_subscribes_only_while_someone_watches(web: Web) -> None:
+    calls: list[object] = []
+    web.page.on_binding_event = calls.append  # type: ignore[method-assign]
+    web.put(make_binding())
+    assert calls == []
+    stream = Stream(web)
+    web.put(make_binding(BOB, "sip:bob@192.0.2.9"))
+    assert len(calls) == 1
+    stream.close()
+    web.put(make_binding(contact="sip:alice@192.0.2.8"))
+    assert len(calls) == 1
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def assert_logged(events: list[LogEvent], log_format: str, **fields: object) -> None:
+    matching = [e for e in events if e.get("log_format") == log_format]
+    assert matching, [e.get("log_format") for e in events]
+    for name, value in fields.items():
+        assert matching[0][name] == value
