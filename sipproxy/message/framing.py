@@ -8,11 +8,13 @@ is mandatory.  Between messages a peer may send CRLFCRLF as a keep-alive
 from __future__ import annotations
 
 import re
+
 from sipproxy.message.errors import ParseError
 
 __all__ = ["StreamFramer", "KeepAlive", "KEEPALIVE", "FramingError"]
 
-_CONTENT_LENGTH = re.compile(rb"(?:^|\r?\n)(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+#: The first Content-Length line and its continuation lines (§7.3.1 folding).
+_CONTENT_LENGTH = re.compile(rb"(?:^|\r?\n)(?:content-length|l)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE)
 
 
 class KeepAlive:
@@ -87,15 +89,13 @@ class StreamFramer:
             if end > self.max_head:
                 raise FramingError("Message header too large")
             head = bytes(buf[:end])
-            m = None
-            for m in _CONTENT_LENGTH.finditer(head):
-                break
+            m = _CONTENT_LENGTH.search(head)
             if m is None:
                 raise FramingError("Missing Content-Length", head)
-            value = m.group(1).strip()
-            if not value.isdigit() or len(value) > 10:
+            value = m.group(1).split()
+            if len(value) != 1 or not value[0].isdigit() or len(value[0]) > 10:
                 raise FramingError("Bad Content-Length", head)
-            length = int(value)
+            length = int(value[0])
             if length > self.max_body:
                 raise FramingError("Message body too large", head)
             self._head_end = end + 4

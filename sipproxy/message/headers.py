@@ -227,6 +227,12 @@ def split_params(text: str) -> dict[str, str | None]:
             name, eq, val = part.partition("=")
             params[name.lower()] = val if eq else None
         return params
+    return _split_params(text)
+
+
+def _split_params(text: str) -> dict[str, str | None]:
+    """:func:`split_params` for any input: LWS, quoted values, and a reason for each error."""
+    params: dict[str, str | None] = {}
     for part in _split_semicolons(text):
         part = part.strip(" \t")
         if not part:

@@ -182,9 +182,9 @@ class Message:
     @property
     def call_id(self) -> str:
         value = self.get("call-id")
-        if value is None or not value.strip():
+        if value is None or not value.strip(" \t"):
             raise ParseError("Missing Call-ID")
-        return value.strip()
+        return value.strip(" \t")
 
     @property
     def cseq(self) -> CSeq:

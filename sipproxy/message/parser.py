@@ -27,7 +27,7 @@ __all__ = ["parse_message", "MAX_HEADERS"]
 MAX_HEADERS = 256
 
 _LINE_BREAK = re.compile(r"\r\n|\n")
-_VERSION = re.compile(r"SIP/([0-9]{1,9})\.([0-9]{1,9})\Z", re.I)
+_VERSION = re.compile(r"SIP/([0-9]{1,9})\.([0-9]{1,9})\Z", re.IGNORECASE)
 _SINGLE_VALUED = frozenset(("call-id", "cseq", "from", "to", "max-forwards", "content-length"))
 _MANDATORY = ("from", "to", "call-id", "cseq")
 #: Exact spellings seen on the wire -> key, so most lines need no lower-casing or token check.
@@ -40,17 +40,35 @@ del _name, _spelling
 
 def parse_message(data: bytes) -> Request | Response:
     """Parse one SIP message held entirely in ``data``."""
-    head, body = _split_head(data)
-    text = head.decode("utf-8", "surrogateescape")
-    crlf = text.count("\r\n")
-    if text.count("\r") != crlf:
-        raise ParseError("Stray CR in headers")
-    lines = text.split("\r\n") if text.count("\n") == crlf else _LINE_BREAK.split(text)
+    lines, body = _split_crlf(data) or _split_lines(data)
     first = lines[0]
     headers = _parse_headers(lines)
     if first[:4].upper() == "SIP/":
         return _finish_response(first, headers, body)
     return _finish_request(first, headers, body)
+
+
+def _split_crlf(data: bytes) -> tuple[list[str], bytes] | None:
+    """The everyday message: CRLF line ends only, nothing before the start line; else ``None``."""
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or data[0] == 0x0D:
+        return None
+    text = data[:end].decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks:
+        return None
+    return lines, data[end + 4 :]
+
+
+def _split_lines(data: bytes) -> tuple[list[str], bytes]:
+    """The header lines and the body of any message: leading CRLFs, bare LF line ends."""
+    head, body = _split_head(data)
+    text = head.decode("utf-8", "surrogateescape")
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf:
+        raise ParseError("Stray CR in headers")
+    return (text.split("\r\n") if text.count("\n") == crlf else _LINE_BREAK.split(text)), body
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -124,7 +142,7 @@ def _finish_request(first: str, headers: list[Header], body: bytes) -> Request:
     parts = first.split(" ")
     if len(parts) != 3 or not all(parts):
         # RFC 4475 lwsstart, trws, lwsruri: still answerable with a 400 when the method can be read.
-        method = parts[0]
+        method = first.replace("\t", " ").split(" ", 1)[0]
         partial = Request(method, "", headers, body) if is_token(method) and _respondable(headers) else None
         raise ParseError("Bad request line", partial=partial)
     method, uri_text, version = parts

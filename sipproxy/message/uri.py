@@ -13,13 +13,14 @@ from sipproxy.message.headers import format_params
 __all__ = ["SipURI", "AbsoluteURI", "URI", "parse_uri", "format_host", "is_ip_address"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
-_DOMAIN_RE = r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"
-_DOMAIN = re.compile(_DOMAIN_RE + r"\Z")
+#: RFC 3261 §25.1 ``hostname`` (IPv4 addresses match too) as regex source, for other modules' patterns.
+DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"
+_DOMAIN = re.compile(DOMAIN + r"\Z")
 _PARAMCHAR_RE = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
 #: The everyday SIP URI after ``sip:``: user, domain or IPv4 host, port, plain parameters;
 #: no password, escapes, IPv6 or headers.  Anything else takes the general path.
 _SIP_COMMON = re.compile(
-    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?(" + _DOMAIN_RE + r")(?::([0-9]{1,5}))?"
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)@)?(" + DOMAIN + r")(?::([0-9]{1,5}))?"
     r"((?:;" + _PARAMCHAR_RE + r"(?:=" + _PARAMCHAR_RE + r")?)*)\Z"
 )
 _USER_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
@@ -119,7 +120,9 @@ class SipURI:
         ``%7e`` -> ``~``, ``a b`` stays ``a%20b``), so two AORs equal under §19.1.4 give the same
         string and that string is still a valid URI.
         """
-        return SipURI(scheme=self.scheme, user=_canonical(self.user, _USER_SAFE), host=self.host.lower(), port=self.port)
+        return SipURI(
+            scheme=self.scheme, user=_canonical(self.user, _USER_SAFE), host=self.host.lower(), port=self.port
+        )
 
     def __str__(self) -> str:
         out = [self.scheme, ":"]
@@ -157,9 +160,8 @@ class SipURI:
             if (a is _ABSENT) != (b is _ABSENT):
                 return False
         for name, a_val in self.params.items():
-            if name in other.params:
-                if _param_cmp(a_val) != _param_cmp(other.params[name]):
-                    return False
+            if name in other.params and _param_cmp(a_val) != _param_cmp(other.params[name]):
+                return False
         return _headers_set(self.headers) == _headers_set(other.headers)
 
     def __hash__(self) -> int:

@@ -7,28 +7,29 @@ from dataclasses import dataclass, field
 
 from sipproxy.message.errors import ParseError
 from sipproxy.message.headers import TOKEN, format_params, is_token, quote, split_params, unquote
-from sipproxy.message.uri import _DOMAIN_RE, URI, SipURI, format_host, parse_uri
+from sipproxy.message.uri import DOMAIN, URI, SipURI, format_host, parse_uri
 
 __all__ = ["NameAddr", "Via", "CSeq", "parse_name_addr", "parse_via", "parse_cseq", "MAGIC_COOKIE"]
 
 #: RFC 3261 §8.1.1.7: branches that start with this follow RFC 3261 rules.
 MAGIC_COOKIE = "z9hG4bK"
 
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 #: §20.42 sent-protocol: protocol-name SLASH protocol-version SLASH transport, then sent-by.
 _VIA_PROTO = re.compile(
     r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+(.*)\Z",
-    re.S,
+    re.DOTALL,
 )
+#: ``;name=value;flag`` with token names, no LWS and no quotes, up to the end.
+_PLAIN_PARAMS = r"((?:;" + TOKEN + r'(?:=[^;"\s]+)?)*)\Z'
 #: The everyday name-addr: ``"Quoted" <uri>;params`` or ``Token Words <uri>``, no LWS inside
 #: parameters.  Anything else (addr-spec, odd spacing, errors) takes the general path.
-_PLAIN_PARAMS = r'((?:;' + TOKEN + r'(?:=[^;"\s]+)?)*)\Z'
 _NAME_ADDR_COMMON = re.compile(
     r'(?:"([^"\\]*)" ?|(' + TOKEN + r"(?: " + TOKEN + r")*) ?)?<([^<>\s\"]+)>" + _PLAIN_PARAMS
 )
 #: The everyday Via: ``SIP/2.0/UDP host[:port];params`` written without LWS.
-_VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) (" + _DOMAIN_RE + r")(?::([0-9]{1,5}))?" + _PLAIN_PARAMS)
+_VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) (" + DOMAIN + r")(?::([0-9]{1,5}))?" + _PLAIN_PARAMS)
 _CSEQ_COMMON = re.compile(r"([0-9]{1,10}) (" + TOKEN + r")\Z")
 _SENT_BY_COLON = re.compile(r"[ \t]*:[ \t]*")
 _QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
@@ -52,21 +53,21 @@ class NameAddr:
 
     @property
     def expires(self) -> int | None:
-        """The Contact ``expires`` parameter (§20.10, delta-seconds), ``None`` when absent."""
-        value = self.params.get("expires")
-        if value is None:
+        """The Contact ``expires`` parameter (§20.10 delta-seconds, capped at 2**32-1), ``None`` when absent."""
+        if "expires" not in self.params:
             return None
-        if not (value.isascii() and value.isdigit()) or len(value) > 10:
+        value = self.params["expires"]
+        if value is None or not _is_digits(value):
             raise ParseError("Bad expires parameter in Contact")
-        return min(int(value), 2**32 - 1)
+        return 2**32 - 1 if len(value) > 10 else min(int(value), 2**32 - 1)
 
     @property
     def q(self) -> float | None:
         """The Contact ``q`` parameter (§20.10 qvalue, 0 to 1), ``None`` when absent."""
-        value = self.params.get("q")
-        if value is None:
+        if "q" not in self.params:
             return None
-        if not _QVALUE.match(value):
+        value = self.params["q"]
+        if value is None or not _QVALUE.match(value):
             raise ParseError("Bad q parameter in Contact")
         return float(value)
 
@@ -107,13 +108,15 @@ def _parse_name_addr(text: str) -> NameAddr:
         if lt == len(text) or text[lt] != "<":
             raise ParseError("Quoted display name without <>")
     else:
-        lt = text.find("<")
+        # An addr-spec's parameters may quote a "<" (+sip.instance="<urn:...>"); a display name has no ";".
+        semi = text.find(";")
+        lt = text.find("<", 0, semi if semi >= 0 else len(text))
         if lt < 0:
-            uritext, semi, paramtext = text.partition(";")
+            uritext, semi_, paramtext = text.partition(";")
             uritext = uritext.rstrip(" \t")
             if any(c in uritext for c in ' \t",?>'):
                 raise ParseError("Bad address (URI with , ? or spaces needs <>)")
-            return NameAddr(uri=parse_uri(uritext), params=split_params(paramtext) if semi else {})
+            return NameAddr(uri=parse_uri(uritext), params=split_params(paramtext) if semi_ else {})
         prefix = text[:lt].strip(" \t")
         if prefix:
             words = prefix.split()
@@ -140,8 +143,8 @@ def _parse_name_addr(text: str) -> NameAddr:
 class Via:
     """One Via value (RFC 3261 §20.42): ``SIP/2.0/UDP host:port;branch=...``.
 
-    ``protocol`` is ``SIP/2.0`` for every message we can process; another
-    version is kept so that the 505 answering it can still be routed.
+    ``protocol`` is the sent-protocol's name and version: ``SIP/2.0`` but for
+    odd peers (§20.42 allows any token; a proxy forwards such a Via as is).
     """
 
     transport: str
@@ -269,6 +272,10 @@ def parse_cseq(text: str) -> CSeq:
     m = _CSEQ_COMMON.match(text)
     if m is not None and int(m.group(1)) <= 2**31 - 1:
         return CSeq(int(m.group(1)), m.group(2))
+    return _parse_cseq(text)
+
+
+def _parse_cseq(text: str) -> CSeq:
     parts = text.replace("\t", " ").split(" ")
     parts = [p for p in parts if p]
     if len(parts) != 2:
