@@ -55,6 +55,7 @@ class Server:
         self.sip_port = free_port()
         self.web_port = free_port()
         self.extra = extra
+        self.interface = LOOPBACK
         self.db = workdir / "sipproxy.sqlite"
         self.log_path = workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,7 +66,7 @@ class Server:
         return [
             "sipproxy",
             "--sip-interface",
-            LOOPBACK,
+            self.interface,
             "--sip-port",
             str(self.sip_port),
             "--web",

@@ -7,7 +7,8 @@ import subprocess
 
 from sipproxy.message import parse_message
 
-from harness import LOOPBACK, require, sip_options
+import pytest
+from harness import LOOPBACK, Server, require, sip_options
 
 
 def udp_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
@@ -61,3 +62,39 @@ def test_tcp_options_and_keepalive(server) -> None:  # type: ignore[no-untyped-d
         while b"\r\n\r\n" not in data:
             data += s.recv(4096)
     assert parse_message(data).status == 200  # type: ignore[union-attr]
+
+
+def test_log_sip_traces_every_message_in_and_out(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--log-sip")
+    udp_exchange(server.sip_port, sip_options(server.sip_port, call_id="traced"))
+    log = server.log_text()
+    assert f"SIP in UDP from {LOOPBACK}:" in log
+    assert "OPTIONS sip:" in log
+    assert f"SIP out UDP to {LOOPBACK}:" in log
+    assert "SIP/2.0 200 OK" in log
+
+
+def test_ipv6_loopback_udp_and_tcp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if not socket.has_ipv6:
+        pytest.fail("this host has no IPv6 support; sipproxy listens on IPv6 by default")
+    server = Server(tmp_path, [])
+    server.interface = "::1"
+    server.start()
+    try:
+        request = sip_options(server.sip_port, call_id="v6").replace(
+            f"{LOOPBACK}:9".encode(), b"[::1]:9"
+        )
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.settimeout(3)
+            s.sendto(request, ("::1", server.sip_port))
+            response = parse_message(s.recvfrom(65535)[0])
+        assert response.status == 200  # type: ignore[union-attr]
+        assert response.top_via.host == "[::1]"
+        with socket.create_connection(("::1", server.sip_port), timeout=3) as c:
+            c.sendall(request.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP").replace(b"-v6", b"-v6tcp"))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+        assert parse_message(data).status == 200  # type: ignore[union-attr]
+    finally:
+        server.stop()
