@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,11 +16,18 @@ from twisted.web.server import Site
 from sipproxy.location import LocationStore, SQLitePersistence
 from sipproxy.message import Request, Response
 from sipproxy.metrics import Metrics
-from sipproxy.proxy import LocalAddress, Proxy
+from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.stack import Domains, SipStack
 from sipproxy.transaction import Target, TransactionLayer
-from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, WireLog, tcp_connector
+from sipproxy.transport import (
+    SipDatagramProtocol,
+    SipStreamFactory,
+    TransportLayer,
+    WireLog,
+    normalize_host,
+    tcp_connector,
+)
 from sipproxy.web import is_loopback_description, make_web_resource
 
 __all__ = ["build_service", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
@@ -180,6 +188,20 @@ class StoreService(Service):
         self.store.close()
 
 
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic collector from stalling the reactor under load.
+
+    Every transaction lives on for Timer J/K (32 s on UDP), so at a few
+    thousand requests a second the heap holds millions of tracked objects and
+    CPython's default thresholds run full collections every few seconds, each
+    a pause of hundreds of milliseconds (measured: p99 REGISTER latency 180 ms
+    at 1000/s).  Reference counting frees transactions; the cycle collector
+    only has to run rarely.  Objects alive after start-up are frozen out of it.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 class SipProxyService(MultiService):
     """The running server; its parts are attributes so that tests and the web page can reach them."""
 
@@ -194,6 +216,7 @@ class SipProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        _tune_garbage_collector()
         log.info("sipproxy ready")
 
 
@@ -236,6 +259,10 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         elif target is not None:
             transactions.send_stateless(message, target)
 
+    def flow_open(flow: Target) -> bool:
+        conn = transport.connections.get((normalize_host(flow.host), flow.port))
+        return conn is not None and conn.alive
+
     stack.proxy = Proxy(
         reactor,
         transactions,
@@ -244,7 +271,9 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         LocalAddress(advertised, options["sip-port"]),
         send_stateless,
         Resolver(),
+        ProxySettings(timer_c=float(options.get("timer-c", 180))),
         log=Logger(namespace="sipproxy.proxy"),
+        flow_open=flow_open,
     )
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
     metrics.watch(metrics.client_transactions, transactions.client_transaction_count)

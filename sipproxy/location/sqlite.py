@@ -157,6 +157,14 @@ class SQLitePersistence:
         All of it is one transaction, committed before returning; on any error
         it is rolled back and the error propagates.
         """
+        if len(put) + len(remove) == 1:
+            # One statement is its own transaction in autocommit mode: the
+            # common REGISTER costs one round through SQLite, not three.
+            if put:
+                self._connection.execute(_UPSERT, _to_row(put[0]))
+            else:
+                self._connection.execute(_DELETE, remove[0])
+            return
         with _transaction(self._connection):
             self._connection.executemany(_DELETE, remove)
             self._connection.executemany(_UPSERT, [_to_row(b) for b in put])

@@ -154,6 +154,22 @@ class Message:
                 return values[0]
         return None
 
+    def replace_top_via(self, via: Via) -> None:
+        """Write ``via`` over the top Via value (§18.2.1 ``received``, RFC 3581 ``rport``).
+
+        Other Via values and lines stay as written; the parsed list is kept.
+        """
+        for h in self.headers:
+            if h.key == "via":
+                values = split_commas(h.value) if "," in h.value else [h.value]
+                values[0] = str(via)
+                h.value = ", ".join(values)
+                h.raw = None
+                break
+        vias = self._cache.get("via")
+        if vias:
+            vias[0] = via  # type: ignore[index]
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for h in self.headers:
             yield h.name, h.value
@@ -420,18 +436,25 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     """
     headers = [Header(h.key, h.name, h.value, h.raw) for h in request.headers if h.key in _RESPONSE_COPIED]
     response = Response(status, reason if reason is not None else REASON_PHRASES.get(status, ""), headers)
+    cache = request._cache
+    for key in ("via", "from", "cseq", "to"):
+        if key in cache:  # the request's parsed values describe the copied lines too
+            value = cache[key]
+            response._cache[key] = list(value) if isinstance(value, list) else value  # type: ignore[arg-type]
     if to_tag and status > 100:
         for h in headers:
             if h.key == "to":
-                if _lacks_tag(h.value):
+                if _lacks_tag(request, h.value):
                     h.value = f"{h.value.rstrip()};tag={to_tag}"
                     h.raw = None
+                    response._cache.pop("to", None)
                 break
     return response
 
 
-def _lacks_tag(value: str) -> bool:
+def _lacks_tag(request: Request, value: str) -> bool:
     try:
-        return parse_name_addr(value).tag is None
+        to = request._cache.get("to")
+        return (to if isinstance(to, NameAddr) else parse_name_addr(value)).tag is None
     except ParseError:
         return True

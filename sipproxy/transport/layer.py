@@ -130,8 +130,7 @@ class TransportLayer:
         via.params["received"] = source.host
         if via.wants_rport:
             via.params["rport"] = str(source.port)
-        request.pop_first("via")
-        request.add("Via", str(via), first=True)
+        request.replace_top_via(via)
 
     # -- outgoing -------------------------------------------------------
 
