@@ -41,6 +41,7 @@ class Options(usage.Options):
         ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
         ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
         ["max-contacts", None, "10", "Bindings allowed per address-of-record."],
+        ["timer-c", None, "180", "Seconds a forwarded INVITE may ring unanswered before it is cancelled (Timer C)."],
         ["users", None, None, "Digest users file (user:realm:HA1 lines, see sipproxy-passwd); enables authentication."],
         ["realm", None, None, "Digest realm (default: the first --domain)."],
     ]
@@ -68,7 +69,7 @@ class Options(usage.Options):
                 ipaddress.ip_address(iface)
             except ValueError:
                 raise usage.UsageError(f"--sip-interface must be an IP address, not {iface!r}") from None
-        for name in ("min-expires", "max-expires", "max-contacts"):
+        for name in ("min-expires", "max-expires", "max-contacts", "timer-c"):
             self[name] = _positive(name, self[name])
         if self["min-expires"] > self["max-expires"]:
             raise usage.UsageError("--min-expires must not exceed --max-expires")

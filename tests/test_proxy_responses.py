@@ -502,3 +502,18 @@ def test_caller_transaction_gone_does_not_raise() -> None:
     h.reply(h.branches()[0], 486)
     assert h.log.failures == []
     assert any("Could not" in fmt for _, fmt, _ in h.log.events)
+
+
+def test_a_response_without_the_callers_via_is_never_forwarded() -> None:
+    """§16.7 step 3: with our Via gone and none left, the response was meant for us."""
+    h = Harness()
+    h.register(binding())
+    _, stx = _invite(h)
+    (client,) = h.branches()
+    bare = make_response(client.request, 200, to_tag="callee")
+    bare.remove("via")
+    bare.add("Via", client.request.get_all("via")[0])  # ours only: the callee dropped the caller's
+    client.final_response = bare
+    client.owner.response_received(client, bare)
+    assert 200 not in stx.statuses  # type: ignore[attr-defined]
+    assert stx.statuses == [502]  # type: ignore[attr-defined]

@@ -42,6 +42,12 @@ def test_binding_behind_nat_is_reached_at_its_source() -> None:
     assert str(target.uri) == "sip:bob@10.0.0.5:5060"
 
 
+def test_same_host_other_port_uses_the_contact() -> None:
+    """A UA registering from one socket and listening on another (sipp's bench does) is no NAT."""
+    target = target_from_binding(binding(contact="sip:bob@192.0.2.20:5090", source=("192.0.2.20", 5091)))
+    assert target is not None and target.flow is None
+
+
 def test_tcp_binding_is_reached_over_its_connection() -> None:
     target = target_from_binding(
         binding(contact="sip:bob@192.0.2.20:5060;transport=tcp", transport="TCP", source=("192.0.2.20", 40002))

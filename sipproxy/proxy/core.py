@@ -27,7 +27,7 @@ import itertools
 import secrets
 from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
@@ -37,7 +37,7 @@ from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
 from sipproxy.proxy.targets import Locator, TargetURI, group_by_q, location_targets
 from sipproxy.proxy.validate import SUPPORTED_SCHEMES, check_syntax, is_looped, loop_part, make_branch, validate_request
-from sipproxy.transaction import Source, Target, TransactionError
+from sipproxy.transaction import Source, Target, TransactionError, is_reliable
 
 __all__ = ["Proxy", "ProxySettings", "ProxyLog"]
 
@@ -103,6 +103,7 @@ class Transactions(Protocol):
 SendStateless = Callable[[Request | Response, Target | None], None]
 Resolve = Callable[[str, Callable[[str | None], None]], None]
 Authorize = Callable[[Request, Source], Response | None]
+FlowOpen = Callable[[Target], bool]
 
 
 class Proxy:
@@ -120,6 +121,7 @@ class Proxy:
         settings: ProxySettings = ProxySettings(),
         authorize: Authorize | None = None,
         log: ProxyLog | None = None,
+        flow_open: FlowOpen | None = None,
     ) -> None:
         self.clock = clock
         self.transactions = transactions
@@ -132,6 +134,8 @@ class Proxy:
         self.settings = settings
         self.authorize = authorize
         self.log: ProxyLog = log if log is not None else _NullLog()
+        self.flow_open = flow_open
+        """Is the connection to this TCP/TLS flow still open? (``None``: assume so.)"""
         self._contexts: dict[int, ResponseContext] = {}
         self._counter = itertools.count(1)
 
@@ -247,7 +251,7 @@ class Proxy:
         groups = self._target_groups(request)
         if not groups:
             return
-        target = groups[0][0]
+        target = self.reachable(groups[0][0])
         forwarded, hop = forward_copy(request, target, self.settings.default_max_forwards)
         seed = f"{ack.top_via.branch}\x00{forwarded.uri_text}".encode("utf-8", "surrogateescape")
         add_via(forwarded, self.local, hop.transport, make_branch(loop, hashlib.sha256(seed).hexdigest()[:16]))
@@ -259,6 +263,19 @@ class Proxy:
         self.resolve_hop(hop, resolved)
 
     # -- helpers ----------------------------------------------------------
+
+    def reachable(self, target: TargetURI) -> TargetURI:
+        """``target``, or its Contact alone when it came with a TCP/TLS flow whose connection is closed.
+
+        Reusing the connection a REGISTER came on is right while it is open;
+        once it is closed, its source port was the client's ephemeral port,
+        where nothing listens, and the Contact is where the user agent said
+        it can be reached.
+        """
+        flow = target.flow
+        if flow is None or self.flow_open is None or not is_reliable(flow.transport) or self.flow_open(flow):
+            return target
+        return replace(target, flow=None)
 
     def resolve_hop(self, hop: Target, callback: Callable[[Target | None], None]) -> None:
         """Resolve the host of ``hop`` through the injected ``resolve``; IP literals are passed as they are."""

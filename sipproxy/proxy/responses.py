@@ -163,7 +163,7 @@ class Branch:
         ctx = self.context
         proxy = self.proxy
         try:
-            request, hop = forward_copy(ctx.request, self.target, proxy.settings.default_max_forwards)
+            request, hop = forward_copy(ctx.request, proxy.reachable(self.target), proxy.settings.default_max_forwards)
         except ParseError as error:
             self._fail(error.status, error.reason)
             return
@@ -195,6 +195,18 @@ class Branch:
 
     def response_received(self, ctx: Any, response: Response) -> None:
         with self.proxy.guard("response to a branch"):
+            if len(response.vias) < 2:
+                # §16.7 step 3: no Via left once ours is gone -> meant for us, never forwarded.
+                self.proxy.log.warn(
+                    "Dropped a {status} from {host}:{port} without the caller's Via",
+                    status=response.status,
+                    host=ctx.target.host,
+                    port=ctx.target.port,
+                )
+                if response.status >= 200 and self.final is None:
+                    self._stop_timers()
+                    self.context.on_failure(self, 502, "Bad Gateway")
+                return
             if response.status < 200:
                 self._provisional(response)
             else:

@@ -80,10 +80,13 @@ def next_hop(uri: SipURI) -> Target:
 def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
     """A registered contact as a target; ``None`` if its contact is not a SIP URI.
 
-    When the REGISTER came from another address than the Contact names (a
-    NAT between the user agent and us), or came over a connection-oriented
+    When the REGISTER came from another host than the Contact names (a NAT
+    between the user agent and us), or came over a connection-oriented
     transport, the request goes back to that source over that transport,
-    the Contact staying the Request-URI.  A binding registered through
+    the Contact staying the Request-URI.  A REGISTER from the Contact's own
+    host but another port is a user agent that registers from one socket and
+    listens on another (no NAT rewrites the port but keeps the address): its
+    Contact is used as it stands.  A binding registered through
     edge proxies (Path) is reached through its Path instead.
     """
     try:
@@ -95,8 +98,8 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
     flow = None
     if not binding.path and binding.source_host and binding.source_port:
         hop = next_hop(uri)
-        moved = _bare(hop.host) != _bare(binding.source_host) or hop.port != binding.source_port
-        if moved or is_reliable(binding.transport):
+        behind_nat = _bare(hop.host) != _bare(binding.source_host)
+        if behind_nat or is_reliable(binding.transport):
             flow = Target(binding.transport, _bare(binding.source_host), binding.source_port)
     return TargetURI(uri=uri, q=binding.q, path=tuple(binding.path), flow=flow, depth=depth)
 
