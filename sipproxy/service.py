@@ -18,6 +18,7 @@ from sipproxy.message import Request, Response
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
 from sipproxy.transaction import Target, TransactionLayer
 from sipproxy.transport import (
@@ -213,6 +214,7 @@ class SipProxyService(MultiService):
     metrics: Metrics
     domains: Domains
     advertised: str
+    security: Security
 
     def startService(self) -> None:
         super().startService()
@@ -234,6 +236,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
     StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
+    local = LocalAddress(advertised, options["sip-port"])
+    security = build_security(options, reactor, metrics, domains, local, store)
 
     registrar = Registrar(
         store,
@@ -244,6 +248,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
             max_expires=options["max-expires"],
             max_contacts=options["max-contacts"],
         ),
+        authenticate=security.registrar_hook,
         log=Logger(namespace="sipproxy.registrar"),
     )
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
@@ -251,6 +256,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     stack = SipStack(domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)))
     transactions = TransactionLayer(reactor, transport, stack)
     transport.transactions = transactions
+    transport.guard = security.guard
+    security.guard.in_flight = transactions.server_transaction_count
     listeners = SipListeners(reactor, transport, options["sip-port"], interface)
 
     def send_stateless(message: Request | Response, target: Target | None) -> None:
@@ -268,10 +275,11 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         transactions,
         store,
         domains,
-        LocalAddress(advertised, options["sip-port"]),
+        local,
         send_stateless,
         Resolver(),
         ProxySettings(timer_c=float(options.get("timer-c", 180))),
+        authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
         flow_open=flow_open,
     )
@@ -297,6 +305,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         domains=", ".join(domains),
         advertised=advertised,
     )
+    security.announce()
     top.store, top.stack, top.transport, top.transactions = store, stack, transport, transactions
     top.listeners, top.metrics, top.domains, top.advertised = listeners, metrics, domains, advertised
+    top.security = security
     return top

@@ -44,6 +44,12 @@ class Options(usage.Options):
         ["timer-c", None, "180", "Seconds a forwarded INVITE may ring unanswered before it is cancelled (Timer C)."],
         ["users", None, None, "Digest users file (user:realm:HA1 lines, see sipproxy-passwd); enables authentication."],
         ["realm", None, None, "Digest realm (default: the first --domain)."],
+        ["digest-algorithms", None, "SHA-256,MD5", "Digest algorithms offered with --users, strongest first (SHA-256, MD5)."],
+        ["max-failures", None, "10", "Failed authentications within 5 minutes that block the address (or user name)."],
+        ["block-time", None, "900", "Seconds a blocked address or user name stays blocked (its requests get 403)."],
+        ["rate-limit", None, None, "Requests/s per source address (bursts: 5 s worth; 10x with a binding); over it 503. Default: 20 with --users, else none; 0: none."],
+        ["max-message-size", None, "65535", "Largest SIP request accepted on UDP and TCP, in bytes (513 Message Too Large above)."],
+        ["max-transactions", None, "20000", "Server transactions in flight above which new requests get 503 + Retry-After."],
     ]
     optFlags = [
         ["log-sip", None, "Log every SIP message in and out (info level)."],
@@ -77,6 +83,33 @@ class Options(usage.Options):
             raise usage.UsageError("--web needs a strports description such as tcp:8080:interface=127.0.0.1")
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
+        self._security_options()
+
+    def _security_options(self) -> None:
+        from sipproxy.auth import UserDB
+        from sipproxy.auth.digest import canonical_algorithm
+
+        for name in ("max-failures", "block-time", "max-message-size", "max-transactions"):
+            self[name] = _positive(name, self[name])
+        rate = self["rate-limit"]
+        if rate is not None:
+            try:
+                self["rate-limit"] = float(rate)
+            except ValueError:
+                self["rate-limit"] = -1.0
+            if not 0 <= self["rate-limit"] < float("inf"):
+                raise usage.UsageError(f"--rate-limit must be a number of requests per second (0: none), not {rate!r}")
+        algorithms = [a.strip() for a in self["digest-algorithms"].split(",") if a.strip()]
+        if not algorithms or any(canonical_algorithm(a) not in ("SHA-256", "MD5") for a in algorithms):
+            raise usage.UsageError(f"--digest-algorithms takes SHA-256 and/or MD5, not {self['digest-algorithms']!r}")
+        self["digest-algorithms"] = tuple(canonical_algorithm(a) for a in algorithms)
+        if self["realm"] is not None and not self["realm"].strip():
+            raise usage.UsageError("--realm must not be empty")
+        if self["users"]:
+            try:
+                UserDB.load(self["users"])
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                raise usage.UsageError(f"--users {self['users']}: {error}") from None
 
 
 def makeService(options: Options) -> IService:

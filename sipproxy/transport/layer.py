@@ -22,6 +22,7 @@ from sipproxy.transport.address import normalize_host
 from sipproxy.transport.wirelog import WireLog
 
 if TYPE_CHECKING:
+    from sipproxy.security import Guard
     from sipproxy.transaction import TransactionLayer
     from sipproxy.transport.stream import SipStreamProtocol
 
@@ -60,6 +61,8 @@ class TransportLayer:
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits
         self.transactions: TransactionLayer | None = None
+        self.guard: Guard | None = None
+        """Checks every message before the transaction layer (``sipproxy.security.Guard``)."""
         self.udp: dict[int, DatagramWriter] = {}
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._pending: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
@@ -73,8 +76,11 @@ class TransportLayer:
         try:
             message = parse_message(data)
         except ParseError as exc:
-            self._parse_error(exc, source)
+            if self.guard is None or self.guard.admit(None, source, len(data), self._send_to_source):
+                self._parse_error(exc, source)
             return
+        if self.guard is not None and not self.guard.admit(message, source, len(data), self._send_to_source):
+            return  # refused (blocked, over the rate, too large, overloaded): answered statelessly or dropped
         try:
             if isinstance(message, Request):
                 self._stamp_via(message, source)

@@ -1,0 +1,452 @@
+"""Digest authentication and abuse limits in the real ``twistd -n sipproxy --users FILE`` on loopback.
+
+Peers: sipp (REGISTER with 401, a call through the proxy with 407), the
+sipvicious scanners ``svwar`` (extension enumeration) and ``svcrack``
+(password guessing), and plain sockets for SHA-256, the rate limit and the
+size limit.
+
+sipp 3.6 and svcrack 0.3.3 read only the first challenge and know only MD5,
+so the tests that drive them start the server with ``--digest-algorithms MD5``
+(the default offers SHA-256 first, RFC 8760; against it svcrack cannot even
+start guessing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from harness import LOOPBACK, ROOT, SCENARIOS, Server, free_port, require
+
+from sipproxy.auth import compute_response, ha1, parse_auth_params
+from sipproxy.message import Response, parse_message
+
+DOMAIN = "example.test"
+PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "101": "1234", "105": "s3cr3t"}
+TOOL_TIMEOUT = 90
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Path:
+    """The users file, written with the operator's command (``sipproxy-passwd``, here as ``python -m``)."""
+    path = tmp_path / "users.txt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for user, password in PASSWORDS.items():
+        subprocess.run(
+            [sys.executable, "-m", "sipproxy.auth.passwd", str(path), user, DOMAIN, "--password", password],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
+    return path
+
+
+def metrics(server: Server) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{server.web_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def run_sipp(server: Server, scenario: str, port: int, *args: str, name: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            require("sipp"),
+            f"{LOOPBACK}:{server.sip_port}",
+            "-sf",
+            str(SCENARIOS / scenario),
+            "-i",
+            LOOPBACK,
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+            str(server.workdir / f"sipp-{name or scenario}-errors.log"),
+            *args,
+        ],
+        cwd=server.workdir,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        check=False,
+    )
+
+
+def stored_aors(server: Server) -> set[str]:
+    with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
+        return {row[0] for row in conn.execute("SELECT aor FROM bindings")}
+
+
+# -- sipp -------------------------------------------------------------------------------
+
+
+def test_sipp_registers_with_digest_and_calls_through_the_proxy(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users), "--digest-algorithms", "MD5")
+    keys = ["-key", "domain", DOMAIN]
+    result = run_sipp(
+        server,
+        "auth_register.xml",
+        free_port(),
+        "-au",
+        "alice",
+        "-ap",
+        "alice-secret",
+        *keys,
+        "-key",
+        "user",
+        "alice",
+        name="alice",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+    wrong = run_sipp(
+        server,
+        "auth_register.xml",
+        free_port(),
+        "-au",
+        "alice",
+        "-ap",
+        "guess",
+        *keys,
+        "-key",
+        "user",
+        "alice",
+        "-timeout",
+        "5s",
+        name="wrong",
+    )
+    assert wrong.returncode != 0  # 401 again instead of 200
+
+    callee_port = free_port()
+    result = run_sipp(
+        server,
+        "auth_register.xml",
+        callee_port,
+        "-au",
+        "bob",
+        "-ap",
+        "bob-secret",
+        *keys,
+        "-key",
+        "user",
+        "bob",
+        name="bob",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert stored_aors(server) == {f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"}
+
+    callee = subprocess.Popen(
+        [
+            require("sipp"),
+            f"{LOOPBACK}:{server.sip_port}",
+            "-sf",
+            str(SCENARIOS / "auth_uas.xml"),
+            "-i",
+            LOOPBACK,
+            "-p",
+            str(callee_port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+            str(server.workdir / "sipp-uas-errors.log"),
+        ],
+        cwd=server.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        caller = run_sipp(
+            server,
+            "auth_call.xml",
+            free_port(),
+            "-au",
+            "alice",
+            "-ap",
+            "alice-secret",
+            "-d",
+            "300",
+            *keys,
+            "-key",
+            "caller",
+            "alice",
+            "-key",
+            "callee",
+            "bob",
+            name="call",
+        )
+        assert caller.returncode == 0, caller.stdout[-3000:] + caller.stderr[-2000:]
+        out, _ = callee.communicate(timeout=TOOL_TIMEOUT)
+        assert callee.returncode == 0, out[-3000:]
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+            callee.wait()
+    counts = metrics(server)
+    assert counts["sip_auth_failures_total"] == 1  # the wrong password, nothing else
+    assert "Traceback" not in server.log_text()
+
+
+# -- SHA-256 with a plain socket -----------------------------------------------------------
+
+
+class Phone:
+    """A UDP user agent that answers digest challenges (SHA-256 if offered first)."""
+
+    def __init__(self, server: Server, host: str = LOOPBACK) -> None:
+        self.server = server
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(3)
+        self.port = self.sock.getsockname()[1]
+        self.cseq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def register(self, user: str, authorization: str | None = None, call_id: str | None = None) -> Response:
+        self.cseq += 1
+        lines = [
+            f"REGISTER sip:{DOMAIN} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK-{user}-{self.cseq};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{user}@{DOMAIN}>;tag={user}",
+            f"To: <sip:{user}@{DOMAIN}>",
+            f"Call-ID: {call_id or f'live-{user}-{self.port}'}",
+            f"CSeq: {self.cseq} REGISTER",
+            f"Contact: <sip:{user}@{self.host}:{self.port}>",
+            "Expires: 600",
+        ]
+        if authorization:
+            lines.append(f"Authorization: {authorization}")
+        data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+        self.sock.sendto(data, (LOOPBACK, self.server.sip_port))
+        while True:
+            response = parse_message(self.sock.recvfrom(65535)[0])
+            assert isinstance(response, Response)
+            if response.status >= 200:
+                return response
+
+    def answer(self, challenge: Response, user: str, password: str) -> str:
+        _, offered = parse_auth_params(challenge.get_all("www-authenticate")[0])
+        algorithm, nonce, realm = offered["algorithm"], offered["nonce"], offered["realm"]
+        uri = f"sip:{DOMAIN}"
+        digest = compute_response(
+            algorithm, ha1(algorithm, user, realm, password), "REGISTER", uri, nonce, "00000001", "c0ffee", "auth"
+        )
+        return (
+            f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{digest}", '
+            f'algorithm={algorithm}, cnonce="c0ffee", nc=00000001, qop=auth, opaque="{offered["opaque"]}"'
+        )
+
+
+def _challenge_shape(response: Response) -> list[list[str]]:
+    return [
+        [f"{k}={v}" if k != "nonce" else k for k, v in parse_auth_params(value)[1].items()]
+        for value in response.get_all("www-authenticate")
+    ]
+
+
+def test_default_server_offers_sha256_first_and_a_sha256_phone_registers(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users))
+    assert "Digest authentication on: 4 users in realm example.test" in server.log_text()
+    phone = Phone(server)
+    try:
+        challenge = phone.register("alice")
+        assert challenge.status == 401
+        offered = [parse_auth_params(value)[1]["algorithm"] for value in challenge.get_all("www-authenticate")]
+        assert offered == ["SHA-256", "MD5"]
+        unknown = phone.register("nobody")
+        assert unknown.status == 401 and _challenge_shape(unknown) == _challenge_shape(challenge)
+        assert phone.register("alice", phone.answer(challenge, "alice", "wrong")).status == 401
+        fresh = phone.register("alice")
+        assert phone.register("alice", phone.answer(fresh, "alice", "alice-secret")).status == 200
+    finally:
+        phone.close()
+    assert stored_aors(server) == {f"sip:alice@{DOMAIN}"}
+    assert metrics(server)["sip_auth_failures_total"] == 1
+
+
+def test_open_server_says_so_at_start_up(server) -> None:  # type: ignore[no-untyped-def]
+    assert "Authentication is off" in server.log_text()
+
+
+# -- sipvicious ----------------------------------------------------------------------------
+
+
+def _table(output: str) -> dict[str, str]:
+    """The result table of svwar (``| 101 | reqauth |``) or svcrack (``| 101 | 1234 |``)."""
+    rows = {}
+    for line in output.splitlines():
+        match = re.match(r"\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*$", line)
+        if match and match.group(1) != "Extension":
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+def test_svwar_finds_no_extension(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users))
+    svwar = require("svwar")
+    for method in ("REGISTER", "INVITE"):
+        for extra in ([], ["--force"]):
+            result = subprocess.run(
+                [svwar, "-e100-110", "-m", method, *extra, LOOPBACK, "-p", str(server.sip_port)],
+                capture_output=True,
+                text=True,
+                timeout=TOOL_TIMEOUT,
+                check=False,
+            )
+            output = result.stdout + result.stderr
+            assert "found nothing" in output, (method, extra, output[-3000:])
+            assert not {"101", "105"} & set(_table(output)), (method, extra, output[-3000:])
+    assert server.alive()
+
+
+def _svcrack(server: Server, wordlist: Path) -> str:
+    result = subprocess.run(
+        [
+            require("svcrack"),
+            "-u",
+            "101",
+            "-d",
+            str(wordlist),
+            "--maximumtime",
+            "3",
+            LOOPBACK,
+            "-p",
+            str(server.sip_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+def test_svcrack_is_blocked_before_it_reaches_the_password(server_factory, users: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    wordlist = tmp_path / "words.txt"
+    wordlist.write_text("".join(f"guess{n}\n" for n in range(10)) + "1234\n")  # the right one is the 11th
+
+    server = server_factory("--users", str(users), "--digest-algorithms", "MD5", "--max-failures", "5")
+    output = _svcrack(server, wordlist)
+    assert _table(output) == {} and "1234" not in output, output[-3000:]
+    log = server.log_text()
+    assert re.search(r"Blocked source 127\.0\.0\.1 for 900 s after 5 failed authentications", log), log[-3000:]
+    counts = metrics(server)
+    assert counts["sip_auth_failures_total"] == 5
+    assert counts['sip_blocked_requests_total{reason="auth"}'] >= 1
+
+    # the blocked address is refused even with the right password: a few 403s, then nothing
+    phone = Phone(server)
+    statuses = []
+    try:
+        with pytest.raises(TimeoutError):
+            for _ in range(10):
+                statuses.append(phone.register("101").status)
+    finally:
+        phone.close()
+    assert set(statuses) <= {403}
+    other = Phone(server, "127.0.0.2")  # another address is served
+    try:
+        assert other.register("101").status == 401
+    finally:
+        other.close()
+    server.stop()
+
+    # control: with a generous limit the same run finds the password, so it was the block that stopped it
+    generous = server_factory("--users", str(users), "--digest-algorithms", "MD5", "--max-failures", "50")
+    assert _table(_svcrack(generous, wordlist)) == {"101": "1234"}
+
+
+def test_svcrack_cannot_start_against_the_default_sha256_challenge(server_factory, users: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users))
+    wordlist = tmp_path / "words.txt"
+    wordlist.write_text("1234\n")
+    output = _svcrack(server, wordlist)
+    assert _table(output) == {} and "1234" not in output, output[-3000:]
+    assert server.alive()
+
+
+# -- rate and size limits ------------------------------------------------------------------
+
+
+def _options(port: int, n: int, host: str = LOOPBACK, local_port: int = 9) -> bytes:
+    return (
+        f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{local_port};branch=z9hG4bK-rate{n};rport\r\n"
+        f"From: <sip:tester@{DOMAIN}>;tag=t{n}\r\nTo: <sip:{LOOPBACK}>\r\nCall-ID: rate-{n}@{host}\r\n"
+        "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _flood(server: Server, source: str, count: int) -> list[Response]:
+    responses: list[Response] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(1.0)
+        for n in range(count):
+            s.sendto(_options(server.sip_port, n, source), (LOOPBACK, server.sip_port))
+        try:
+            while True:
+                message = parse_message(s.recvfrom(65535)[0])
+                assert isinstance(message, Response)
+                responses.append(message)
+        except TimeoutError:
+            pass
+    return responses
+
+
+def test_a_flood_from_one_address_gets_503_and_another_address_is_served(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users), "--rate-limit", "5")
+    responses = _flood(server, LOOPBACK, 100)
+    statuses = [r.status for r in responses]
+    assert 20 <= statuses.count(200) <= 40  # the burst (5 s worth) and what refilled meanwhile
+    refused = [r for r in responses if r.status == 503]
+    assert 1 <= len(refused) <= 10  # a few 503s, the rest dropped
+    assert all(r.get("retry-after") == "5" for r in refused)
+    assert "Rate limit: 127.0.0.1 sends more than 5 requests/s" in server.log_text()
+    other = _flood(server, "127.0.0.2", 3)
+    assert [r.status for r in other] == [200, 200, 200]
+    assert metrics(server)['sip_blocked_requests_total{reason="rate"}'] >= 60
+
+
+def test_oversized_requests_get_513_over_udp_and_tcp(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--max-message-size", "1500")
+    big = _options(server.sip_port, 1).replace(
+        b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nSubject: " + b"x" * 2000 + b"\r\n"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(big, (LOOPBACK, server.sip_port))
+        response = parse_message(s.recvfrom(65535)[0])
+    assert response.status == 513  # type: ignore[union-attr]
+    with socket.create_connection((LOOPBACK, server.sip_port), timeout=3) as s:
+        s.sendall(big.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        data = s.recv(65535)
+    assert parse_message(data).status == 513  # type: ignore[union-attr]
+    assert metrics(server)['sip_blocked_requests_total{reason="size"}'] == 2
