@@ -3,8 +3,9 @@
     python bench/register_path.py [--profile] [--memory]
 
 Feeds REGISTER datagrams for distinct AORs into the transport layer exactly
-as the UDP protocol does, with the real parser, transaction layer, registrar
-and location store (SQLite in a temporary file unless --memory), and prints
+as the UDP protocol does, through the core ``twistd sipproxy`` runs
+(``service.build_core``: parser, guard, transaction layer, registrar,
+location store (SQLite in a temporary file unless --memory), and prints
 microseconds per REGISTER.  The timers go to a real (not running) reactor's scheduler: ``task.Clock``
 re-sorts its list on every ``callLater`` and would dominate the figure.
 """
@@ -25,11 +26,11 @@ from twisted.internet.base import ReactorBase
 
 from sipproxy.location import LocationStore, SQLitePersistence
 from sipproxy.metrics import Metrics
-from sipproxy.registrar import Registrar, RegistrarSettings
-from sipproxy.service import _tune_garbage_collector
-from sipproxy.stack import Domains, SipStack
-from sipproxy.transaction import Source, TransactionLayer
-from sipproxy.transport import TransportLayer
+from sipproxy.proxy import LocalAddress
+from sipproxy.security import build_security
+from sipproxy.service import _tune_garbage_collector, build_core
+from sipproxy.stack import Domains
+from sipproxy.transaction import Source
 
 
 class Sink:
@@ -70,10 +71,14 @@ def main() -> None:
     persistence = None if args.memory else SQLitePersistence(os.path.join(tmp, "bench.sqlite"))
     store = LocationStore(clock, persistence)
     metrics = Metrics()
-    registrar = Registrar(store, clock, RegistrarSettings(domains=frozenset({"bench.test"})))
-    transport = TransportLayer(lambda *a: None, metrics=metrics)
-    stack = SipStack(Domains(["bench.test"]), metrics, registrar=registrar)
-    transport.transactions = TransactionLayer(clock, transport, stack)
+    domains = Domains(["bench.test"])
+    local = LocalAddress("127.0.0.1", 5080)
+    security = build_security({"domains": ["bench.test"]}, clock, metrics, domains, local, store)
+    core = build_core(
+        clock, store, domains, local, security, metrics,
+        connect_tcp=lambda *a: None, resolve=lambda host, callback: callback(None),
+    )
+    transport = core.transport
     sink = Sink()
     transport.udp[4] = sink
     source = Source("UDP", "127.0.0.1", 5091)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import strports
@@ -31,7 +32,7 @@ from sipproxy.transport import (
 )
 from sipproxy.web import is_loopback_description, make_web_resource
 
-__all__ = ["build_service", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
+__all__ = ["build_core", "build_service", "SipCore", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
 
 log = Logger(namespace="sipproxy")
 
@@ -204,17 +205,10 @@ def _tune_garbage_collector() -> None:
 
 
 class SipProxyService(MultiService):
-    """The running server; its parts are attributes so that tests and the web page can reach them."""
+    """The running server: the SIP core plus its listeners, store and web services."""
 
-    store: LocationStore
-    stack: SipStack
-    transport: TransportLayer
-    transactions: TransactionLayer
+    core: SipCore
     listeners: SipListeners
-    metrics: Metrics
-    domains: Domains
-    advertised: str
-    security: Security
 
     def startService(self) -> None:
         super().startService()
@@ -222,43 +216,55 @@ class SipProxyService(MultiService):
         log.info("sipproxy ready")
 
 
-def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
-    """Everything ``twistd sipproxy`` runs, from parsed :class:`sipproxy.tap.Options`."""
-    top = SipProxyService()
-    metrics = Metrics()
-    interface = options["sip-interface"]
-    advertised = options.get("advertised-host") or advertised_host(interface)
-    domains = Domains(options["domains"] or default_domains(interface, advertised))
+@dataclass
+class SipCore:
+    """The SIP server without its sockets and services: what ``build_core`` wires.
 
-    db = options["db"]
-    persistence = None if db == ":memory:" else SQLitePersistence(db)
-    store = LocationStore(reactor, persistence)
-    metrics.watch(metrics.bindings, store.count)
-    metrics.watch(metrics.aors, store.aor_count)
-    StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
-    local = LocalAddress(advertised, options["sip-port"])
-    security = build_security(options, reactor, metrics, domains, local, store)
+    ``transport.udp`` and the TCP factories are filled in by whoever owns the
+    sockets (:class:`SipListeners` in production, fakes in tests).
+    """
 
+    clock: Any
+    metrics: Metrics
+    domains: Domains
+    local: LocalAddress
+    store: LocationStore
+    security: Security
+    registrar: Registrar
+    transport: TransportLayer
+    stack: SipStack
+    transactions: TransactionLayer
+    proxy: Proxy
+
+
+def build_core(
+    clock: Any,
+    store: LocationStore,
+    domains: Domains,
+    local: LocalAddress,
+    security: Security,
+    metrics: Metrics,
+    *,
+    connect_tcp: Callable[[str, int, Any, float], Any],
+    resolve: Callable[[str, Callable[[str | None], None]], None],
+    registrar_settings: RegistrarSettings | None = None,
+    proxy_settings: ProxySettings = ProxySettings(),
+    wirelog: WireLog | None = None,
+) -> SipCore:
+    """Transport -> transactions -> stack -> registrar / proxy -> location, with the security hooks."""
     registrar = Registrar(
         store,
-        reactor,
-        RegistrarSettings(
-            domains=frozenset(domains.names),
-            min_expires=options["min-expires"],
-            max_expires=options["max-expires"],
-            max_contacts=options["max-contacts"],
-        ),
+        clock,
+        registrar_settings or RegistrarSettings(domains=frozenset(domains.names)),
         authenticate=security.registrar_hook,
         log=Logger(namespace="sipproxy.registrar"),
     )
-    level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
-    transport = TransportLayer(tcp_connector(reactor, reactor), WireLog(level), metrics)
+    transport = TransportLayer(connect_tcp, wirelog, metrics)
     stack = SipStack(domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)))
-    transactions = TransactionLayer(reactor, transport, stack)
+    transactions = TransactionLayer(clock, transport, stack)
     transport.transactions = transactions
     transport.guard = security.guard
     security.guard.in_flight = transactions.server_transaction_count
-    listeners = SipListeners(reactor, transport, options["sip-port"], interface)
 
     def send_stateless(message: Request | Response, target: Target | None) -> None:
         if isinstance(message, Response):
@@ -270,21 +276,64 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         conn = transport.connections.get((normalize_host(flow.host), flow.port))
         return conn is not None and conn.alive
 
-    stack.proxy = Proxy(
-        reactor,
+    proxy = Proxy(
+        clock,
         transactions,
         store,
         domains,
         local,
         send_stateless,
-        Resolver(),
-        ProxySettings(timer_c=float(options.get("timer-c", 180))),
+        resolve,
+        proxy_settings,
         authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
         flow_open=flow_open,
     )
+    stack.proxy = proxy
+    metrics.watch(metrics.bindings, store.count)
+    metrics.watch(metrics.aors, store.aor_count)
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
     metrics.watch(metrics.client_transactions, transactions.client_transaction_count)
+    return SipCore(
+        clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy
+    )
+
+
+def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
+    """Everything ``twistd sipproxy`` runs, from parsed :class:`sipproxy.tap.Options`."""
+    top = SipProxyService()
+    metrics = Metrics()
+    interface = options["sip-interface"]
+    advertised = options.get("advertised-host") or advertised_host(interface)
+    domains = Domains(options["domains"] or default_domains(interface, advertised))
+    local = LocalAddress(advertised, options["sip-port"])
+
+    db = options["db"]
+    persistence = None if db == ":memory:" else SQLitePersistence(db)
+    store = LocationStore(reactor, persistence)
+    StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
+    security = build_security(options, reactor, metrics, domains, local, store)
+    level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
+    core = build_core(
+        reactor,
+        store,
+        domains,
+        local,
+        security,
+        metrics,
+        connect_tcp=tcp_connector(reactor, reactor),
+        resolve=Resolver(),
+        registrar_settings=RegistrarSettings(
+            domains=frozenset(domains.names),
+            min_expires=options["min-expires"],
+            max_expires=options["max-expires"],
+            max_contacts=options["max-contacts"],
+        ),
+        proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
+        wirelog=WireLog(level),
+    )
+    transport = core.transport
+    listeners = SipListeners(reactor, transport, options["sip-port"], interface)
     listeners.setServiceParent(top)
 
     web = options["web"]
@@ -306,7 +355,5 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         advertised=advertised,
     )
     security.announce()
-    top.store, top.stack, top.transport, top.transactions = store, stack, transport, transactions
-    top.listeners, top.metrics, top.domains, top.advertised = listeners, metrics, domains, advertised
-    top.security = security
+    top.core, top.listeners = core, listeners
     return top

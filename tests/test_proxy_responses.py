@@ -192,7 +192,7 @@ def test_302_to_an_already_tried_contact_is_not_followed() -> None:
 
 def test_302_loop_between_two_redirects_stops() -> None:
     h = Harness()
-    _, stx = h.send(make_request("INVITE", CAROL)), None
+    h.send(make_request("INVITE", CAROL))
     first = h.branches()[0]
     h.reply(first, 302, headers=(("Contact", "<sip:dave@192.0.2.31>"),))
     second = h.branches()[1]

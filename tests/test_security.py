@@ -21,11 +21,12 @@ from sipproxy.auth import UserDB, UserEntry, compute_response, ha1, parse_auth_p
 from sipproxy.location import LocationStore
 from sipproxy.message import Request, Response, parse_message
 from sipproxy.metrics import Metrics
-from sipproxy.proxy import LocalAddress, Proxy
-from sipproxy.registrar import Registrar, RegistrarSettings
+from sipproxy.proxy import LocalAddress
+from sipproxy.registrar import RegistrarSettings
 from sipproxy.security import DEFAULT_RATE, Guard, Security, SecuritySettings, build_security, source_key
-from sipproxy.stack import Domains, SipStack
-from sipproxy.transaction import Source, Target, TransactionLayer
+from sipproxy.service import build_core
+from sipproxy.stack import Domains
+from sipproxy.transaction import Source
 from sipproxy.transport import SipDatagramProtocol, TransportLayer
 
 REALM = "example.test"
@@ -82,11 +83,7 @@ class Connector:
 
 
 class FakeServer:
-    """The parts ``service.build_service`` wires, with a fake UDP socket and a ``task.Clock``.
-
-    ``security`` is wired as the lead's patch wires it: registrar hook, proxy
-    hook, and ``transport.guard`` (used once the transport calls it).
-    """
+    """The SIP core as ``service.build_core`` wires it, with a fake UDP socket and a ``task.Clock``."""
 
     def __init__(
         self,
@@ -113,41 +110,24 @@ class FakeServer:
             secret=secret,
             random_bytes=random_bytes,
         )
-        self.registrar = Registrar(
-            self.store,
-            self.clock,
-            RegistrarSettings(domains=frozenset(self.domains.names), max_contacts=max_contacts),
-            authenticate=self.security.registrar_hook,
-        )
         self.connector = Connector()
-        self.transport = TransportLayer(self.connector, metrics=self.metrics)
-        self.stack = SipStack(
-            self.domains, self.metrics, registrar=self.registrar, is_registered=lambda aor: bool(self.store.lookup(aor))
-        )
-        self.transactions = TransactionLayer(self.clock, self.transport, self.stack)
-        self.transport.transactions = self.transactions
-        self.transport.guard = self.security.guard  # type: ignore[attr-defined]
-        self.security.guard.in_flight = self.transactions.server_transaction_count
-        self.stack.proxy = Proxy(
+        core = build_core(
             self.clock,
-            self.transactions,
             self.store,
             self.domains,
             LOCAL,
-            self._send_stateless,
-            lambda host, callback: callback(None),
-            authorize=self.security.proxy_hook,
+            self.security,
+            self.metrics,
+            connect_tcp=self.connector,
+            resolve=lambda host, callback: callback(None),
+            registrar_settings=RegistrarSettings(domains=frozenset(self.domains.names), max_contacts=max_contacts),
         )
+        self.registrar, self.transport, self.stack = core.registrar, core.transport, core.stack
+        self.transactions = core.transactions
         self.udp = FakeUDP()
         self.protocol = SipDatagramProtocol(self.transport, 4)
         self.protocol.transport = self.udp  # type: ignore[assignment]
         self.protocol.startProtocol()
-
-    def _send_stateless(self, message: Request | Response, target: Target | None) -> None:
-        if isinstance(message, Response):
-            self.transport.send_response(message, None)
-        elif target is not None:
-            self.transactions.send_stateless(message, target)
 
     def send(self, data: bytes, addr: tuple[str, int] = ALICE_ADDR) -> list[tuple[Request | Response, tuple[str, int]]]:
         """One datagram in; every message written out because of it."""

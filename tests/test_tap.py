@@ -53,6 +53,6 @@ def test_build_service_wires_listeners_store_and_registrar(tmp_path) -> None:  #
     options = parse("--db", str(tmp_path / "b.sqlite"), "--sip-port", "5070", "--domain", "example.test")
     service = build_service(options, Clock())
     assert service.listeners.requested_port == 5070
-    assert "example.test" in service.domains
-    assert service.stack.registrar is not None
-    service.store.close()
+    assert "example.test" in service.core.domains
+    assert service.core.stack.registrar is not None and service.core.stack.proxy is not None
+    service.core.store.close()

@@ -41,7 +41,7 @@ def test_thousand_users_over_udp_then_tcp_refresh_unregister_and_restart(server)
     register_all(server, USERS[:10], "udp", scenario="reg_refresh.xml")
     assert len(register_query(server.sip_port, "u0001")) == 2
 
-    one = f"<sip:u0001@127.0.0.1:5999;transport=udp>"
+    one = "<sip:u0001@127.0.0.1:5999;transport=udp>"
     result = sipp(
         "unreg.xml", server.sip_port, workdir=server.workdir, calls=1,
         inf=users_file(server.workdir, ["u0001"], "one.csv"), keys={"domain": "example.test", "contact": one},
