@@ -165,6 +165,9 @@ class Registrar:
         self._settings = settings
         self._authenticate = authenticate
         self._log: _Log = log if log is not None else _NullLog()
+        self._supported = ", ".join(sorted(settings.supported))
+        self._date_second = -1
+        self._date_text = ""
 
     def is_for_us(self, request: Request) -> bool:
         """Step 1: is the Request-URI a SIP or SIPS URI naming one of our domains?"""
@@ -369,17 +372,29 @@ class Registrar:
     def _listing(self, request: Request, aor: str, path: tuple[str, ...], now: float) -> Response:
         """Step 8: 200 OK with one Contact per current binding and its remaining lifetime."""
         response = self._respond(request, 200)
+        add = response.add
         for binding in self._store.lookup(aor):
             value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
             if binding.q != 1.0:
                 value += f";q={_format_q(binding.q)}"
-            response.add("Contact", value)
+            add("Contact", value)
         for hop in path:
-            response.add("Path", hop)
-        response.add("Date", formatdate(now, usegmt=True))
-        if self._settings.supported:
-            response.add("Supported", ", ".join(sorted(self._settings.supported)))
+            add("Path", hop)
+        add("Date", self._date(now))
+        if self._supported:
+            add("Supported", self._supported)
         return response
+
+    def _date(self, now: float) -> str:
+        """``formatdate(now, usegmt=True)``, formatted once per second."""
+        second = int(now)
+        exact = 0.0 <= now - second < 0.999  # no rounding up into the next second
+        if exact and second == self._date_second:
+            return self._date_text
+        text = formatdate(now, usegmt=True)
+        if exact:
+            self._date_second, self._date_text = second, text
+        return text
 
     def _respond(
         self, request: Request, status: int, reason: str | None = None, headers: Iterable[tuple[str, str]] = ()

@@ -77,7 +77,7 @@ def _to_row(binding: Binding) -> _Row:
         binding.transport,
         binding.source_host,
         binding.source_port,
-        json.dumps(list(binding.path)),
+        json.dumps(list(binding.path)) if binding.path else "[]",
         binding.user_agent,
         binding.instance,
         binding.reg_id,

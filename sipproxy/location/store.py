@@ -125,8 +125,13 @@ class LocationStore:
 
         This is the order a proxy tries the targets in (RFC 3261 §16.6).
         """
+        contacts = self._index.get(aor)
+        if not contacts:
+            return []
         now = self._clock.seconds()
-        contacts = self._index.get(aor, {})
+        if len(contacts) == 1:  # the usual case: one phone per address-of-record
+            for b in contacts.values():
+                return [b] if b.expires_at > now else []
         return sorted((b for b in contacts.values() if b.expires_at > now), key=_lookup_order)
 
     def get(self, aor: str, contact: str) -> Binding | None:
@@ -183,15 +188,19 @@ class LocationStore:
             puts.pop(binding.contact, None)
             puts[binding.contact] = binding
         removes = list(dict.fromkeys(remove))
-        both = puts.keys() & set(removes)
-        if both:
-            raise ValueError(f"contacts both put and removed: {sorted(both)}")
+        if removes and puts:
+            both = puts.keys() & set(removes)
+            if both:
+                raise ValueError(f"contacts both put and removed: {sorted(both)}")
 
         now = self._clock.seconds()
-        known = self._index.get(aor, {})
-        dropped = [b for b in known.values() if b.expires_at <= now]
-        events = [BindingEvent("expired", b) for b in dropped]
-        current = {c: b for c, b in known.items() if b.expires_at > now}
+        known = self._index.get(aor)
+        if known:
+            dropped = [b for b in known.values() if b.expires_at <= now]
+            events = [BindingEvent("expired", b) for b in dropped]
+            current = {c: b for c, b in known.items() if b.expires_at > now} if dropped else known
+        else:  # a new address-of-record: nothing to expire or replace
+            dropped, events, current = [], [], {}
         stored: list[Binding] = []
         for contact, binding in puts.items():
             old = current.get(contact)
@@ -292,6 +301,9 @@ class LocationStore:
         self._timers.clear()
 
     def _emit(self, events: Iterable[BindingEvent]) -> None:
+        if not self._subscribers and not self._emitting:
+            self._pending.clear()  # nobody to tell: what the loop below would do, without the work
+            return
         self._pending.extend(events)
         if self._emitting:
             return

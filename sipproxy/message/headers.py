@@ -161,6 +161,8 @@ def split_commas(value: str) -> list[str]:
     if "," not in value:
         stripped = value.strip()
         return [stripped] if stripped else []
+    if '"' not in value and "<" not in value:  # nothing can hide a comma: split at all of them
+        return [part for part in (p.strip() for p in value.split(",")) if part]
     parts: list[str] = []
     start = 0
     in_quotes = False

@@ -47,6 +47,30 @@ class Header:
 
 _T = TypeVar("_T")
 
+_new = object.__new__
+#: name as callers spell it -> key; callers use a handful of literal names, so this stays small.
+_KEYS: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    """:func:`canonical_key`, remembered for the names code asks for again and again."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_key(name)
+        if len(_KEYS) < 512:
+            _KEYS[name] = key
+    return key
+
+
+def _header(key: str, name: str, value: str, raw: str | None) -> Header:
+    """``Header(key, name, value, raw)`` without the Python-level ``__init__``."""
+    h = _new(Header)
+    h.key = key
+    h.name = name
+    h.value = value
+    h.raw = raw
+    return h
+
 
 def _naming(key: str, parse: Callable[[str], _T], values: list[str]) -> list[_T]:
     """Parse every value of one header; a failure's reason names that header ("Bad From: bad display name")."""
@@ -84,7 +108,7 @@ class Message:
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` as written (the whole line's value)."""
-        key = canonical_key(name)
+        key = _key(name)
         for h in self.headers:
             if h.key == key:
                 return h.value
@@ -92,7 +116,7 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, list headers split at their commas (§7.3.1)."""
-        key = canonical_key(name)
+        key = _key(name)
         out: list[str] = []
         if is_list_header(key):
             for h in self.headers:
@@ -103,17 +127,17 @@ class Message:
         return out
 
     def has(self, name: str) -> bool:
-        key = canonical_key(name)
+        key = _key(name)
         return any(h.key == key for h in self.headers)
 
     def count(self, name: str) -> int:
-        key = canonical_key(name)
+        key = _key(name)
         return sum(1 for h in self.headers if h.key == key)
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Add a header line: at the end, or before every other line of that name with ``first``."""
-        key = canonical_key(name)
-        header = Header(key, display_name(key) if len(name) == 1 else name, value)
+        key = _key(name)
+        header = _header(key, display_name(key) if len(name) == 1 else name, value, None)
         self._cache.clear()
         if first:
             for i, h in enumerate(self.headers):
@@ -124,7 +148,7 @@ class Message:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` with one line, kept where the first one was."""
-        key = canonical_key(name)
+        key = _key(name)
         self._cache.clear()
         for i, h in enumerate(self.headers):
             if h.key == key:
@@ -135,13 +159,13 @@ class Message:
         self.headers.append(Header(key, display_name(key), value))
 
     def remove(self, name: str) -> None:
-        key = canonical_key(name)
+        key = _key(name)
         self._cache.clear()
         self.headers = [h for h in self.headers if h.key != key]
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of a list header (top Via, top Route)."""
-        key = canonical_key(name)
+        key = _key(name)
         for i, h in enumerate(self.headers):
             if h.key == key:
                 self._cache.clear()
@@ -231,18 +255,23 @@ class Message:
 
     def addresses(self, name: str) -> list[NameAddr]:
         """Every name-addr of a list header: Contact, Route, Record-Route, Path."""
-        key = canonical_key(name)
+        key = _key(name)
         return self._cached(f"list:{key}", lambda: _naming(key, parse_name_addr, self.get_all(key)))  # type: ignore[return-value]
 
     @property
     def contacts(self) -> list[NameAddr] | Literal["*"]:
         """Contact values, or ``"*"`` for the wildcard (§10.2.2)."""
+        cached = self._cache.get("list:contact")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         values = self.get_all("contact")
-        if any(v == "*" for v in values):
+        if "*" in values:
             if len(values) != 1:
                 raise ParseError("Wildcard Contact must be the only Contact")
             return "*"
-        return self.addresses("contact")
+        addresses = _naming("contact", parse_name_addr, values)
+        self._cache["list:contact"] = addresses
+        return addresses
 
     def _integer(self, name: str, limit: int) -> int | None:
         value = self.get(name)
@@ -295,7 +324,7 @@ class Message:
         return "".join(out).encode(_ENCODING, _ERRORS) + body
 
     def copy_headers(self) -> list[Header]:
-        return [Header(h.key, h.name, h.value, h.raw) for h in self.headers]
+        return [_header(h.key, h.name, h.value, h.raw) for h in self.headers]
 
 
 class Request(Message):
@@ -434,13 +463,18 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     written; a To tag is added when ``to_tag`` is given and the request's To
     has none (never on 100 Trying).
     """
-    headers = [Header(h.key, h.name, h.value, h.raw) for h in request.headers if h.key in _RESPONSE_COPIED]
-    response = Response(status, reason if reason is not None else REASON_PHRASES.get(status, ""), headers)
+    headers = [_header(h.key, h.name, h.value, h.raw) for h in request.headers if h.key in _RESPONSE_COPIED]
+    response = _new(Response)  # Response(status, reason, headers) without the __init__ chain
+    response.headers = headers
+    response.body = b""
+    response.status = status
+    response.reason = reason if reason is not None else REASON_PHRASES.get(status, "")
+    response._cache = copied = {}
     cache = request._cache
     for key in ("via", "from", "cseq", "to"):
         if key in cache:  # the request's parsed values describe the copied lines too
             value = cache[key]
-            response._cache[key] = list(value) if isinstance(value, list) else value  # type: ignore[arg-type]
+            copied[key] = list(value) if isinstance(value, list) else value  # type: ignore[arg-type]
     if to_tag and status > 100:
         for h in headers:
             if h.key == "to":

@@ -19,7 +19,7 @@ from sipproxy.message.errors import ParseError
 from sipproxy.message.headers import COMPACT_FORMS, canonical_key, display_name, is_token, known_names
 from sipproxy.message.message import Header, Request, Response, parse_vias
 from sipproxy.message.uri import SipURI
-from sipproxy.message.values import parse_cseq, parse_name_addr
+from sipproxy.message.values import parse_cseq, parse_name_addr, parse_via
 
 __all__ = ["parse_message", "MAX_HEADERS"]
 
@@ -36,6 +36,12 @@ for _name in (*known_names(), *COMPACT_FORMS):
     for _spelling in (_name, _name.lower(), _name.upper()):
         _KNOWN_SPELLINGS[_spelling] = canonical_key(_name)
 del _name, _spelling
+#: Methods that need no token check (RFC 3261 §7.1 and the extensions' methods).
+_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO")
+    + ("REFER", "MESSAGE", "UPDATE")
+)
+_new = object.__new__
 
 
 def parse_message(data: bytes) -> Request | Response:
@@ -96,11 +102,12 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 def _parse_headers(lines: list[str]) -> list[Header]:
     headers: list[Header] = []
     append = headers.append
+    known = _KNOWN_SPELLINGS.get
     last: Header | None = None
     for i in range(1, len(lines)):
         line = lines[i]
         name, colon, value = line.partition(":")
-        key = _KNOWN_SPELLINGS.get(name)
+        key = known(name)
         if key is None or not colon:
             if not line:
                 raise ParseError("Empty header line")
@@ -113,7 +120,12 @@ def _parse_headers(lines: list[str]) -> list[Header]:
             if not colon or not is_token(name):
                 raise ParseError("Bad header line")
             key = canonical_key(name)
-        last = Header(key, name, value.strip(" \t"), line)
+        # Header(key, name, value, line) without the Python-level __init__: this runs for every line.
+        last = _new(Header)
+        last.key = key
+        last.name = name
+        last.value = value.strip(" \t")
+        last.raw = line
         append(last)
     if len(headers) > MAX_HEADERS:
         raise ParseError("Too many headers")
@@ -146,11 +158,18 @@ def _finish_request(first: str, headers: list[Header], body: bytes) -> Request:
         partial = Request(method, "", headers, body) if is_token(method) and _respondable(headers) else None
         raise ParseError("Bad request line", partial=partial)
     method, uri_text, version = parts
-    if not is_token(method):
+    if method not in _METHODS and not is_token(method):
         raise ParseError("Bad method")
-    request = Request(method, uri_text, headers, body)
+    request = _new(Request)  # Request(method, uri_text, headers, body) without the __init__ chain
+    request.headers = headers
+    request.body = body
+    request._cache = {}
+    request.method = method
+    request.uri_text = uri_text
+    request._uri = None
     try:
-        _check_version(version, request=True)
+        if version != "SIP/2.0":
+            _check_version(version, request=True)
         try:
             uri = request.uri
         except ParseError:
@@ -171,7 +190,12 @@ def _finish_response(first: str, headers: list[Header], body: bytes) -> Response
     code, _, reason = rest.partition(" ")
     if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] not in "123456":
         raise ParseError("Bad status code")
-    response = Response(int(code), reason, headers, body)
+    response = _new(Response)  # Response(int(code), reason, headers, body) without the __init__ chain
+    response.headers = headers
+    response.body = body
+    response._cache = {}
+    response.status = int(code)
+    response.reason = reason
     _validate(response, headers)
     return response
 
@@ -194,30 +218,44 @@ def _validate(message: Request | Response, headers: list[Header]) -> None:
         if key not in firsts:
             raise ParseError(f"Missing {display_name(key)}")
     cache = message._cache
-    cache["via"] = vias = parse_vias(via_values)
-    if not vias:
-        raise ParseError("Missing Via")
-    field = "from"
+    if len(via_values) == 1 and "," not in via_values[0] and via_values[0]:
+        try:
+            vias = [parse_via(via_values[0])]
+        except ParseError as exc:
+            raise exc.in_header("Via") from None
+    else:
+        vias = parse_vias(via_values)
+        if not vias:
+            raise ParseError("Missing Via")
+    cache["via"] = vias
     try:
         cache["from"] = parse_name_addr(firsts["from"])
-        field = "to"
+    except ParseError as exc:
+        raise exc.in_header("From") from None
+    try:
         cache["to"] = parse_name_addr(firsts["to"])
-        field = "cseq"
+    except ParseError as exc:
+        raise exc.in_header("To") from None
+    try:
         cache["cseq"] = parse_cseq(firsts["cseq"])
     except ParseError as exc:
-        raise exc.in_header(display_name(field)) from None
+        raise exc.in_header("CSeq") from None
     call_id = firsts["call-id"]
     if not call_id or " " in call_id or "\t" in call_id:
         raise ParseError("Bad Call-ID")
-    if isinstance(message, Request) and "max-forwards" in firsts:
+    if "max-forwards" in firsts and isinstance(message, Request):
         _integer(firsts["max-forwards"], 255, "Max-Forwards")
     length = firsts.get("content-length")
     if length is not None:
-        n = _integer(length, 2**31, "Content-Length")
-        if n > len(message.body):
-            raise ParseError("Bad Content-Length")  # longer than what arrived
-        if n < len(message.body):
-            message.body = message.body[:n]  # §18.3: bytes past Content-Length are discarded
+        if length == "0":
+            n = 0
+        else:
+            n = _integer(length, 2**31, "Content-Length")
+        body = message.body
+        if n != len(body):
+            if n > len(body):
+                raise ParseError("Bad Content-Length")  # longer than what arrived
+            message.body = body[:n]  # §18.3: bytes past Content-Length are discarded
 
 
 def _integer(value: str, limit: int, name: str) -> int:

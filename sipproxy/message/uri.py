@@ -44,9 +44,16 @@ _PARAM_SAFE = _UNRESERVED | frozenset("[]/:&+$")
 _MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 
 
+#: Dotted-quad IPv4 exactly as ``ipaddress`` accepts it (ASCII digits, no leading zeros, 0-255).
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z")
+
+
 def is_ip_address(host: str) -> bool:
+    host = host.strip("[]")
+    if ":" not in host:  # IPv6 text always has a colon: this is IPv4 or no address at all
+        return _IPV4.match(host) is not None
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
@@ -215,6 +222,8 @@ class AbsoluteURI:
 
 URI = SipURI | AbsoluteURI
 
+_new = object.__new__
+
 
 def parse_uri(text: str) -> URI:
     """Parse a Request-URI or the URI inside a name-addr.
@@ -223,24 +232,36 @@ def parse_uri(text: str) -> URI:
     Other schemes are returned as :class:`AbsoluteURI`; deciding whether we
     can handle them (416) is the proxy's job (§16.3 step 2).
     """
-    scheme, colon, rest = text.partition(":")
-    if not colon or not _SCHEME.match(scheme):
-        raise ParseError("Bad URI")
-    lscheme = scheme.lower()
-    if lscheme != "sip" and lscheme != "sips":
-        if not _URIC.match(rest):
+    if text.startswith("sip:"):  # the everyday spelling: no need to check and lower-case the scheme
+        lscheme, rest = "sip", text[4:]
+    else:
+        scheme, colon, rest = text.partition(":")
+        if not colon or not _SCHEME.match(scheme):
             raise ParseError("Bad URI")
-        return AbsoluteURI(lscheme, text)
+        lscheme = scheme.lower()
+        if lscheme != "sip" and lscheme != "sips":
+            if not _URIC.match(rest):
+                raise ParseError("Bad URI")
+            return AbsoluteURI(lscheme, text)
     m = _SIP_COMMON.match(rest)
     if m is not None:
         user, host, port, paramtext = m.groups()
-        if port is None or int(port) <= 65535:
+        if port is None or len(port) < 5 or int(port) <= 65535:
             common: dict[str, str | None] = {}
             if paramtext:
                 for part in paramtext[1:].split(";"):
                     name, eq, value = part.partition("=")
                     common[name.lower()] = value if eq else None
-            return SipURI(lscheme, host, user, None, None if port is None else int(port), common)
+            # Built without the generated __init__ (this is the hot path of every message).
+            uri = _new(SipURI)
+            uri.scheme = lscheme
+            uri.host = host
+            uri.user = user
+            uri.password = None
+            uri.port = None if port is None else int(port)
+            uri.params = common
+            uri.headers = ""
+            return uri
     return _parse_sip(lscheme, rest)
 
 

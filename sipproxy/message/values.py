@@ -11,6 +11,8 @@ from sipproxy.message.uri import DOMAIN, URI, SipURI, format_host, parse_uri
 
 __all__ = ["NameAddr", "Via", "CSeq", "parse_name_addr", "parse_via", "parse_cseq", "MAGIC_COOKIE"]
 
+_new = object.__new__  # hot paths fill slots directly instead of running the generated __init__
+
 #: RFC 3261 §8.1.1.7: branches that start with this follow RFC 3261 rules.
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -88,7 +90,16 @@ def parse_name_addr(text: str) -> NameAddr:
     m = _NAME_ADDR_COMMON.match(text)
     if m is not None:
         quoted, tokens, uritext, paramtext = m.groups()
-        return NameAddr(parse_uri(uritext), quoted if quoted is not None else tokens, _plain_params(paramtext))
+        address = _new(NameAddr)
+        address.uri = parse_uri(uritext)
+        address.display = quoted if quoted is not None else tokens
+        params: dict[str, str | None] = {}
+        if paramtext:
+            for part in paramtext[1:].split(";"):
+                name, eq, value = part.partition("=")
+                params[name.lower()] = value if eq else None
+        address.params = params
+        return address
     return _parse_name_addr(text)
 
 
@@ -205,10 +216,20 @@ def parse_via(text: str) -> Via:
     m = _VIA_COMMON.match(text)
     if m is not None:
         transport, host, port, paramtext = m.groups()
-        if port is None or int(port) <= 65535:
-            params = _plain_params(paramtext)
-            _check_via_params(params)
-            return Via(transport.upper(), host, None if port is None else int(port), params)
+        if port is None or len(port) < 5 or int(port) <= 65535:
+            params: dict[str, str | None] = {}
+            if paramtext:
+                for part in paramtext[1:].split(";"):
+                    name, eq, value = part.partition("=")
+                    params[name.lower()] = value if eq else None
+                _check_via_params(params)
+            via = _new(Via)
+            via.transport = transport if transport == "UDP" or transport == "TCP" else transport.upper()
+            via.host = host
+            via.port = None if port is None else int(port)
+            via.params = params
+            via.protocol = "SIP/2.0"
+            return via
     return _parse_via(text)
 
 
@@ -242,9 +263,10 @@ def _parse_via(text: str) -> Via:
 
 
 def _check_via_params(params: dict[str, str | None]) -> None:
-    for pname in ("branch", "received", "maddr", "ttl"):
-        if pname in params and params[pname] is None:
-            raise ParseError(f"Via {pname} needs a value")
+    if None in params.values():  # only flags need a look: most Vias have none but rport
+        for pname in ("branch", "received", "maddr", "ttl"):
+            if pname in params and params[pname] is None:
+                raise ParseError(f"Via {pname} needs a value")
     ttl = params.get("ttl")
     if ttl is not None and (not _is_digits(ttl) or len(ttl) > 3 or int(ttl) > 255):
         raise ParseError("Bad Via ttl")
@@ -270,9 +292,19 @@ class CSeq:
 def parse_cseq(text: str) -> CSeq:
     """RFC 3261 §20.16: a 32-bit sequence number and a method."""
     m = _CSEQ_COMMON.match(text)
-    if m is not None and int(m.group(1)) <= 2**31 - 1:
-        return CSeq(int(m.group(1)), m.group(2))
+    if m is not None:
+        number, method = m.groups()
+        seq = int(number)
+        if seq <= 2**31 - 1:
+            cseq = _new(CSeq)  # frozen: fill the slots directly, as the generated __init__ would
+            _set_seq(cseq, seq)
+            _set_method(cseq, method)
+            return cseq
     return _parse_cseq(text)
+
+
+_set_seq = CSeq.__dict__["seq"].__set__
+_set_method = CSeq.__dict__["method"].__set__
 
 
 def _parse_cseq(text: str) -> CSeq:
