@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "KNOWN_METHODS"]
+
+#: Methods counted under their own name; any other token a peer sends is "OTHER",
+#: so that nobody can grow the metrics without bound by inventing methods.
+KNOWN_METHODS = frozenset(
+    "INVITE ACK CANCEL BYE OPTIONS REGISTER MESSAGE SUBSCRIBE NOTIFY REFER INFO UPDATE PRACK PUBLISH".split()
+)
 
 
 class Metrics:
@@ -34,5 +41,21 @@ class Metrics:
         self.bindings = Gauge("sip_bindings", "Current registration bindings", registry=r)
         self.aors = Gauge("sip_aors", "Addresses-of-record with at least one binding", registry=r)
 
+        self._children: dict[tuple[int, str], Any] = {}
+
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         gauge.set_function(read)
+
+    def inc(self, counter: Counter, label: str) -> None:
+        """``counter.labels(label).inc()``, with the labelled child looked up once (hot path)."""
+        key = (id(counter), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(label)
+        child.inc()
+
+    def method(self, counter: Counter, method: str) -> None:
+        self.inc(counter, method if method in KNOWN_METHODS else "OTHER")
+
+    def status(self, counter: Counter, status: int) -> None:
+        self.inc(counter, str(status))

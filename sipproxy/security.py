@@ -97,6 +97,7 @@ refuses the connection) are limited where they are made.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -190,6 +191,7 @@ class SecuritySettings:
         return max(1.0, (self.rate or 1.0) * 5)
 
 
+@functools.lru_cache(maxsize=4096)
 def source_key(host: str) -> str:
     """What limits count by: the IPv4 address, or the IPv6 /64 (``2001:db8::/64``)."""
     host = host.strip("[]")

@@ -103,7 +103,7 @@ class SipStack:
         if method == "REGISTER" and self.registrar is not None and self.registrar.is_for_us(request):
             assert stx is not None
             response = self.registrar.handle(request, source)
-            self.metrics.registers.labels("accepted" if response.status == 200 else "rejected").inc()
+            self.metrics.inc(self.metrics.registers, "accepted" if response.status == 200 else "rejected")
             self._answer(stx, response)
             return
         if method == "OPTIONS" and self.is_for_server(request):

@@ -241,3 +241,16 @@ def test_tcp_connect_failure_reaches_the_sender() -> None:
     assert connector.attempts == [("192.0.2.50", 5060)]
     transport.connect_failed("192.0.2.50", 5060, "Connection refused")
     assert errors and "refused" in errors[0]
+
+
+def test_invented_methods_are_counted_as_other_in_metrics() -> None:
+    """A peer inventing methods must not grow the metrics without bound."""
+    transport, _, _, _ = make_stack()
+    for name in ("XFOO", "XBAR", "XBAZ"):
+        data = options().replace(b"OPTIONS sip", name.encode() + b" sip").replace(b"7 OPTIONS", b"7 " + name.encode())
+        datagram(transport, data, ("192.0.2.7", 5062))
+    from prometheus_client import generate_latest
+
+    text = generate_latest(transport.metrics.registry).decode()
+    assert 'sip_requests_received_total{method="OTHER"} 3.0' in text
+    assert "XFOO" not in text

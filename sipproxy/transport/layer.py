@@ -84,11 +84,11 @@ class TransportLayer:
         try:
             if isinstance(message, Request):
                 self._stamp_via(message, source)
-                self.metrics.requests_in.labels(message.method).inc()
+                self.metrics.method(self.metrics.requests_in, message.method)
                 assert self.transactions is not None
                 self.transactions.receive_request(message, source)
             else:
-                self.metrics.responses_in.labels(str(message.status)).inc()
+                self.metrics.status(self.metrics.responses_in, message.status)
                 assert self.transactions is not None
                 self.transactions.receive_response(message, source)
         except ParseError as exc:
@@ -103,7 +103,7 @@ class TransportLayer:
             )
 
     def _parse_error(self, exc: ParseError, source: Source) -> None:
-        self.metrics.parse_errors.labels(source.transport).inc()
+        self.metrics.inc(self.metrics.parse_errors, source.transport)
         partial = exc.partial
         if partial is None or partial.method == "ACK":
             self.log.warn(
@@ -141,7 +141,7 @@ class TransportLayer:
     # -- outgoing -------------------------------------------------------
 
     def send_request(self, request: Request, target: Target, on_error: Callable[[str], None]) -> None:
-        self.metrics.requests_out.labels(request.method).inc()
+        self.metrics.method(self.metrics.requests_out, request.method)
         self._send(target.transport, target.host, target.port, request.to_bytes(), on_error)
 
     def send_response(self, response: Response, source: Source | None) -> None:
@@ -150,7 +150,7 @@ class TransportLayer:
         ``source`` is ``None`` for a response forwarded statelessly (a 2xx
         retransmission): then only its Via says where it goes.
         """
-        self.metrics.responses_out.labels(str(response.status)).inc()
+        self.metrics.status(self.metrics.responses_out, response.status)
         data = response.to_bytes()
         conn = source.connection if source is not None else None
         if conn is not None and is_reliable(source.transport) and conn.alive:  # type: ignore[union-attr]
@@ -179,7 +179,7 @@ class TransportLayer:
         self._send(transport, host, port, data, self._response_failed)
 
     def _send_to_source(self, response: Response, source: Source) -> None:
-        self.metrics.responses_out.labels(str(response.status)).inc()
+        self.metrics.status(self.metrics.responses_out, response.status)
         data = response.to_bytes()
         conn = source.connection
         if conn is not None and conn.alive:  # type: ignore[attr-defined]
