@@ -285,7 +285,6 @@ def build_core(
     transactions = TransactionLayer(clock, transport, stack)
     transport.transactions = transactions
     transport.guard = security.guard
-    security.guard.in_flight = transactions.server_transaction_count
 
     def send_stateless(message: Request | Response, target: Target | None) -> None:
         if isinstance(message, Response):
@@ -311,6 +310,9 @@ def build_core(
         flow_open=flow_open,
     )
     stack.proxy = proxy
+    # In flight: requests still waiting for their final response.  Finished
+    # transactions that only absorb retransmissions (Timer J, 32 s) are no load.
+    security.guard.in_flight = proxy.active_contexts
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)

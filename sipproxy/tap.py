@@ -49,7 +49,7 @@ class Options(usage.Options):
         ["block-time", None, "900", "Seconds a blocked address or user name stays blocked (its requests get 403)."],
         ["rate-limit", None, None, "Requests/s per source address (bursts: 5 s worth; 10x with a binding); over it 503. Default: 20 with --users, else none; 0: none."],
         ["max-message-size", None, "65535", "Largest SIP request accepted on UDP and TCP, in bytes (513 Message Too Large above)."],
-        ["max-transactions", None, "20000", "Server transactions in flight above which new requests get 503 + Retry-After."],
+        ["max-transactions", None, "20000", "Proxied requests awaiting their final response above which new requests get 503 + Retry-After."],
     ]
     optFlags = [
         ["log-sip", None, "Log every SIP message in and out (info level)."],

@@ -865,3 +865,11 @@ def test_security_options_are_parsed_and_checked(tmp_path: Any) -> None:
     ]:
         with pytest.raises(usage.UsageError, match=message):
             Options().parseOptions(argv)
+
+
+def test_finished_transactions_do_not_count_as_load() -> None:
+    """Transactions that only absorb retransmissions (Timer J) are no reason for 503."""
+    server = FakeServer(None, settings(max_transactions=3))
+    statuses = [server.final(register(f"user{i}", call_id=f"load-{i}")).status for i in range(10)]
+    assert statuses == [200] * 10
+    assert server.transactions.server_transaction_count() == 10
