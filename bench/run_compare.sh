@@ -6,7 +6,8 @@
 # Starts `twistd -n sipproxy` (SQLite persistence on, domain bench.test) on
 # 127.0.0.1:5080, runs ../shared/bench/run_bench.sh against it, stops it, then
 # runs the Kamailio baseline with the same knobs, and prints both results and
-# their ratio.  Extra environment (REG_RATES, STEP_SECONDS, ...) is passed on.
+# their ratio.  Extra environment (REG_RATES, STEP_SECONDS, ...) is passed on;
+# SKIP_KAMAILIO=1 runs sipproxy alone.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -37,10 +38,14 @@ SERVER_PIDS="$SIPPROXY_PID" LABEL="sipproxy $(git -C "$ROOT" rev-parse --short H
     timeout -k 10 900 "$SHARED/run_bench.sh" 127.0.0.1 "$PORT" | tee "$OUT/sipproxy.txt"
 kill "$SIPPROXY_PID"; wait "$SIPPROXY_PID" 2>/dev/null
 
+if [[ "${SKIP_KAMAILIO:-0}" == 1 ]]; then
+    grep -h "register_rps=" "$OUT/sipproxy.txt" | tail -n 1
+    exit 0
+fi
 OUTDIR="$OUT/kamailio" "$SHARED/run_kamailio_baseline.sh" "$STAMP" | tee "$OUT/kamailio.txt"
 
-ours="$(tail -n 1 "$OUT/sipproxy.txt")"
-theirs="$(tail -n 1 "$OUT/kamailio.txt")"
+ours="$(grep -h "register_rps=" "$OUT/sipproxy.txt" | tail -n 1)"
+theirs="$(grep -h "register_rps=" "$OUT/kamailio.txt" | tail -n 1)"
 python3 - "$ours" "$theirs" <<'PY'
 import sys
 def parse(line):
@@ -49,6 +54,6 @@ ours, theirs = parse(sys.argv[1]), parse(sys.argv[2])
 print(f"sipproxy: {sys.argv[1]}")
 print(f"kamailio: {sys.argv[2]}")
 for key in ("register_rps", "call_cps"):
-    if theirs.get(key):
+    if theirs.get(key) and key in ours:
         print(f"{key}_ratio={ours.get(key, 0) / theirs[key]:.2f}")
 PY
