@@ -20,10 +20,13 @@ Which requests the proxy challenges (with ``--users``):
 - never ACK (it has no response) or CANCEL (it cannot be resubmitted with
   credentials, RFC 3261 §22.1): both belong to an INVITE that was challenged;
 - never an in-dialog request, defined here as one whose To has a tag *and*
-  whose top Route names us (the Record-Route we placed when the dialog was
-  created: no user part, our host and port).  A request with a To tag but no
-  Route through us is treated as out-of-dialog.  Limit: anybody can write such
-  a Route and tag; signing our Record-Route URI would close that;
+  whose top Route is the Record-Route we placed when the dialog was created:
+  no user part, our host and port, and a ``dt`` parameter equal to
+  :meth:`Security.dialog_token` of the request's Call-ID (an HMAC with the
+  server's secret, so nobody can write such a Route for a dialog we did not
+  record-route).  Anything else is treated as out-of-dialog.  The secret is
+  made at start-up: after a restart, in-dialog requests of older dialogs from
+  our users are challenged once;
 - a request whose From host is one of our domains: always challenged (407);
 - a request from another domain to one of ours (Request-URI is us): never
   challenged -- that is how other domains call our users;
@@ -116,7 +119,7 @@ from sipproxy.auth import AuthResult, DigestAuthenticator, FailureTracker, RateL
 from sipproxy.auth.digest import parse_auth_params
 from sipproxy.message import Request, Response, SipURI, make_response
 from sipproxy.metrics import Metrics
-from sipproxy.proxy.routing import LocalAddress, Locality
+from sipproxy.proxy.routing import DIALOG_TOKEN_PARAM, LocalAddress, Locality
 from sipproxy.transaction import Source
 
 __all__ = [
@@ -468,11 +471,12 @@ class Security:
         self.clock = clock
         self.metrics = metrics
         self.users_path = users_path
+        self.secret = secret if secret is not None else os.urandom(32)
         self.digest: DigestAuthenticator | None = None
         if users is not None:
             self.digest = DigestAuthenticator(
                 users,
-                secret if secret is not None else os.urandom(32),
+                self.secret,
                 settings.nonce_lifetime,
                 settings.algorithms,
                 random_bytes=random_bytes if random_bytes is not None else secrets.token_bytes,
@@ -620,14 +624,22 @@ class Security:
         return not self.locality.is_us(request.uri)
 
     def in_dialog(self, request: Request) -> bool:
-        """A To tag and a top Route that is our own Record-Route (no user part, our host and port)."""
+        """A To tag and a top Route that is our own Record-Route for this Call-ID (see the module docstring)."""
         if request.to.tag is None:
             return False
         routes = request.addresses("route")
         if not routes:
             return False
         uri = routes[0].uri
-        return isinstance(uri, SipURI) and uri.user is None and self.locality.is_us(uri)
+        if not (isinstance(uri, SipURI) and uri.user is None and self.locality.is_us(uri)):
+            return False
+        token = uri.params.get(DIALOG_TOKEN_PARAM)
+        return token is not None and hmac.compare_digest(token, self.dialog_token(request.call_id))
+
+    def dialog_token(self, call_id: str) -> str:
+        """What our Record-Route carries for the dialog ``call_id``: HMAC-SHA256 with the server secret."""
+        mac = hmac.new(self.secret, b"dialog\x00" + call_id.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        return mac.hexdigest()[:20]
 
     # -- checking credentials -------------------------------------------------------
 

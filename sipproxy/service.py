@@ -308,6 +308,7 @@ def build_core(
         authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
         flow_open=flow_open,
+        dialog_token=security.dialog_token if security.users is not None else None,
     )
     stack.proxy = proxy
     # In flight: requests still waiting for their final response.  Finished

@@ -492,7 +492,7 @@ def test_relaying_from_a_foreign_domain_to_a_foreign_domain_is_challenged() -> N
 
 def test_ack_cancel_and_in_dialog_requests_are_not_challenged() -> None:
     server = registered()
-    route = f"Route: <sip:{PROXY}:5060;lr>"
+    route = f"Route: <sip:{PROXY}:5060;lr;dt={server.security.dialog_token('call-1')}>"
     # in-dialog BYE: To tag and our Record-Route on top
     out = server.send(request("BYE", "sip:bob@192.0.2.20:5060", to_tag="b1", headers=(route,)))
     assert [m.method for m in sent_to(server, out, BOB_ADDR)] == ["BYE"]
@@ -518,6 +518,28 @@ def test_to_tag_without_our_route_is_treated_as_out_of_dialog() -> None:
     assert server.final(request("BYE", "sip:bob@192.0.2.20:5060", to_tag="b1")).status == 407
     other_route = "Route: <sip:198.51.100.9;lr>"
     assert server.final(request("MESSAGE", to_tag="b1", headers=(other_route,))).status == 407
+
+
+def test_a_forged_route_to_us_does_not_skip_the_challenge() -> None:
+    """Only the Record-Route we placed for this Call-ID (signed) marks a request as in-dialog."""
+    server = registered()
+    unsigned = f"Route: <sip:{PROXY}:5060;lr>"
+    other_dialog = f"Route: <sip:{PROXY}:5060;lr;dt={server.security.dialog_token('another-call')}>"
+    for route in (unsigned, other_dialog):
+        forged = request("MESSAGE", "sip:bob@192.0.2.20:5060", to_tag="b1", call_id="forged", headers=(route,))
+        assert server.final(forged).status == 407
+
+
+def test_record_route_carries_the_dialog_token() -> None:
+    server = registered()
+    challenge = server.final(request(call_id="rr-1"))
+    auth = authorization(challenge, "alice", "alice-pw", "INVITE", "sip:bob@example.test", header="proxy-authenticate")
+    out = server.send(request(call_id="rr-1", cseq=2, headers=(f"Proxy-Authorization: {auth}",)))
+    [invite] = [m for m in sent_to(server, out, BOB_ADDR) if m.method == "INVITE"]
+    [record_route] = invite.addresses("record-route")
+    assert record_route.uri.params["dt"] == server.security.dialog_token("rr-1")
+    bye = request("BYE", "sip:bob@192.0.2.20:5060", to_tag="b1", call_id="rr-1", headers=(f"Route: <{record_route.uri}>",))
+    assert [m.method for m in sent_to(server, server.send(bye), BOB_ADDR)] == ["BYE"]
 
 
 def test_options_to_the_server_is_answered_without_a_challenge() -> None:

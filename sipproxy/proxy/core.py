@@ -122,6 +122,7 @@ class Proxy:
         authorize: Authorize | None = None,
         log: ProxyLog | None = None,
         flow_open: FlowOpen | None = None,
+        dialog_token: Callable[[str], str] | None = None,
     ) -> None:
         self.clock = clock
         self.transactions = transactions
@@ -136,6 +137,8 @@ class Proxy:
         self.log: ProxyLog = log if log is not None else _NullLog()
         self.flow_open = flow_open
         """Is the connection to this TCP/TLS flow still open? (``None``: assume so.)"""
+        self.dialog_token = dialog_token
+        """Call-ID -> the token our Record-Route carries (``None``: no token)."""
         self._contexts: dict[int, ResponseContext] = {}
         self._counter = itertools.count(1)
 

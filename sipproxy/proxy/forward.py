@@ -81,8 +81,9 @@ def stamp(
     incoming: str,
     outgoing: str,
     record_route: bool,
+    token: str | None = None,
 ) -> None:
     """§16.6 steps 4 and 8: Record-Route (when ``record_route``) and Via, for a request leaving on ``outgoing``."""
     if record_route:
-        add_record_route(request, local, incoming, outgoing)
+        add_record_route(request, local, incoming, outgoing, token)
     add_via(request, local, outgoing, branch)

@@ -168,7 +168,8 @@ class Branch:
             self._fail(error.status, error.reason)
             return
         branch = make_branch(ctx.loop, proxy.unique())
-        stamp(request, proxy.local, branch, ctx.source.transport, hop.transport, ctx.record_route)
+        token = proxy.dialog_token(request.call_id) if proxy.dialog_token and ctx.record_route else None
+        stamp(request, proxy.local, branch, ctx.source.transport, hop.transport, ctx.record_route, token)
         self.request = request
         proxy.resolve_hop(hop, self._resolved)
 

@@ -17,6 +17,7 @@ from sipproxy.message import ParseError, Request, SipURI, Via, format_host
 __all__ = [
     "LocalAddress",
     "Locality",
+    "DIALOG_TOKEN_PARAM",
     "add_record_route",
     "preprocess_routing",
     "record_route_values",
@@ -127,29 +128,38 @@ def top_route(request: Request) -> SipURI | None:
 # -- §16.6 step 4 Record-Route -------------------------------------------------
 
 
-def record_route_values(local: LocalAddress, incoming: str, outgoing: str) -> list[str]:
+#: The Record-Route URI parameter carrying the dialog token (see :func:`record_route_values`).
+DIALOG_TOKEN_PARAM = "dt"
+
+
+def record_route_values(local: LocalAddress, incoming: str, outgoing: str, token: str | None = None) -> list[str]:
     """The Record-Route values to add at the top, the first one on top (facing the next hop).
 
     One value when the request leaves on the transport it arrived on;
     two when it changes transport (RFC 5658 §3.2 "double Record-Route"): the
     top one for the outgoing side, the second for the incoming side, so that
     each party's route set begins with the URI reachable on its own transport.
+    ``token`` (``;dt=``) lets us recognise later in-dialog requests as
+    following a Route we placed for this dialog (the security layer signs it).
     """
     incoming, outgoing = incoming.upper(), outgoing.upper()
-    first = _record_route(local, outgoing)
+    first = _record_route(local, outgoing, token)
     if incoming == outgoing:
         return [first]
-    return [first, _record_route(local, incoming)]
+    return [first, _record_route(local, incoming, token)]
 
 
-def _record_route(local: LocalAddress, transport: str) -> str:
-    if transport == "UDP":
-        return f"<sip:{local.hostport};lr>"
-    return f"<sip:{local.hostport};transport={transport.lower()};lr>"
+def _record_route(local: LocalAddress, transport: str, token: str | None) -> str:
+    params = "" if transport == "UDP" else f";transport={transport.lower()}"
+    if token:
+        params += f";{DIALOG_TOKEN_PARAM}={token}"
+    return f"<sip:{local.hostport}{params};lr>"
 
 
-def add_record_route(request: Request, local: LocalAddress, incoming: str, outgoing: str) -> None:
+def add_record_route(
+    request: Request, local: LocalAddress, incoming: str, outgoing: str, token: str | None = None
+) -> None:
     """Insert :func:`record_route_values` above any existing Record-Route (§16.6 step 4)."""
-    for value in reversed(record_route_values(local, incoming, outgoing)):
+    for value in reversed(record_route_values(local, incoming, outgoing, token)):
         request.add("Record-Route", value, first=True)
 
