@@ -929,3 +929,15 @@ def test_parse_error_carries_the_reply() -> None:
     assert str(ParseError("Empty parameter").in_header("Via")) == "400 Bad Via: empty parameter"
     assert ParseError("Bad Via ttl").in_header("Via").reason == "Bad Via ttl"
     assert ParseError("URI trouble").in_header("To").reason == "Bad To: URI trouble"
+
+
+def test_response_to_a_request_with_a_repeated_to_has_one_tagged_to() -> None:
+    """A tolerated duplicate To must not turn into two different To lines in our response."""
+    from sipproxy.message import make_response, parse_message
+
+    request = parse_request(make_request(extra=("To: Bob <sip:bob@example.test>",)))
+    assert request.count("to") == 2
+    response = make_response(request, 486, to_tag="t1")
+    reparsed = parse_message(response.to_bytes())
+    assert reparsed.count("to") == 1
+    assert reparsed.to.tag == "t1"

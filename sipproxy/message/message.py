@@ -463,7 +463,16 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     written; a To tag is added when ``to_tag`` is given and the request's To
     has none (never on 100 Trying).
     """
-    headers = [_header(h.key, h.name, h.value, h.raw) for h in request.headers if h.key in _RESPONSE_COPIED]
+    headers = []
+    single_seen: set[str] = set()
+    for h in request.headers:
+        key = h.key
+        if key in _RESPONSE_COPIED:
+            if key != "via":
+                if key in single_seen:
+                    continue  # a repeated identical From/To/Call-ID/CSeq is copied once
+                single_seen.add(key)
+            headers.append(_header(key, h.name, h.value, h.raw))
     response = _new(Response)  # Response(status, reason, headers) without the __init__ chain
     response.headers = headers
     response.body = b""
