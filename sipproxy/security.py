@@ -412,7 +412,7 @@ class Guard:
                 self.metrics.blocked.labels("transactions").inc()
                 if self._log_once("transactions", now):
                     self.log.warn(
-                        "Overloaded: {count} server transactions in flight (limit {limit}); answering 503",
+                        "Overloaded: {count} proxied requests in flight (limit {limit}); answering 503",
                         count=in_flight,
                         limit=self.settings.max_transactions,
                     )
@@ -507,7 +507,7 @@ class Security:
         if rate is not None:
             self.log.info(
                 "Limits: {rate:g} requests/s per source address (bursts of {burst:g}; x{factor:g} for an address "
-                "holding a binding); messages up to {size} bytes; {transactions} server transactions in flight",
+                "holding a binding); messages up to {size} bytes; {transactions} proxied requests in flight",
                 rate=rate.rate,
                 burst=rate.burst,
                 factor=limits.bound_factor,
@@ -516,7 +516,7 @@ class Security:
             )
         else:
             self.log.info(
-                "Limits: no rate limit; messages up to {size} bytes; {transactions} server transactions in flight",
+                "Limits: no rate limit; messages up to {size} bytes; {transactions} proxied requests in flight",
                 size=limits.max_message_size,
                 transactions=limits.max_transactions,
             )

@@ -40,13 +40,30 @@ log = Logger(namespace="sipproxy")
 
 
 def advertised_host(interface: str) -> str:
-    """The address we put in Via and Record-Route when none was given."""
+    """The address we put in Via and Record-Route when none was given.
+
+    The listening address if there is one; else the address this host would
+    send from (asked of the routing table: connecting a UDP socket sends
+    nothing), else what the host name resolves to; loopback only as a last
+    resort, since phones on other machines cannot route back to it.
+    """
     if interface and interface not in ("0.0.0.0", "::"):
         return interface
+    candidates = []
     try:
-        return socket.gethostbyname(socket.gethostname())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 5060))  # TEST-NET-1: a route lookup, no packet leaves
+            candidates.append(probe.getsockname()[0])
     except OSError:
-        return "127.0.0.1"
+        pass
+    try:
+        candidates.append(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    for address in candidates:
+        if not address.startswith("127.") and address != "0.0.0.0":
+            return address
+    return "127.0.0.1"
 
 
 def default_domains(interface: str, advertised: str) -> list[str]:
@@ -379,6 +396,12 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         domains=", ".join(domains),
         advertised=advertised,
     )
+    if advertised.startswith("127.") and interface in ("", "0.0.0.0", "::"):
+        log.warn(
+            "Advertising {advertised} in Via and Record-Route while listening on every address: "
+            "phones on other machines cannot reach it; set --advertised-host",
+            advertised=advertised,
+        )
     security.announce()
     top.core, top.listeners = core, listeners
     return top

@@ -56,3 +56,10 @@ def test_build_service_wires_listeners_store_and_registrar(tmp_path) -> None:  #
     assert "example.test" in service.core.domains
     assert service.core.stack.registrar is not None and service.core.stack.proxy is not None
     service.core.store.close()
+
+
+def test_advertised_host_is_the_interface_when_one_is_given() -> None:
+    from sipproxy.service import advertised_host
+
+    assert advertised_host("192.0.2.5") == "192.0.2.5"
+    assert advertised_host("2001:db8::5") == "2001:db8::5"
