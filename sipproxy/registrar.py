@@ -28,8 +28,24 @@ Choices the RFC leaves open, and what we do:
   A REGISTER that would leave more than ``max_contacts`` bindings (and more
   than there were) gets ``403 Too many contacts (max N)``: a 4xx because
   retrying elsewhere cannot help (5xx would invite that), 403 because the
-  server understood the request and refuses it by policy.  A failure of the
-  store gets ``500 Location service failure`` and changes nothing.
+  server understood the request and refuses it by policy; the count is taken
+  after every removal and replacement.  A failure of the store gets
+  ``500 Location service failure`` and changes nothing.
+- Step 7, replacement by instance (RFC 5626 §6, without its flows): a
+  Contact carrying ``+sip.instance`` also matches every binding of the
+  address-of-record with the same instance ID (compared exactly, as stored)
+  and the same ``reg-id`` (none on both sides counts as the same), whatever
+  its URI.  Such a binding under another URI is replaced: removed in the same
+  store update that puts the new contact, so a phone that re-registers from a
+  new NAT port after a reboot leaves no stale binding to fork to.  With
+  ``expires=0`` the contact removes those bindings as well as its own URI's.
+  A replaced binding is checked like an updated one (RFC 3261 §10.3 step 7):
+  the same Call-ID with a CSeq not below the request's fails the whole
+  request with ``500 Out of order CSeq``.  Two Contacts of one REGISTER with
+  the same instance ID and reg-id: the last one counts, as for the same URI.
+  Contacts without ``+sip.instance`` match by URI only (a ``reg-id`` alone
+  is stored, not acted on).  No ``outbound`` option tag, flow token or
+  ``Require: outbound`` handling is implied.
 """
 
 from __future__ import annotations
@@ -185,11 +201,11 @@ class Registrar:
             return self._respond(request, rejection.status, rejection.reason, rejection.headers)
         except ParseError as error:
             return self._respond(request, error.status, error.reason)
-        except Exception:  # noqa: BLE001 - the boundary: handle() never raises
+        except Exception:
             self._log.failure("REGISTER {request!r} failed unexpectedly", request=request)
             try:
                 return self._respond(request, 500)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return Response(500, "Server Internal Error")
 
     # -- the steps ---------------------------------------------------------
@@ -260,8 +276,9 @@ class Registrar:
         wanted: list[_Contact] = []
         for address in addresses:
             contact = self._contact(address, header_expires)
-            # The same URI twice in one REGISTER: the last one counts.
-            wanted = [w for w in wanted if w.uri != contact.uri]
+            # The same URI, or the same instance and reg-id, twice in one REGISTER: the last one counts.
+            key = _instance_key(contact)
+            wanted = [w for w in wanted if w.uri != contact.uri and (key is None or _instance_key(w) != key)]
             wanted.append(contact)
         return wanted
 
@@ -322,7 +339,14 @@ class Registrar:
         path: tuple[str, ...],
         now: float,
     ) -> tuple[list[Binding], list[str]]:
-        """Step 7: the bindings to put and the contacts to remove for this REGISTER."""
+        """Step 7: the bindings to put and the contacts to remove for this REGISTER.
+
+        Each contact updates the bindings it matches (see :func:`_matching`):
+        those under its own URI and, with ``+sip.instance``, those of the same
+        instance and reg-id under another URI, which it replaces (RFC 5626 §6).
+        Every matched binding must be older than the request (RFC 3261 §10.3
+        step 7), or nothing changes.
+        """
         call_id, cseq = request.call_id, request.cseq.seq
         user_agent = request.get("user-agent") or ""
         put: list[Binding] = []
@@ -365,7 +389,7 @@ class Registrar:
     def _commit(self, aor: str, put: list[Binding], remove: list[str]) -> None:
         try:
             self._store.update(aor, put=put, remove=remove)
-        except Exception:  # noqa: BLE001 - any store failure: answer 500, nothing changed
+        except Exception:
             self._log.failure("Location service update for {aor} failed", aor=aor)
             raise _Rejection(500, "Location service failure") from None
 
@@ -468,11 +492,27 @@ def _reg_id(params: dict[str, str | None]) -> int | None:
 
 
 def _matching(existing: list[Binding], wanted: _Contact) -> list[Binding]:
-    """Existing bindings of the contact: same URI text, else equal by RFC 3261 §19.1.4."""
-    exact = [b for b in existing if b.contact == wanted.contact]
-    if exact:
-        return exact
-    return [b for b in existing if _same_uri(b.contact, wanted.uri)]
+    """Existing bindings the contact updates or replaces, those with its URI first.
+
+    By URI: the same text, else equal by RFC 3261 §19.1.4.  By instance
+    (RFC 5626 §6), when the contact has ``+sip.instance``: the same instance
+    ID and reg-id, whatever the URI.
+    """
+    same_uri = [b for b in existing if b.contact == wanted.contact]
+    if not same_uri:
+        same_uri = [b for b in existing if _same_uri(b.contact, wanted.uri)]
+    key = _instance_key(wanted)
+    if key is None:
+        return same_uri
+    found = {b.contact for b in same_uri}
+    return same_uri + [b for b in existing if b.contact not in found and _instance_key(b) == key]
+
+
+def _instance_key(item: Binding | _Contact) -> tuple[str, int | None] | None:
+    """RFC 5626 §6: ``(instance ID, reg-id)`` naming one registration of a UA instance; None without an instance."""
+    if item.instance is None:
+        return None
+    return item.instance, item.reg_id
 
 
 def _same_uri(text: str, uri: SipURI) -> bool:

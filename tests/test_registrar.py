@@ -601,6 +601,130 @@ def test_step7_records_where_the_registration_came_from(registrar: Registrar, st
     )
 
 
+# -- step 7: replacement by +sip.instance and reg-id (RFC 5626 §6) ----------------------------
+
+UUID = "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"
+OTHER_UUID = "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"
+
+
+def with_instance(uri: str, instance: str = UUID, reg_id: int | None = 1, extra: str = "") -> str:
+    """A Contact header value carrying ``+sip.instance`` (and ``reg-id`` unless None)."""
+    value = f'<{uri}>;+sip.instance="{instance}"'
+    if reg_id is not None:
+        value += f";reg-id={reg_id}"
+    return value + extra
+
+
+@pytest.mark.parametrize("reg_id", [1, None])
+def test_step7_same_instance_from_new_contact_replaces_the_binding(
+    registrar: Registrar, store: LocationStore, spy: SpyStore, clock: Clock, reg_id: int | None
+) -> None:
+    registrar.handle(register([with_instance(PHONE, reg_id=reg_id)], call_id="boot-1", cseq=7), SOURCE)
+    clock.advance(100)
+    # After a reboot the phone registers from a new NAT port, with a new Call-ID.
+    new_contact = "sip:alice@192.0.2.7:40001"
+    response = registrar.handle(
+        register([with_instance(new_contact, reg_id=reg_id)], call_id="boot-2", cseq=1),
+        Source("UDP", "192.0.2.7", 40001),
+    )
+    assert response.status == 200
+    [binding] = store.lookup(ALICE)
+    assert (binding.contact, binding.instance, binding.reg_id) == (new_contact, UUID, reg_id)
+    assert (binding.call_id, binding.cseq, binding.source_port) == ("boot-2", 1, 40001)
+    assert binding.registered_at == START + 100  # a new registration
+    assert set(listed(response)) == {new_contact}
+    # One atomic update: the new contact put, the old one removed.
+    aor, put, remove = spy.updates[-1]
+    assert (aor, [b.contact for b in put], remove) == (ALICE, [new_contact], [PHONE])
+
+
+def test_step7_same_instance_and_call_id_moves_the_registration(
+    registrar: Registrar, store: LocationStore, clock: Clock
+) -> None:
+    registrar.handle(register([with_instance(PHONE)], cseq=1), SOURCE)
+    clock.advance(600)
+    assert registrar.handle(register([with_instance(LAPTOP)], cseq=2), SOURCE).status == 200
+    [binding] = store.lookup(ALICE)
+    assert (binding.contact, binding.cseq) == (LAPTOP, 2)
+    assert binding.registered_at == START  # the same registration, refreshed from a new contact
+    assert binding.refreshed_at == START + 600
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (with_instance(PHONE, reg_id=1), with_instance(LAPTOP, reg_id=2)),
+        (with_instance(PHONE, reg_id=1), with_instance(LAPTOP, reg_id=None)),
+        (with_instance(PHONE, reg_id=None), with_instance(LAPTOP, reg_id=1)),
+        (with_instance(PHONE), with_instance(LAPTOP, instance=OTHER_UUID)),
+        (with_instance(PHONE, reg_id=None), with_instance(LAPTOP, instance=OTHER_UUID, reg_id=None)),
+        (with_instance(PHONE), f"<{LAPTOP}>;reg-id=1"),
+        (f"<{PHONE}>", with_instance(LAPTOP)),
+        (f"<{PHONE}>;reg-id=1", with_instance(LAPTOP)),
+    ],
+)
+def test_step7_other_instance_or_reg_id_adds_a_binding(
+    registrar: Registrar, store: LocationStore, first: str, second: str
+) -> None:
+    registrar.handle(register([first], cseq=1), SOURCE)
+    assert registrar.handle(register([second], cseq=2), SOURCE).status == 200
+    assert contacts_of(store) == {PHONE, LAPTOP}
+
+
+def test_step7_instance_is_compared_exactly(registrar: Registrar, store: LocationStore) -> None:
+    registrar.handle(register([with_instance(PHONE)], cseq=1), SOURCE)
+    registrar.handle(register([with_instance(LAPTOP, instance=UUID.lower())], cseq=2), SOURCE)
+    assert contacts_of(store) == {PHONE, LAPTOP}
+
+
+def test_step7_expires_0_with_instance_removes_the_binding_under_another_uri(
+    registrar: Registrar, store: LocationStore, spy: SpyStore
+) -> None:
+    registrar.handle(register([with_instance(PHONE), f"<{DESK}>"], call_id="boot-1", cseq=1), SOURCE)
+    response = registrar.handle(register([with_instance(LAPTOP, extra=";expires=0")], call_id="boot-2", cseq=1), SOURCE)
+    assert response.status == 200
+    assert contacts_of(store) == {DESK}
+    assert set(listed(response)) == {DESK}
+    assert spy.updates[-1] == (ALICE, [], [PHONE])
+
+
+def test_step7_expires_0_with_other_reg_id_removes_nothing(registrar: Registrar, spy: SpyStore) -> None:
+    registrar.handle(register([with_instance(PHONE, reg_id=1)], cseq=1), SOURCE)
+    assert registrar.handle(register([with_instance(LAPTOP, reg_id=2)], cseq=2, expires=0), SOURCE).status == 200
+    assert len(spy.updates) == 1
+
+
+@pytest.mark.parametrize("cseq", [6, 7])
+def test_step7_out_of_order_cseq_against_the_replaced_binding_is_500(
+    registrar: Registrar, store: LocationStore, spy: SpyStore, cseq: int
+) -> None:
+    registrar.handle(register([with_instance(PHONE), f"<{DESK}>"], cseq=7), SOURCE)
+    before = store.lookup(ALICE)
+    updates = len(spy.updates)
+    for contact in (with_instance(LAPTOP), with_instance(LAPTOP, extra=";expires=0")):
+        response = wire(registrar.handle(register([contact], cseq=cseq), SOURCE))
+        assert (response.status, response.reason) == (500, "Out of order CSeq")
+    assert store.lookup(ALICE) == before
+    assert len(spy.updates) == updates
+
+
+def test_step7_same_instance_twice_in_one_register_last_wins(registrar: Registrar, store: LocationStore) -> None:
+    registrar.handle(register([with_instance(PHONE)], cseq=1), SOURCE)
+    response = registrar.handle(register([with_instance(LAPTOP), with_instance(DESK, extra=";q=0.5")], cseq=2), SOURCE)
+    assert response.status == 200
+    assert [(b.contact, b.q) for b in store.lookup(ALICE)] == [(DESK, 0.5)]
+
+
+def test_step7_max_contacts_counts_after_replacement(clock: Clock, spy: SpyStore, store: LocationStore) -> None:
+    registrar = make_registrar(spy, clock, max_contacts=2)
+    assert registrar.handle(register([with_instance(PHONE), f"<{LAPTOP}>"], cseq=1), SOURCE).status == 200
+    assert registrar.handle(register([with_instance(DESK)], cseq=2), SOURCE).status == 200
+    assert contacts_of(store) == {DESK, LAPTOP}
+    response = wire(registrar.handle(register([with_instance(PHONE, reg_id=2)], cseq=3), SOURCE))
+    assert (response.status, response.reason) == (403, "Too many contacts (max 2)")
+    assert contacts_of(store) == {DESK, LAPTOP}
+
+
 def test_step7_transport_is_upper_cased(registrar: Registrar, store: LocationStore) -> None:
     registrar.handle(register(), Source("tls", "198.51.100.4", 5061))
     assert store.lookup(ALICE)[0].transport == "TLS"
