@@ -75,8 +75,14 @@ def main() -> None:
     local = LocalAddress("127.0.0.1", 5080)
     security = build_security({"domains": ["bench.test"]}, clock, metrics, domains, local, store)
     core = build_core(
-        clock, store, domains, local, security, metrics,
-        connect_tcp=lambda *a: None, resolve=lambda host, callback: callback(None),
+        clock,
+        store,
+        domains,
+        local,
+        security,
+        metrics,
+        connect_tcp=lambda *a: None,
+        resolve=lambda host, callback: callback(None),
     )
     transport = core.transport
     sink = Sink()
@@ -96,8 +102,10 @@ def main() -> None:
         run()
     elapsed = time.perf_counter() - start
     assert sink.count == args.n, sink.count
-    print(f"{elapsed / args.n * 1e6:.1f} us per REGISTER ({args.n / elapsed:.0f}/s on one core), "
-          f"{'memory' if args.memory else 'SQLite'}")
+    print(
+        f"{elapsed / args.n * 1e6:.1f} us per REGISTER ({args.n / elapsed:.0f}/s on one core), "
+        f"{'memory' if args.memory else 'SQLite'}"
+    )
     if args.profile:
         pstats.Stats("/tmp/register_path.prof").sort_stats("tottime").print_stats(30)
 

@@ -12,7 +12,22 @@ __all__ = ["Metrics", "KNOWN_METHODS"]
 #: Methods counted under their own name; any other token a peer sends is "OTHER",
 #: so that nobody can grow the metrics without bound by inventing methods.
 KNOWN_METHODS = frozenset(
-    "INVITE ACK CANCEL BYE OPTIONS REGISTER MESSAGE SUBSCRIBE NOTIFY REFER INFO UPDATE PRACK PUBLISH".split()
+    [
+        "INVITE",
+        "ACK",
+        "CANCEL",
+        "BYE",
+        "OPTIONS",
+        "REGISTER",
+        "MESSAGE",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "INFO",
+        "UPDATE",
+        "PRACK",
+        "PUBLISH",
+    ]
 )
 
 
@@ -24,9 +39,7 @@ class Metrics:
         self.responses_in = Counter(
             "sip_responses_received", "SIP responses received, by status code", ["status"], registry=r
         )
-        self.responses_out = Counter(
-            "sip_responses_sent", "SIP responses sent, by status code", ["status"], registry=r
-        )
+        self.responses_out = Counter("sip_responses_sent", "SIP responses sent, by status code", ["status"], registry=r)
         self.requests_out = Counter("sip_requests_sent", "SIP requests sent, by method", ["method"], registry=r)
         self.parse_errors = Counter(
             "sip_parse_errors", "Messages that could not be parsed, by transport", ["transport"], registry=r
@@ -35,7 +48,9 @@ class Metrics:
             "sip_registers", "REGISTER requests answered, by result (accepted/rejected)", ["result"], registry=r
         )
         self.auth_failures = Counter("sip_auth_failures", "Failed digest authentications", registry=r)
-        self.blocked = Counter("sip_blocked_requests", "Requests refused by abuse limits, by reason", ["reason"], registry=r)
+        self.blocked = Counter(
+            "sip_blocked_requests", "Requests refused by abuse limits, by reason", ["reason"], registry=r
+        )
         self.server_transactions = Gauge("sip_server_transactions", "Active server transactions", registry=r)
         self.client_transactions = Gauge("sip_client_transactions", "Active client transactions", registry=r)
         self.bindings = Gauge("sip_bindings", "Current registration bindings", registry=r)

@@ -347,7 +347,7 @@ class Guard:
         """
         try:
             return self._admit(message, source, size, reply)
-        except Exception:  # noqa: BLE001 - a bug here must not stop SIP
+        except Exception:
             self.log.failure("Bug in the security guard for {host}:{port}", host=source.host, port=source.port)
             return True
 

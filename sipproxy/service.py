@@ -34,7 +34,16 @@ from sipproxy.transport import (
 )
 from sipproxy.web import is_loopback_description, make_web_resource
 
-__all__ = ["build_core", "build_service", "SipCore", "SipProxyService", "SipListeners", "StoreService", "default_domains", "advertised_host"]
+__all__ = [
+    "build_core",
+    "build_service",
+    "SipCore",
+    "SipProxyService",
+    "SipListeners",
+    "StoreService",
+    "default_domains",
+    "advertised_host",
+]
 
 log = Logger(namespace="sipproxy")
 
@@ -335,9 +344,7 @@ def build_core(
     metrics.watch(metrics.aors, store.aor_count)
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
     metrics.watch(metrics.client_transactions, transactions.client_transaction_count)
-    return SipCore(
-        clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy
-    )
+    return SipCore(clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy)
 
 
 def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:

@@ -6,7 +6,7 @@ the server itself is answered here, everything else goes to the proxy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from twisted.logger import Logger
@@ -34,7 +34,7 @@ class Domains:
     def __contains__(self, host: object) -> bool:
         return isinstance(host, str) and self._norm(host) in self.names
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(sorted(self.names))
 
 

@@ -31,12 +31,22 @@ class Options(usage.Options):
         "a live bindings page on the web, registrations kept in SQLite."
     )
 
-    optParameters = [
+    optParameters = [  # noqa: RUF012 - Twisted's usage.Options convention
         ["sip-port", None, "5060", "UDP and TCP port for SIP."],
         ["sip-interface", None, "", "Address to listen on for SIP (default: all IPv4 and IPv6 addresses)."],
-        ["advertised-host", None, None, "Host or address put in our Via and Record-Route (default: the interface, or this host's address)."],
+        [
+            "advertised-host",
+            None,
+            None,
+            "Host or address put in our Via and Record-Route (default: the interface, or this host's address).",
+        ],
         ["web", None, "tcp:8080:interface=127.0.0.1", "strports description for the bindings page and JSON API."],
-        ["web-password", None, None, "Password (user 'admin') needed to remove bindings over the web when --web listens beyond loopback."],
+        [
+            "web-password",
+            None,
+            None,
+            "Password (user 'admin') needed to remove bindings over the web when --web listens beyond loopback.",
+        ],
         ["db", None, "sipproxy.sqlite", "SQLite file for the bindings (':memory:' keeps them in memory only)."],
         ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
         ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
@@ -44,14 +54,35 @@ class Options(usage.Options):
         ["timer-c", None, "180", "Seconds a forwarded INVITE may ring unanswered before it is cancelled (Timer C)."],
         ["users", None, None, "Digest users file (user:realm:HA1 lines, see sipproxy-passwd); enables authentication."],
         ["realm", None, None, "Digest realm (default: the first --domain)."],
-        ["digest-algorithms", None, "SHA-256,MD5", "Digest algorithms offered with --users, strongest first (SHA-256, MD5)."],
+        [
+            "digest-algorithms",
+            None,
+            "SHA-256,MD5",
+            "Digest algorithms offered with --users, strongest first (SHA-256, MD5).",
+        ],
         ["max-failures", None, "10", "Failed authentications within 5 minutes that block the address (or user name)."],
         ["block-time", None, "900", "Seconds a blocked address or user name stays blocked (its requests get 403)."],
-        ["rate-limit", None, None, "Requests/s per source address (bursts: 5 s worth; 10x with a binding); over it 503. Default: 20 with --users, else none; 0: none."],
-        ["max-message-size", None, "65535", "Largest SIP request accepted on UDP and TCP, in bytes (513 Message Too Large above)."],
-        ["max-transactions", None, "20000", "Proxied requests awaiting their final response above which new requests get 503 + Retry-After."],
+        [
+            "rate-limit",
+            None,
+            None,
+            "Requests/s per source address (bursts: 5 s worth; 10x with a binding); over it 503. "
+            "Default: 20 with --users, else none; 0: none.",
+        ],
+        [
+            "max-message-size",
+            None,
+            "65535",
+            "Largest SIP request accepted on UDP and TCP, in bytes (513 Message Too Large above).",
+        ],
+        [
+            "max-transactions",
+            None,
+            "20000",
+            "Proxied requests awaiting their final response above which new requests get 503 + Retry-After.",
+        ],
     ]
-    optFlags = [
+    optFlags = [  # noqa: RUF012
         ["log-sip", None, "Log every SIP message in and out (info level)."],
         ["debug", None, "Log at debug level, including the SIP trace."],
     ]
@@ -61,9 +92,12 @@ class Options(usage.Options):
         self["domains"] = []
 
     def opt_domain(self, domain: str) -> None:
-        """A domain we are registrar and home proxy for (repeatable; default: host name, FQDN, localhost and our addresses)."""
+        """A domain we are registrar and home proxy for (repeatable).
+
+        Default: the host name, its FQDN, localhost and our addresses.
+        """
         domain = domain.strip().lower()
-        if not domain or any(c in domain for c in " \t;:@<>/") and not domain.startswith("["):
+        if not domain or (any(c in domain for c in " \t;:@<>/") and not domain.startswith("[")):
             raise usage.UsageError(f"{domain!r} is not a domain name")
         self["domains"].append(domain)
 

@@ -39,7 +39,5 @@ def test_every_subpackage_is_listed_in_setup_cfg() -> None:
         for line in (ROOT / "setup.cfg").read_text().split("packages =", 1)[1].split("package_dir", 1)[0].splitlines()
         if line.strip() and not line.strip().startswith("#")
     }
-    present = {
-        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sipproxy").rglob("__init__.py")
-    }
+    present = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sipproxy").rglob("__init__.py")}
     assert present <= listed

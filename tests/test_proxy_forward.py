@@ -39,7 +39,9 @@ def test_our_via_is_on_top_with_a_magic_cookie_branch_carrying_the_loop_part() -
 
 def test_every_branch_gets_its_own_branch_parameter() -> None:
     h = Harness()
-    h.register(binding(contact="sip:bob@192.0.2.20"), binding(contact="sip:bob@192.0.2.21", source=("192.0.2.21", 5060)))
+    h.register(
+        binding(contact="sip:bob@192.0.2.20"), binding(contact="sip:bob@192.0.2.21", source=("192.0.2.21", 5060))
+    )
     h.send(make_request("INVITE", "sip:bob@example.test"))
     a, b = h.branches()
     assert a.request.top_via.branch != b.request.top_via.branch
@@ -102,8 +104,8 @@ def test_record_route_can_be_switched_off() -> None:
 def test_untouched_headers_are_byte_identical() -> None:
     odd = (
         "Subject:   lunch?  ",
-        "X-Custom: a,b;c=\"d\"",
-        "Contact: \"Alice\" <sip:alice@192.0.2.7:5060>;+sip.instance=\"<urn:uuid:1>\"",
+        'X-Custom: a,b;c="d"',
+        'Contact: "Alice" <sip:alice@192.0.2.7:5060>;+sip.instance="<urn:uuid:1>"',
         "User-Agent: test/1.0",
     )
     h, request = _forward(headers=odd, body=SDP)

@@ -59,7 +59,9 @@ def test_200_is_forwarded_and_the_context_ends() -> None:
     _, stx = _invite(h)
     (client,) = h.branches()
     assert h.proxy.active_contexts() == 1
-    ok = h.reply(client, 200, headers=(("Contact", "<sip:bob@192.0.2.20>"), ("Record-Route", "<sip:192.0.2.1:5060;lr>")))
+    ok = h.reply(
+        client, 200, headers=(("Contact", "<sip:bob@192.0.2.20>"), ("Record-Route", "<sip:192.0.2.1:5060;lr>"))
+    )
     (forwarded,) = stx.responses  # type: ignore[attr-defined]
     assert forwarded.status == 200
     lines = ok.to_bytes().decode().split("\r\n")

@@ -538,7 +538,9 @@ def test_record_route_carries_the_dialog_token() -> None:
     [invite] = [m for m in sent_to(server, out, BOB_ADDR) if m.method == "INVITE"]
     [record_route] = invite.addresses("record-route")
     assert record_route.uri.params["dt"] == server.security.dialog_token("rr-1")
-    bye = request("BYE", "sip:bob@192.0.2.20:5060", to_tag="b1", call_id="rr-1", headers=(f"Route: <{record_route.uri}>",))
+    bye = request(
+        "BYE", "sip:bob@192.0.2.20:5060", to_tag="b1", call_id="rr-1", headers=(f"Route: <{record_route.uri}>",)
+    )
     assert [m.method for m in sent_to(server, server.send(bye), BOB_ADDR)] == ["BYE"]
 
 

@@ -26,7 +26,7 @@ TIMER_G_TIMES = [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
 
 
 class Harness:
-    def __init__(self, settings: TimerSettings = TimerSettings()) -> None:  # noqa: B008
+    def __init__(self, settings: TimerSettings = TimerSettings()) -> None:
         self.clock = Clock()
         self.transport = RecordingTransport(clock=self.clock)
         self.tu = RecordingTU()

@@ -44,7 +44,9 @@ def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLa
     return transport, udp, clock, connector
 
 
-def options(via: str = "SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-o1", extra: str = "", uri: str = "sip:example.test") -> bytes:
+def options(
+    via: str = "SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-o1", extra: str = "", uri: str = "sip:example.test"
+) -> bytes:
     return (
         f"OPTIONS {uri} SIP/2.0\r\n"
         f"Via: {via}\r\n"
@@ -184,7 +186,9 @@ def test_tcp_keepalive_ping_gets_pong() -> None:
 def test_tcp_missing_content_length_gets_400_and_close() -> None:
     transport, _, clock, _ = make_stack()
     proto, wire = tcp_connection(transport, clock)
-    proto.dataReceived(options(via="SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-t4").replace(b"Content-Length: 0\r\n", b""))
+    proto.dataReceived(
+        options(via="SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-t4").replace(b"Content-Length: 0\r\n", b"")
+    )
     response = parse_message(wire.value())
     assert response.status == 400  # type: ignore[union-attr]
     assert response.reason == "Missing Content-Length"  # type: ignore[union-attr]

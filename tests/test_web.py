@@ -144,7 +144,7 @@ def test_formatting_helpers() -> None:
 
 def test_binding_json_has_the_api_fields_and_matches_the_row_template() -> None:
     shown = binding_json(make_binding(path=("<sip:p1.example.test;lr>",), instance="<urn:uuid:1>", reg_id=1), START + 1)
-    assert JSON_KEYS <= shown.keys()
+    assert shown.keys() >= JSON_KEYS
     assert shown.keys() == EMPTY_BINDING.keys()
     assert shown["expires_in"] == 3599
     assert shown["source"] == "UDP 192.0.2.7:5062"
@@ -295,7 +295,7 @@ def test_json_lists_every_binding(web: Web) -> None:
     data = web.get_json("/api/bindings")
     assert data["aors"] == 2 and data["total"] == 2
     alice, bob = data["bindings"]
-    assert JSON_KEYS <= alice.keys()
+    assert alice.keys() >= JSON_KEYS
     assert alice == {
         "aor": ALICE,
         "contact": "sip:alice@192.0.2.7:5062",

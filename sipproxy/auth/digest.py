@@ -196,7 +196,7 @@ def compute_response(
     cnonce: str | None = None,
     qop: str | None = None,
 ) -> str:
-    """The ``response`` value, RFC 7616 §3.4.1–3.4.3 (RFC 2617 §3.2.2.1).
+    """The ``response`` value, RFC 7616 §3.4.1-3.4.3 (RFC 2617 §3.2.2.1).
 
     ``ha1`` is the stored HA1 (also for -sess, whose session key
     H(HA1:nonce:cnonce) is derived here). With ``qop`` the response is

@@ -314,7 +314,7 @@ class LocationStore:
                 for callback in list(self._subscribers.values()):
                     try:
                         callback(event)
-                    except Exception as error:  # noqa: BLE001
+                    except Exception as error:
                         self._on_callback_error(event, error)
         finally:
             self._emitting = False

@@ -28,7 +28,7 @@ class Header:
     the final CRLF -- or ``None`` once the value was changed by us.
     """
 
-    __slots__ = ("key", "name", "value", "raw")
+    __slots__ = ("key", "name", "raw", "value")
 
     def __init__(self, key: str, name: str, value: str, raw: str | None = None) -> None:
         self.key = key
@@ -97,7 +97,7 @@ def parse_vias(values: list[str]) -> list[Via]:
 class Message:
     """What requests and responses share: headers, body and typed accessors."""
 
-    __slots__ = ("headers", "body", "_cache")
+    __slots__ = ("_cache", "body", "headers")
 
     def __init__(self, headers: list[Header] | None = None, body: bytes = b"") -> None:
         self.headers: list[Header] = headers if headers is not None else []
@@ -328,7 +328,7 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri_text", "_uri")
+    __slots__ = ("_uri", "method", "uri_text")
 
     def __init__(
         self,
@@ -382,7 +382,7 @@ class Request(Message):
 
 
 class Response(Message):
-    __slots__ = ("status", "reason")
+    __slots__ = ("reason", "status")
 
     def __init__(self, status: int, reason: str = "", headers: list[Header] | None = None, body: bytes = b"") -> None:
         super().__init__(headers, body)

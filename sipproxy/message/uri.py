@@ -45,7 +45,9 @@ _MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 
 
 #: Dotted-quad IPv4 exactly as ``ipaddress`` accepts it (ASCII digits, no leading zeros, 0-255).
-_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z")
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z"
+)
 
 
 def is_ip_address(host: str) -> bool:

@@ -90,10 +90,14 @@ def preprocess_routing(request: Request, locality: Locality) -> None:
         _remove_last_route(request)
         request.uri = last.uri
         uri = request.uri
-    if isinstance(uri, SipURI) and uri.maddr is not None:
-        if locality.is_our_host(uri.maddr) and (uri.port or 5060) == locality.local.port:
-            params = {k: v for k, v in uri.params.items() if k not in ("maddr", "transport")}
-            request.uri = uri.with_(params=params, port=None)
+    if (
+        isinstance(uri, SipURI)
+        and uri.maddr is not None
+        and locality.is_our_host(uri.maddr)
+        and (uri.port or 5060) == locality.local.port
+    ):
+        params = {k: v for k, v in uri.params.items() if k not in ("maddr", "transport")}
+        request.uri = uri.with_(params=params, port=None)
     while True:
         routes = request.addresses("route")
         if not routes or not locality.is_us(routes[0].uri):
@@ -162,4 +166,3 @@ def add_record_route(
     """Insert :func:`record_route_values` above any existing Record-Route (§16.6 step 4)."""
     for value in reversed(record_route_values(local, incoming, outgoing, token)):
         request.add("Record-Route", value, first=True)
-

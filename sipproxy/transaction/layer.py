@@ -61,7 +61,7 @@ class TransactionLayer:
         clock: Clock,
         transport: Transport,
         tu: TransactionUser,
-        settings: TimerSettings = TimerSettings(),  # noqa: B008 - frozen value
+        settings: TimerSettings = TimerSettings(),
         *,
         on_server_timeout: Callable[[ServerTransaction], None] | None = None,
     ) -> None:

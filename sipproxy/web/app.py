@@ -307,7 +307,7 @@ class BindingsPage:
         return user_ok and password_ok
 
     def _refused(self, request: Request, status: int, reason: str) -> bytes:
-        self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn, not warning
+        self.log.warn(
             "Web refused removal {uri} from {client}: {reason}",
             uri=_uri(request),
             client=_client(request),

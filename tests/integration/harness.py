@@ -83,14 +83,14 @@ class Server:
         self.starts += 1
         mark = self.log_text().count(READY)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [twistd(), "--nodaemon", "--pidfile=", f"--logfile={self.log_path}", *self.args],
-            cwd=self.workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [twistd(), "--nodaemon", "--pidfile=", f"--logfile={self.log_path}", *self.args],
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.log_text().count(READY) > mark:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from sipproxy.message import parse_message
-
 import pytest
 from harness import LOOPBACK, Server, require, sip_options
+
+from sipproxy.message import parse_message
 
 
 def udp_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
@@ -81,9 +81,7 @@ def test_ipv6_loopback_udp_and_tcp(tmp_path) -> None:  # type: ignore[no-untyped
     server.interface = "::1"
     server.start()
     try:
-        request = sip_options(server.sip_port, call_id="v6").replace(
-            f"{LOOPBACK}:9".encode(), b"[::1]:9"
-        )
+        request = sip_options(server.sip_port, call_id="v6").replace(f"{LOOPBACK}:9".encode(), b"[::1]:9")
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.settimeout(3)
             s.sendto(request, ("::1", server.sip_port))

@@ -436,9 +436,7 @@ def test_higher_q_contact_busy_then_the_lower_q_contact_answers(server: Server, 
     assert 486 not in uac.statuses() and 200 in uac.statuses()
 
 
-def test_equal_q_contacts_both_ring_the_first_200_wins_and_the_other_is_cancelled(
-    server: Server, peers: Peers
-) -> None:
+def test_equal_q_contacts_both_ring_the_first_200_wins_and_the_other_is_cancelled(server: Server, peers: Peers) -> None:
     answers = peers.uas("uas_answer.xml", user="dave", hold_ms=500)
     rings = peers.uas("uas_cancel.xml", user="dave")
     uac = peers.call("call_uac.xml", keys={"callee": "dave"})

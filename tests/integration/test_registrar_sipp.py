@@ -10,7 +10,9 @@ from harness import Server, register_query, sipp, users_file
 USERS = [f"u{i:04d}" for i in range(1, 1001)]
 
 
-def register_all(server: Server, users: list[str], transport: str, scenario: str = "reg_contact.xml", port: str = "5999") -> None:
+def register_all(
+    server: Server, users: list[str], transport: str, scenario: str = "reg_contact.xml", port: str = "5999"
+) -> None:
     inf = users_file(server.workdir, users, f"users-{transport}-{scenario}.csv")
     result = sipp(
         scenario,
@@ -43,16 +45,24 @@ def test_thousand_users_over_udp_then_tcp_refresh_unregister_and_restart(server)
 
     one = "<sip:u0001@127.0.0.1:5999;transport=udp>"
     result = sipp(
-        "unreg.xml", server.sip_port, workdir=server.workdir, calls=1,
-        inf=users_file(server.workdir, ["u0001"], "one.csv"), keys={"domain": "example.test", "contact": one},
+        "unreg.xml",
+        server.sip_port,
+        workdir=server.workdir,
+        calls=1,
+        inf=users_file(server.workdir, ["u0001"], "one.csv"),
+        keys={"domain": "example.test", "contact": one},
     )
     assert result.returncode == 0, result.stdout[-2000:]
     remaining = register_query(server.sip_port, "u0001")
     assert len(remaining) == 1 and "transport=tcp" in remaining[0]
 
     result = sipp(
-        "unreg.xml", server.sip_port, workdir=server.workdir, calls=1,
-        inf=users_file(server.workdir, ["u0002"], "two.csv"), keys={"domain": "example.test", "contact": "*"},
+        "unreg.xml",
+        server.sip_port,
+        workdir=server.workdir,
+        calls=1,
+        inf=users_file(server.workdir, ["u0002"], "two.csv"),
+        keys={"domain": "example.test", "contact": "*"},
     )
     assert result.returncode == 0, result.stdout[-2000:]
     assert register_query(server.sip_port, "u0002") == []

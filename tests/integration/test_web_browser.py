@@ -108,7 +108,7 @@ class Chromium:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             pass_fds=(3, 4),
-            preexec_fn=onto_fds_3_and_4,  # noqa: PLW1509 - the test starts no threads
+            preexec_fn=onto_fds_3_and_4,
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
