@@ -16,7 +16,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from sipproxy.location import LocationStore, SQLitePersistence
+from sipproxy.location import BindingEvent, LocationStore, SQLitePersistence
 from sipproxy.message import Request, Response
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
@@ -201,6 +201,41 @@ class Resolver:
         client.getHostByName(host).addCallbacks(found, failed)
 
 
+class BindingLog:
+    """Logs the location service's changes: registrations, removals and expiries at info.
+
+    Refreshes (most REGISTERs) are logged at debug, and only with ``--debug``:
+    emitting an event per refresh costs throughput even when it is filtered.
+    """
+
+    log = Logger(namespace="sipproxy.location")
+
+    def __init__(self, clock: Any, refreshes: bool = False) -> None:
+        self.clock = clock
+        self.refreshes = refreshes
+
+    def __call__(self, event: BindingEvent) -> None:
+        b = event.binding
+        if event.kind == "added":
+            self.log.info(
+                "Registered {aor} -> {contact} for {expires} s from {source}",
+                aor=b.aor,
+                contact=b.contact,
+                expires=b.expires_in(self.clock.seconds()),
+                source=b.source(),
+            )
+        elif event.kind == "refreshed":
+            if self.refreshes:
+                self.log.debug(
+                    "Refreshed {aor} -> {contact} for {expires} s",
+                    aor=b.aor,
+                    contact=b.contact,
+                    expires=b.expires_in(self.clock.seconds()),
+                )
+        else:
+            self.log.info("Binding {kind}: {aor} -> {contact}", kind=event.kind, aor=b.aor, contact=b.contact)
+
+
 class StoreService(Service):
     """Restores the bindings at start-up, closes the store at shutdown."""
 
@@ -359,6 +394,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     db = options["db"]
     persistence = None if db == ":memory:" else SQLitePersistence(db)
     store = LocationStore(reactor, persistence)
+    store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
     StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
     FullCollection().setServiceParent(top)
     security = build_security(options, reactor, metrics, domains, local, store)
