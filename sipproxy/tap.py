@@ -92,10 +92,7 @@ class Options(usage.Options):
         self["domains"] = []
 
     def opt_domain(self, domain: str) -> None:
-        """A domain we are registrar and home proxy for (repeatable).
-
-        Default: the host name, its FQDN, localhost and our addresses.
-        """
+        """Domain we serve as registrar and home proxy (repeatable; default: host name, FQDN, localhost, our IPs)."""
         domain = domain.strip().lower()
         if not domain or (any(c in domain for c in " \t;:@<>/") and not domain.startswith("[")):
             raise usage.UsageError(f"{domain!r} is not a domain name")
