@@ -323,6 +323,7 @@ class Guard:
         is_blocked: Callable[[str, float], bool] = lambda key, now: False,
         holds_binding: Callable[[str], bool] = lambda key: False,
         in_flight: Callable[[], int] = lambda: 0,
+        is_retransmission: Callable[[Request], bool] = lambda request: False,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -330,6 +331,8 @@ class Guard:
         self.is_blocked = is_blocked
         self.holds_binding = holds_binding
         self.in_flight = in_flight
+        self.is_retransmission = is_retransmission
+        """Retransmissions of requests already taken are never refused for overload."""
         self.log = _log
         self.rate: RateLimiter | None = None
         if settings.rate is not None:
@@ -408,7 +411,7 @@ class Guard:
 
         if method not in ("ACK", "CANCEL"):
             in_flight = self.in_flight()
-            if in_flight >= self.settings.max_transactions:
+            if in_flight >= self.settings.max_transactions and not self.is_retransmission(request):
                 self.metrics.blocked.labels("transactions").inc()
                 if self._log_once("transactions", now):
                     self.log.warn(

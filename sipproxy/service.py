@@ -375,6 +375,7 @@ def build_core(
     # In flight: requests still waiting for their final response.  Finished
     # transactions that only absorb retransmissions (Timer J, 32 s) are no load.
     security.guard.in_flight = proxy.active_contexts
+    security.guard.is_retransmission = transactions.is_retransmission
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)

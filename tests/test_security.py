@@ -897,3 +897,13 @@ def test_finished_transactions_do_not_count_as_load() -> None:
     statuses = [server.final(register(f"user{i}", call_id=f"load-{i}")).status for i in range(10)]
     assert statuses == [200] * 10
     assert server.transactions.server_transaction_count() == 10
+
+
+def test_overload_refuses_new_requests_but_not_retransmissions() -> None:
+    server = FakeServer(None, settings(max_transactions=1))
+    assert server.register("bob", addr=BOB_ADDR).status == 200
+    invite = request(call_id="busy-1", branch="z9hG4bKbusy1")
+    assert [m.method for m in sent_to(server, server.send(invite), BOB_ADDR)] == ["INVITE"]
+    retransmitted = server.send(invite)  # bob has not answered: the request is still in flight
+    assert not any(isinstance(m, Response) and m.status == 503 for m, _ in retransmitted)
+    assert server.final(request(call_id="busy-2", branch="z9hG4bKbusy2")).status == 503

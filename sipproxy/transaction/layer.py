@@ -87,6 +87,10 @@ class TransactionLayer:
 
     # -- from the transport ------------------------------------------------------
 
+    def is_retransmission(self, request: Request) -> bool:
+        """Does ``request`` match a live server transaction (§17.2.3)?  ACKs never do here."""
+        return request.method != "ACK" and server_key(request) in self._server
+
     def receive_request(self, request: Request, source: Source) -> None:
         """A request from the wire (§17.2.3).
 
