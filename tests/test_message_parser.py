@@ -941,3 +941,12 @@ def test_response_to_a_request_with_a_repeated_to_has_one_tagged_to() -> None:
     reparsed = parse_message(response.to_bytes())
     assert reparsed.count("to") == 1
     assert reparsed.to.tag == "t1"
+
+
+def test_a_first_header_without_namesake_goes_to_the_top() -> None:
+    """A proxy's first Record-Route lands early in the header, not after Content-Length."""
+    request = parse_request(make_request())
+    request.add("Record-Route", "<sip:proxy.example.test;lr>", first=True)
+    names = [h.name for h in request.headers]
+    assert names[0] == "Record-Route"
+    assert names[-1] != "Record-Route"

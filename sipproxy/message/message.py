@@ -135,7 +135,12 @@ class Message:
         return sum(1 for h in self.headers if h.key == key)
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
-        """Add a header line: at the end, or before every other line of that name with ``first``."""
+        """Add a header line: at the end, or with ``first`` before every other line of that name.
+
+        A ``first`` line with no namesake goes to the top of the header, where
+        a proxy's Via, Route and Record-Route belong (RFC 3261 §7.3.1 advises
+        these early, so that proxies need not parse the whole message).
+        """
         key = _key(name)
         header = _header(key, display_name(key) if len(name) == 1 else name, value, None)
         self._cache.clear()
@@ -144,6 +149,8 @@ class Message:
                 if h.key == key:
                     self.headers.insert(i, header)
                     return
+            self.headers.insert(0, header)
+            return
         self.headers.append(header)
 
     def set(self, name: str, value: str) -> None:
