@@ -49,7 +49,8 @@ theirs="$(grep -h "register_rps=" "$OUT/kamailio.txt" | tail -n 1)"
 python3 - "$ours" "$theirs" <<'PY'
 import sys
 def parse(line):
-    return {k: float(v) for k, v in (w.split("=") for w in line.split() if "=" in w)}
+    pairs = (w.split("=", 1) for w in line.split() if "=" in w)
+    return {k: float(v) for k, v in pairs if v.replace(".", "", 1).isdigit()}
 ours, theirs = parse(sys.argv[1]), parse(sys.argv[2])
 print(f"sipproxy: {sys.argv[1]}")
 print(f"kamailio: {sys.argv[2]}")
