@@ -29,6 +29,11 @@ from sipproxy.stack import Domains
 from sipproxy.transaction import Source
 from sipproxy.transport import SipDatagramProtocol, TransportLayer
 
+try:
+    from tests.fakes import Connector, FakeUDP
+except ImportError:  # pragma: no cover
+    from fakes import Connector, FakeUDP  # type: ignore[no-redef]
+
 REALM = "example.test"
 START = 1_000_000.0
 SECRET = b"s" * 32
@@ -62,24 +67,6 @@ def settings(**kw: Any) -> SecuritySettings:
 
 
 # -- a whole server in memory ----------------------------------------------------
-
-
-class FakeUDP:
-    def __init__(self) -> None:
-        self.written: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.written.append((data, addr))
-
-
-class Connector:
-    """``connect_tcp`` that never connects (outgoing TCP is not exercised here)."""
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[str, int]] = []
-
-    def __call__(self, host: str, port: int, layer: TransportLayer, timeout: float) -> None:
-        self.attempts.append((host, port))
 
 
 class FakeServer:

@@ -13,21 +13,10 @@ from sipproxy.stack import Domains, SipStack
 from sipproxy.transaction import TransactionLayer
 from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, TransportLimits
 
-
-class FakeUDP:
-    def __init__(self) -> None:
-        self.written: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.written.append((data, addr))
-
-
-class Connector:
-    def __init__(self) -> None:
-        self.attempts: list[tuple[str, int]] = []
-
-    def __call__(self, host: str, port: int, layer: TransportLayer, timeout: float) -> None:
-        self.attempts.append((host, port))
+try:
+    from tests.fakes import Connector, FakeUDP
+except ImportError:  # pragma: no cover
+    from fakes import Connector, FakeUDP  # type: ignore[no-redef]
 
 
 def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLayer, FakeUDP, Clock, Connector]:
