@@ -441,3 +441,16 @@ def test_tu_exception_on_ack_propagates(h: Harness) -> None:
 def test_repr_names_method_and_state(h: Harness) -> None:
     h.receive("OPTIONS")
     assert "OPTIONS" in repr(h.stx()) and "Trying" in repr(h.stx())
+
+
+def test_finished_non_invite_keeps_its_messages_but_not_their_parsed_values() -> None:
+    """Timer J holds the transaction 32 s: only what a retransmission needs stays in memory."""
+    h = Harness()
+    request = h.receive("REGISTER")
+    stx = h.stx()
+    request.to  # noqa: B018 - parsed, as the registrar does
+    h.answer(stx, 200)
+    assert request._cache == {} and stx.last_response is not None and stx.last_response._cache == {}
+    h.receive("REGISTER")  # a retransmission still gets the same 200
+    assert h.transport.statuses == [200, 200]
+    assert stx.last_response.to.tag == "s1"  # and the values come back when read

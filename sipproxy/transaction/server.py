@@ -200,13 +200,19 @@ class NonInviteServerTransaction(ServerTransaction):
     def _classify(self, status: int) -> Input:
         return I.SEND_1XX if status < 200 else I.SEND_FINAL
 
+    def _send_final(self, response: Response) -> None:
+        """Send the final response; for Timer J's 32 s keep the messages, not their parsed values."""
+        self._send(response)
+        self.request.forget_parsed()
+        response.forget_parsed()
+
     TRANSITIONS: ClassVar[Mapping[tuple[State, Input], Transition]] = {
         (S.TRYING, I.REQUEST): (None, S.TRYING),  # nothing to resend yet: absorbed
         (S.TRYING, I.SEND_1XX): (ServerTransaction._send, S.PROCEEDING),
-        (S.TRYING, I.SEND_FINAL): (ServerTransaction._send, S.COMPLETED),
+        (S.TRYING, I.SEND_FINAL): (_send_final, S.COMPLETED),
         (S.PROCEEDING, I.REQUEST): (ServerTransaction._resend_last, S.PROCEEDING),
         (S.PROCEEDING, I.SEND_1XX): (ServerTransaction._send, S.PROCEEDING),
-        (S.PROCEEDING, I.SEND_FINAL): (ServerTransaction._send, S.COMPLETED),
+        (S.PROCEEDING, I.SEND_FINAL): (_send_final, S.COMPLETED),
         (S.COMPLETED, I.REQUEST): (ServerTransaction._resend_last, S.COMPLETED),
         (S.COMPLETED, I.TIMER_J): (None, S.TERMINATED),
     }
