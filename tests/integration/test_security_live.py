@@ -98,58 +98,26 @@ def stored_aors(server: Server) -> set[str]:
 # -- sipp -------------------------------------------------------------------------------
 
 
+def register_with_digest(
+    server: Server, user: str, password: str, *args: str, port: int | None = None, name: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """sipp's REGISTER that answers the 401 with ``-au``/``-ap`` (scenarios/auth_register.xml)."""
+    keys = ["-key", "domain", DOMAIN, "-key", "user", user]
+    return run_sipp(
+        server, "auth_register.xml", port or free_port(), "-au", user, "-ap", password, *keys, *args, name=name or user
+    )
+
+
 def test_sipp_registers_with_digest_and_calls_through_the_proxy(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
     server = server_factory("--users", str(users), "--digest-algorithms", "MD5")
-    keys = ["-key", "domain", DOMAIN]
-    result = run_sipp(
-        server,
-        "auth_register.xml",
-        free_port(),
-        "-au",
-        "alice",
-        "-ap",
-        "alice-secret",
-        *keys,
-        "-key",
-        "user",
-        "alice",
-        name="alice",
-    )
+    result = register_with_digest(server, "alice", "alice-secret")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
-    wrong = run_sipp(
-        server,
-        "auth_register.xml",
-        free_port(),
-        "-au",
-        "alice",
-        "-ap",
-        "guess",
-        *keys,
-        "-key",
-        "user",
-        "alice",
-        "-timeout",
-        "5s",
-        name="wrong",
-    )
+    wrong = register_with_digest(server, "alice", "guess", "-timeout", "5s", name="wrong")
     assert wrong.returncode != 0  # 401 again instead of 200
 
     callee_port = free_port()
-    result = run_sipp(
-        server,
-        "auth_register.xml",
-        callee_port,
-        "-au",
-        "bob",
-        "-ap",
-        "bob-secret",
-        *keys,
-        "-key",
-        "user",
-        "bob",
-        name="bob",
-    )
+    result = register_with_digest(server, "bob", "bob-secret", port=callee_port)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert stored_aors(server) == {f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"}
 
@@ -189,7 +157,9 @@ def test_sipp_registers_with_digest_and_calls_through_the_proxy(server_factory, 
             "alice-secret",
             "-d",
             "300",
-            *keys,
+            "-key",
+            "domain",
+            DOMAIN,
             "-key",
             "caller",
             "alice",
