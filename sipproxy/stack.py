@@ -12,6 +12,7 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
+from sipproxy.message.uri import canonical_host
 from sipproxy.metrics import Metrics
 from sipproxy.proxy.validate import ALLOW
 from sipproxy.transaction import ServerTransaction, Source, TransactionError
@@ -25,14 +26,10 @@ class Domains:
     """The host names and addresses we answer for (registrar domains and our own addresses)."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(self._norm(n) for n in names if n)
-
-    @staticmethod
-    def _norm(host: str) -> str:
-        return host.strip("[]").rstrip(".").lower()
+        self.names = frozenset(canonical_host(n) for n in names if n)
 
     def __contains__(self, host: object) -> bool:
-        return isinstance(host, str) and self._norm(host) in self.names
+        return isinstance(host, str) and canonical_host(host) in self.names
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self.names))

@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes as _pct_unquote_to_bytes
 from sipproxy.message.errors import ParseError
 from sipproxy.message.headers import format_params
 
-__all__ = ["SipURI", "AbsoluteURI", "URI", "parse_uri", "format_host", "is_ip_address"]
+__all__ = ["SipURI", "AbsoluteURI", "URI", "parse_uri", "format_host", "canonical_host", "is_ip_address"]
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 #: RFC 3261 §25.1 ``hostname`` (IPv4 addresses match too) as regex source, for other modules' patterns.
@@ -66,6 +66,11 @@ def format_host(host: str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
+
+
+def canonical_host(host: str) -> str:
+    """A host as compared against our domains: no IPv6 brackets, no trailing dot, lower case."""
+    return host.strip("[]").rstrip(".").lower()
 
 
 def _check_host(host: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from sipproxy.message import ParseError, Request, SipURI, Via, format_host
+from sipproxy.message.uri import canonical_host
 
 __all__ = [
     "LocalAddress",
@@ -39,20 +40,16 @@ class LocalAddress:
         return f"{format_host(self.host.strip('[]'))}:{self.port}"
 
 
-def _norm(host: str) -> str:
-    return host.strip("[]").rstrip(".").lower()
-
-
 class Locality:
     """Our address plus the domains we are responsible for: answers "is this us?"."""
 
     def __init__(self, local: LocalAddress, domains: Container[str]) -> None:
         self.local = local
         self.domains = domains
-        self._host = _norm(local.host)
+        self._host = canonical_host(local.host)
 
     def is_our_host(self, host: str) -> bool:
-        return _norm(host) == self._host or host in self.domains or _norm(host) in self.domains
+        return canonical_host(host) == self._host or host in self.domains or canonical_host(host) in self.domains
 
     def is_us(self, uri: object) -> bool:
         """Does ``uri`` name this proxy or one of its domains (our port, or no port)?"""
@@ -64,7 +61,7 @@ class Locality:
 
     def is_our_via(self, via: Via) -> bool:
         """Is ``via`` one we put there (§16.3 step 4: "a sent-by value ... placed by the proxy")?"""
-        return _norm(via.host) == self._host and (via.port or 5060) == self.local.port
+        return canonical_host(via.host) == self._host and (via.port or 5060) == self.local.port
 
 
 # -- §16.4 Route information preprocessing ----------------------------------
