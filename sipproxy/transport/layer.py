@@ -154,8 +154,7 @@ class TransportLayer:
         data = response.to_bytes()
         conn = source.connection if source is not None else None
         if conn is not None and is_reliable(source.transport) and conn.alive:  # type: ignore[union-attr]
-            self.wire.outgoing(source.transport, source.host, source.port, data)  # type: ignore[union-attr]
-            conn.transport.write(data)
+            conn.send(data)
             return
         try:
             via = response.top_via
@@ -183,8 +182,7 @@ class TransportLayer:
         data = response.to_bytes()
         conn = source.connection
         if conn is not None and conn.alive:  # type: ignore[attr-defined]
-            self.wire.outgoing(source.transport, source.host, source.port, data)
-            conn.transport.write(data)  # type: ignore[attr-defined]
+            conn.send(data)  # type: ignore[attr-defined]
             return
         self._send(source.transport, source.host, source.port, data, self._response_failed)
 
@@ -217,8 +215,7 @@ class TransportLayer:
         key = (host, port)
         conn = self.connections.get(key)
         if conn is not None and conn.alive:
-            self.wire.outgoing("TCP", host, port, data)
-            conn.transport.write(data)
+            conn.send(data)
             return
         pending = self._pending.get(key)
         if pending is not None:
@@ -240,8 +237,7 @@ class TransportLayer:
         key = (conn.host, conn.port)
         self.connections[key] = conn
         for data, _ in self._pending.pop(key, []):
-            self.wire.outgoing("TCP", conn.host, conn.port, data)
-            conn.transport.write(data)
+            conn.send(data)
 
     def connection_lost(self, conn: SipStreamProtocol) -> None:
         key = (conn.host, conn.port)

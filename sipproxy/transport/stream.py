@@ -74,9 +74,14 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
             except ParseError as inner:
                 message = inner.partial
             if isinstance(message, Request) and message.method != "ACK":
-                self.transport.write(make_response(message, 400, exc.reason).to_bytes())  # type: ignore[union-attr]
+                self.send(make_response(message, 400, exc.reason).to_bytes())
         self.alive = False
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def send(self, data: bytes) -> None:
+        """Write one message (or keep-alive answer) on this connection, with the SIP trace."""
+        self.layer.wire.outgoing(self.transport_name, self.host, self.port, data)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def timeoutConnection(self) -> None:
         self.log.info("Closing idle TCP connection {host}:{port}", host=self.host, port=self.port)
