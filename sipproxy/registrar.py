@@ -118,6 +118,8 @@ class _Store(Protocol):
 
     def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None: ...
 
+    def when_durable(self, callback: Callable[[bool], None]) -> None: ...
+
 
 class _Source(Protocol):
     """Where the request came from (``sipproxy.transaction.Source``)."""
@@ -192,6 +194,23 @@ class Registrar:
         except ParseError:
             return False
         return isinstance(uri, SipURI) and _host_key(uri.host) in self._settings.domains
+
+    def answer(self, request: Request, source: _Source, send: Callable[[Response], None]) -> None:
+        """Process one REGISTER and ``send`` its response once it may go out.
+
+        A 200 OK reports bindings, so it waits until the store has made them
+        durable (group commit: the end of this reactor turn); if that commit
+        fails the REGISTER is answered 500 instead. Rejections go at once.
+        """
+        response = self.handle(request, source)
+        if response.status != 200:
+            send(response)
+            return
+
+        def durable(committed: bool) -> None:
+            send(response if committed else self._respond(request, 500, "Location service failure"))
+
+        self._store.when_durable(durable)
 
     def handle(self, request: Request, source: _Source) -> Response:
         """Process one REGISTER and return the response to send; never raises."""

@@ -42,7 +42,7 @@ class Core(Protocol):
 
 class Registrar(Protocol):
     def is_for_us(self, request: Request) -> bool: ...
-    def handle(self, request: Request, source: Source) -> Response: ...
+    def answer(self, request: Request, source: Source, send: Callable[[Response], None]) -> None: ...
 
 
 class SipStack:
@@ -99,9 +99,12 @@ class SipStack:
         method = request.method
         if method == "REGISTER" and self.registrar is not None and self.registrar.is_for_us(request):
             assert stx is not None
-            response = self.registrar.handle(request, source)
-            self.metrics.inc(self.metrics.registers, "accepted" if response.status == 200 else "rejected")
-            self._answer(stx, response)
+
+            def send(response: Response) -> None:
+                self.metrics.inc(self.metrics.registers, "accepted" if response.status == 200 else "rejected")
+                self._answer(stx, response)
+
+            self.registrar.answer(request, source, send)
             return
         if method == "OPTIONS" and self.is_for_server(request):
             self._answer(stx, self.options_response(request))

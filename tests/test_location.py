@@ -420,6 +420,7 @@ class TestAtomicity:
         persistence = SQLitePersistence(db_path)
         store = LocationStore(clock, persistence)
         store.update(ALICE, put=[make_binding("sip:a@192.0.2.1")])
+        clock.advance(0)  # the turn ends: the batch is committed
         persistence.close()
         with pytest.raises(sqlite3.ProgrammingError):
             store.update(ALICE, put=[make_binding("sip:b@192.0.2.2")], remove=["sip:a@192.0.2.1"])
@@ -430,6 +431,7 @@ class TestAtomicity:
         persistence = SQLitePersistence(db_path)
         store = LocationStore(clock, persistence)
         store.update(ALICE, put=[make_binding("sip:a@192.0.2.1")])
+        clock.advance(0)
         with sqlite3.connect(db_path) as other:
             other.execute(
                 "CREATE TRIGGER refuse BEFORE INSERT ON bindings WHEN NEW.contact LIKE 'sip:refused@%' "
@@ -542,7 +544,8 @@ class TestPersistence:
                 aor={ALICE!r}, contact="sip:alice@192.0.2.7:5062", call_id="kill-test",
                 cseq=7, expires_at=4600.0, source_host="192.0.2.7", source_port=5062,
             )])
-            print("ok", flush=True)
+            store.when_durable(lambda committed: print("ok" if committed else "lost", flush=True))
+            clock.advance(0)  # the end of the reactor turn commits the batch
             os.kill(os.getpid(), signal.SIGKILL)
             """
         )
@@ -559,4 +562,137 @@ class TestPersistence:
         (binding,) = store.lookup(ALICE)
         assert (binding.call_id, binding.cseq, binding.source()) == ("kill-test", 7, "UDP 192.0.2.7:5062")
         assert binding.expires_in(clock.seconds()) == 2600
+        store.close()
+
+
+class CommitFailsPersistence(SQLitePersistence):
+    """A real database whose COMMIT fails (as on a full disk) when ``broken`` is set."""
+
+    broken = False
+
+    def commit(self) -> None:
+        if self.broken:
+            self.rollback()
+            raise sqlite3.OperationalError("database or disk is full")
+        super().commit()
+
+
+class BatchLostPersistence(SQLitePersistence):
+    """A real database where a write error makes SQLite roll the whole open batch back."""
+
+    broken = False
+
+    def write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
+        if self.broken:
+            self.rollback()
+            raise sqlite3.OperationalError("disk I/O error")
+        super().write(put, remove)
+
+
+def on_disk(db_path: str) -> list[str]:
+    """Contacts another process reading the database sees (committed rows only)."""
+    connection = sqlite3.connect(db_path)
+    try:
+        return [row[0] for row in connection.execute("SELECT contact FROM bindings ORDER BY contact")]
+    finally:
+        connection.close()
+
+
+class TestGroupCommit:
+    def test_changes_of_one_turn_are_committed_together_when_the_turn_ends(self, clock: Clock, db_path: str) -> None:
+        store = LocationStore(clock, SQLitePersistence(db_path))
+        told: list[tuple[str, bool]] = []
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1")])
+        store.when_durable(lambda ok: told.append(("alice", ok)))
+        store.update(BOB, put=[make_binding("sip:bob@192.0.2.9", aor=BOB)])
+        store.when_durable(lambda ok: told.append(("bob", ok)))
+
+        assert on_disk(db_path) == []  # not yet durable: nobody has been told it is
+        assert told == []
+        clock.advance(0)
+        assert on_disk(db_path) == ["sip:a@192.0.2.1", "sip:bob@192.0.2.9"]
+        assert told == [("alice", True), ("bob", True)]
+        store.close()
+
+    def test_when_durable_with_nothing_pending_answers_at_once(self, clock: Clock, db_path: str) -> None:
+        told: list[bool] = []
+        LocationStore(clock).when_durable(told.append)
+        store = LocationStore(clock, SQLitePersistence(db_path))
+        store.when_durable(told.append)
+        assert told == [True, True]
+        store.close()
+
+    def test_close_commits_the_open_batch(self, clock: Clock, db_path: str) -> None:
+        store = LocationStore(clock, SQLitePersistence(db_path))
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1")])
+        store.close()
+        assert on_disk(db_path) == ["sip:a@192.0.2.1"]
+
+    def test_failed_commit_reloads_the_database_and_tells_the_waiters(self, clock: Clock, db_path: str) -> None:
+        persistence = CommitFailsPersistence(db_path)
+        store = LocationStore(clock, persistence)
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1", cseq=1)])
+        clock.advance(0)
+        seen = recorder(store)
+        told: list[bool] = []
+
+        persistence.broken = True
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1", cseq=2), make_binding("sip:b@192.0.2.2")])
+        store.update(BOB, put=[make_binding("sip:bob@192.0.2.9", aor=BOB)])
+        store.when_durable(told.append)
+        clock.advance(0)
+
+        assert told == [False]
+        assert store.all_bindings() == persistence.load() == [make_binding("sip:a@192.0.2.1", cseq=1)]
+        assert seen[-3:] == [
+            ("removed", "sip:b@192.0.2.2"),
+            ("removed", "sip:bob@192.0.2.9"),
+            ("refreshed", "sip:a@192.0.2.1"),
+        ]
+        persistence.broken = False
+        store.update(BOB, put=[make_binding("sip:bob@192.0.2.9", aor=BOB)])
+        store.when_durable(told.append)
+        clock.advance(0)
+        assert told == [False, True]
+        assert on_disk(db_path) == ["sip:a@192.0.2.1", "sip:bob@192.0.2.9"]
+        # only the reloaded binding's own timer is armed
+        assert sorted(c.getTime() for c in clock.getDelayedCalls()) == [3600.0, 3600.0]
+        store.close()
+
+    def test_write_error_that_loses_the_batch_loses_it_in_memory_too(self, clock: Clock, db_path: str) -> None:
+        persistence = BatchLostPersistence(db_path)
+        store = LocationStore(clock, persistence)
+        told: list[bool] = []
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1")])
+        store.when_durable(told.append)
+        persistence.broken = True
+        with pytest.raises(sqlite3.OperationalError):
+            store.update(BOB, put=[make_binding("sip:bob@192.0.2.9", aor=BOB)])
+        assert told == [False]
+        assert store.all_bindings() == []
+        persistence.broken = False
+        clock.advance(0)
+        assert on_disk(db_path) == []
+        store.close()
+
+    def test_a_refused_write_leaves_the_rest_of_its_batch(self, clock: Clock, db_path: str) -> None:
+        with sqlite3.connect(db_path) as setup:
+            SQLitePersistence(db_path).close()
+            setup.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON bindings WHEN NEW.contact LIKE 'sip:refused@%' "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        setup.close()
+        store = LocationStore(clock, SQLitePersistence(db_path))
+        told: list[bool] = []
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1")])
+        with pytest.raises(sqlite3.DatabaseError, match="refused"):
+            store.update(
+                BOB, put=[make_binding("sip:bob@192.0.2.9", aor=BOB), make_binding("sip:refused@192.0.2.3", aor=BOB)]
+            )
+        store.when_durable(told.append)
+        clock.advance(0)
+        assert told == [True]
+        assert on_disk(db_path) == ["sip:a@192.0.2.1"]
+        assert [b.contact for b in store.all_bindings()] == ["sip:a@192.0.2.1"]
         store.close()

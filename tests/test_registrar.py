@@ -789,6 +789,40 @@ def test_step7_store_failure_is_500_and_changes_nothing(clock: Clock, tmp_path: 
     store.close()
 
 
+def test_step7_ok_waits_for_the_commit_and_failed_commit_is_500(clock: Clock, tmp_path: Any) -> None:
+    class CommitFails(SQLitePersistence):
+        fail = False
+
+        def commit(self) -> None:
+            if self.fail:
+                self.rollback()
+                raise sqlite3.OperationalError("disk I/O error")
+            super().commit()
+
+    path = str(tmp_path / "bindings.sqlite")
+    persistence = CommitFails(path)
+    store = LocationStore(clock, persistence)
+    registrar = Registrar(store, clock, SETTINGS, log=Log())
+    sent: list[Response] = []
+
+    registrar.answer(register([f"<{PHONE}>"]), SOURCE, sent.append)
+    registrar.answer(register([f"<{PHONE}>"], ruri="sip:elsewhere.test"), SOURCE, sent.append)
+    assert [r.status for r in sent] == [404]  # a rejection goes at once, the 200 waits for the disk
+    clock.advance(0)
+    assert [r.status for r in sent] == [404, 200]
+    assert list(listed(sent[1])) == [PHONE]
+    with sqlite3.connect(path) as reader:
+        assert reader.execute("SELECT contact FROM bindings").fetchall() == [(PHONE,)]
+    reader.close()
+
+    persistence.fail = True
+    registrar.answer(register([f"<{LAPTOP}>"], call_id="laptop"), SOURCE, sent.append)
+    clock.advance(0)
+    assert (sent[-1].status, sent[-1].reason) == (500, "Location service failure")
+    assert [b.contact for b in store.lookup(ALICE)] == [PHONE]
+    store.close()
+
+
 # -- step 8: the 200 OK --------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 """SQLite persistence for the location service, so a restart loses no registration.
 
-Every change the store makes is written as one transaction and committed
-before the store's method returns. The database runs in WAL journal mode with
+Each change the store makes is written atomically: on its own as one
+transaction, or inside a batch the store opened with ``begin()`` and ends
+with ``commit()`` (group commit: one commit for all the REGISTERs of a
+reactor turn). The database runs in WAL journal mode with
 ``synchronous=NORMAL``: a committed transaction survives the process being
 killed (it may be lost only on an operating-system crash or power failure).
 """
@@ -154,20 +156,61 @@ class SQLitePersistence:
     def write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
         """Delete the ``(aor, contact)`` keys in ``remove``, then insert or replace ``put``.
 
-        All of it is one transaction, committed before returning; on any error
-        it is rolled back and the error propagates.
+        All of it or nothing: on any error what this call wrote is rolled back
+        and the error propagates. Outside a batch it is one transaction,
+        committed before returning. Inside a batch (``begin()``) it becomes
+        durable with the batch's ``commit()``; an error can take the whole
+        batch with it (SQLite rolls a transaction back on I/O errors), which
+        ``in_batch`` then tells.
         """
+        connection = self._connection
         if len(put) + len(remove) == 1:
-            # One statement is its own transaction in autocommit mode: the
+            # One statement is atomic on its own, in a batch or not: the
             # common REGISTER costs one round through SQLite, not three.
             if put:
-                self._connection.execute(_UPSERT, _to_row(put[0]))
+                connection.execute(_UPSERT, _to_row(put[0]))
             else:
-                self._connection.execute(_DELETE, remove[0])
+                connection.execute(_DELETE, remove[0])
             return
-        with _transaction(self._connection):
-            self._connection.executemany(_DELETE, remove)
-            self._connection.executemany(_UPSERT, [_to_row(b) for b in put])
+        if not connection.in_transaction:
+            with _transaction(connection):
+                connection.executemany(_DELETE, remove)
+                connection.executemany(_UPSERT, [_to_row(b) for b in put])
+            return
+        connection.execute("SAVEPOINT write")
+        try:
+            connection.executemany(_DELETE, remove)
+            connection.executemany(_UPSERT, [_to_row(b) for b in put])
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK TO write")
+                connection.execute("RELEASE write")
+            raise
+        connection.execute("RELEASE write")
+
+    # -- group commit ------------------------------------------------------
+
+    @property
+    def in_batch(self) -> bool:
+        """Is a batch open (``begin()`` called, not yet committed or rolled back)?"""
+        return self._connection.in_transaction
+
+    def begin(self) -> None:
+        """Open a batch: later writes become durable together, at ``commit()``."""
+        self._connection.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """Make the batch durable; on failure roll it back and raise."""
+        try:
+            self._connection.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+
+    def rollback(self) -> None:
+        """Drop the batch, if one is still open."""
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
 
     def close(self) -> None:
         """Close the connection; later calls raise ``sqlite3.ProgrammingError``."""

@@ -3,8 +3,15 @@
 The index is the tutorial's ``Map<AOR, Map<Contact, Binding>>``. Each binding
 has one timer on the injected clock that removes it at ``expires_at``, the
 expiration the registrar computed in RFC 3261 §10.3 step 7. With a
-persistence object, every change is committed to it before it is applied in
+persistence object, every change is written to it before it is applied in
 memory, so a failed write leaves the store as it was.
+
+Writes are committed in groups: the first change of a reactor turn opens a
+batch and a ``callLater(0)`` commits it once the turn's other changes have
+joined (one commit per turn however many REGISTERs arrived in it). A change
+is durable when ``when_durable()`` says so; the registrar holds its 200 OK
+until then. A batch whose commit fails is rolled back and the store reloads
+what the database holds, so memory never claims what the disk lost.
 
 The store does no I/O of its own beyond the persistence object and reads
 time only from the injected clock: Twisted's reactor in production,
@@ -17,6 +24,8 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol
+
+from twisted.logger import Logger
 
 from sipproxy.location.binding import Binding
 
@@ -48,6 +57,15 @@ class Persistence(Protocol):
 
     def write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None: ...
 
+    @property
+    def in_batch(self) -> bool: ...
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -72,6 +90,8 @@ class LocationStore:
     from the database and emits an ``"expired"`` event.
     """
 
+    _log = Logger()
+
     def __init__(
         self,
         clock: Clock,
@@ -93,6 +113,9 @@ class LocationStore:
         self._pending: deque[BindingEvent] = deque()
         self._emitting = False
         self._closed = False
+        self._batch: DelayedCall | None = None
+        """The ``callLater(0)`` that commits the open batch, while one is open."""
+        self._waiters: list[Callable[[bool], None]] = []
         self.callback_errors: deque[tuple[BindingEvent, Exception]] = deque(maxlen=_ERRORS_KEPT)
         self._on_callback_error = on_callback_error or self._keep_callback_error
 
@@ -251,6 +274,7 @@ class LocationStore:
         """Cancel every timer and close persistence; later changes raise ``RuntimeError``."""
         if self._closed:
             return
+        self.flush()
         self._closed = True
         self._cancel_timers()
         if self._persistence is not None:
@@ -260,7 +284,7 @@ class LocationStore:
         if not stored and not dropped:
             return
         if self._persistence is not None:
-            self._persistence.write(stored, [(b.aor, b.contact) for b in dropped])
+            self._write(stored, [(b.aor, b.contact) for b in dropped])
         for binding in dropped:
             self._forget(binding.aor, binding.contact)
         for binding in stored:
@@ -290,9 +314,98 @@ class LocationStore:
         binding = self._forget(aor, contact)
         try:
             if self._persistence is not None:
-                self._persistence.write((), [(aor, contact)])
+                self._write((), [(aor, contact)])
         finally:
             self._emit([BindingEvent("expired", binding)])
+
+    # -- group commit ------------------------------------------------------
+
+    def when_durable(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(True)`` once every change made so far is committed, ``callback(False)`` if it is lost.
+
+        Without persistence, or with nothing waiting to be committed, the
+        callback runs at once.
+        """
+        if self._batch is None:
+            callback(True)
+        else:
+            self._waiters.append(callback)
+
+    def flush(self) -> bool:
+        """Commit the open batch now (the turn's ``callLater(0)`` does this); return whether it is durable."""
+        batch = self._batch
+        if batch is None:
+            return True
+        self._batch = None
+        if batch.active():
+            batch.cancel()
+        persistence = self._persistence
+        assert persistence is not None
+        try:
+            persistence.commit()
+            committed = True
+        except Exception:
+            self._log.failure("Committing the location service's changes failed; reloading what the database holds")
+            self._reload()
+            committed = False
+        self._tell_waiters(committed)
+        return committed
+
+    def _write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
+        persistence = self._persistence
+        assert persistence is not None
+        if self._batch is None:
+            persistence.begin()
+            self._batch = self._clock.callLater(0, self.flush)
+        try:
+            persistence.write(put, remove)
+        except Exception:
+            if not persistence.in_batch:  # SQLite rolled the whole batch back: earlier changes are lost too
+                self._batch_lost()
+            raise
+
+    def _batch_lost(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is not None and batch.active():
+            batch.cancel()
+        self._log.error("The location service's open batch of changes was rolled back; reloading the database")
+        self._reload()
+        self._tell_waiters(False)
+
+    def _tell_waiters(self, committed: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for callback in waiters:
+            try:
+                callback(committed)
+            except Exception:
+                self._log.failure("A when_durable() callback failed")
+
+    def _reload(self) -> None:
+        """After a lost batch: make memory what the database holds again, with events for the difference."""
+        persistence = self._persistence
+        assert persistence is not None
+        try:
+            persistence.rollback()
+            stored = persistence.load()
+        except Exception:
+            self._log.failure("Reloading the location service from the database failed; keeping memory as it is")
+            return
+        now = self._clock.seconds()
+        disk = {(b.aor, b.contact): b for b in stored if b.expires_at > now}
+        memory = {(b.aor, b.contact): b for contacts in self._index.values() for b in contacts.values()}
+        events = [BindingEvent("removed", b) for key, b in memory.items() if key not in disk]
+        for key, binding in disk.items():
+            old = memory.get(key)
+            if old is None:
+                events.append(BindingEvent("added", binding))
+            elif old != binding:
+                events.append(BindingEvent("refreshed", binding))
+        self._cancel_timers()
+        self._index.clear()
+        for binding in disk.values():
+            self._index.setdefault(binding.aor, {})[binding.contact] = binding
+            self._arm(binding, now)
+        self._emit(events)
 
     def _cancel_timers(self) -> None:
         for timer in self._timers.values():
