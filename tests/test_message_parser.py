@@ -869,6 +869,19 @@ def test_typed_cache_follows_changes() -> None:
     assert request.max_forwards is None
 
 
+def test_changing_one_header_keeps_the_others_parsed_values() -> None:
+    request = parse_request(FORWARDED)
+    vias, to = request.vias, request.to
+    request.add("Contact", "<sip:alice@192.0.2.4>")
+    request.set("Max-Forwards", "9")
+    assert request.vias is vias and request.to is to  # nothing parsed twice on the REGISTER hot path
+    request.add("v", "SIP/2.0/UDP p.example.test;branch=z9hG4bKc", first=True)
+    assert request.vias is not vias
+    assert [v.host for v in request.vias] == ["p.example.test"] + [v.host for v in vias]
+    request.add("Contact", "<sip:bob@192.0.2.5>")
+    assert [str(c.uri) for c in request.addresses("contact")][-1] == "sip:bob@192.0.2.5"
+
+
 def test_copy_is_independent() -> None:
     original = parse_request(FORWARDED)
     clone = original.copy()

@@ -143,7 +143,7 @@ class Message:
         """
         key = _key(name)
         header = _header(key, display_name(key) if len(name) == 1 else name, value, None)
-        self._cache.clear()
+        self._changed(key)
         if first:
             for i, h in enumerate(self.headers):
                 if h.key == key:
@@ -156,7 +156,7 @@ class Message:
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` with one line, kept where the first one was."""
         key = _key(name)
-        self._cache.clear()
+        self._changed(key)
         for i, h in enumerate(self.headers):
             if h.key == key:
                 h.value = value
@@ -167,7 +167,7 @@ class Message:
 
     def remove(self, name: str) -> None:
         key = _key(name)
-        self._cache.clear()
+        self._changed(key)
         self.headers = [h for h in self.headers if h.key != key]
 
     def pop_first(self, name: str) -> str | None:
@@ -175,7 +175,7 @@ class Message:
         key = _key(name)
         for i, h in enumerate(self.headers):
             if h.key == key:
-                self._cache.clear()
+                self._changed(key)
                 values = split_commas(h.value)
                 if len(values) <= 1:
                     del self.headers[i]
@@ -184,6 +184,13 @@ class Message:
                 h.raw = None
                 return values[0]
         return None
+
+    def _changed(self, key: str) -> None:
+        """Lines of ``key`` changed: forget what was parsed from them (other headers' values stay)."""
+        cache = self._cache
+        if cache:
+            cache.pop(key, None)
+            cache.pop("list:" + key, None)
 
     def forget_parsed(self) -> None:
         """Drop the cached typed values (Via, From, To, CSeq, Contact...): they are parsed again if read.
