@@ -614,6 +614,19 @@ class TestGroupCommit:
         assert told == [("alice", True), ("bob", True)]
         store.close()
 
+    def test_a_full_batch_is_committed_before_the_next_change_joins(self, clock: Clock, db_path: str) -> None:
+        store = LocationStore(clock, SQLitePersistence(db_path), max_batch=3)
+        told: list[str] = []
+        for n in range(4):
+            contact = f"sip:a{n}@192.0.2.1"
+            store.update(ALICE, put=[make_binding(contact)])
+            store.when_durable(lambda ok, contact=contact: told.append(contact))
+        assert told == [f"sip:a{n}@192.0.2.1" for n in range(3)]
+        assert on_disk(db_path) == told
+        clock.advance(0)
+        assert len(told) == 4 and len(on_disk(db_path)) == 4
+        store.close()
+
     def test_when_durable_with_nothing_pending_answers_at_once(self, clock: Clock, db_path: str) -> None:
         told: list[bool] = []
         LocationStore(clock).when_durable(told.append)

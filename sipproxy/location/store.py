@@ -98,8 +98,13 @@ class LocationStore:
         persistence: Persistence | None = None,
         *,
         on_callback_error: Callable[[BindingEvent, Exception], None] | None = None,
+        max_batch: int = 16,
     ) -> None:
         """Start empty; call ``restore()`` to load what ``persistence`` holds.
+
+        ``max_batch`` bounds a group commit: the change that would join a
+        batch already holding that many commits the batch first, so the
+        first REGISTER of a busy turn does not wait for hundreds of others.
 
         A subscriber that raises is reported to ``on_callback_error``; without
         one, the most recent failures are kept in ``callback_errors``.
@@ -113,6 +118,8 @@ class LocationStore:
         self._pending: deque[BindingEvent] = deque()
         self._emitting = False
         self._closed = False
+        self.max_batch = max_batch
+        self._batched = 0
         self._batch: DelayedCall | None = None
         """The ``callLater(0)`` that commits the open batch, while one is open."""
         self._waiters: list[Callable[[bool], None]] = []
@@ -354,9 +361,13 @@ class LocationStore:
     def _write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
         persistence = self._persistence
         assert persistence is not None
+        if self._batch is not None and self._batched >= self.max_batch:
+            self.flush()  # bound the wait of the batch's first REGISTER
         if self._batch is None:
             persistence.begin()
             self._batch = self._clock.callLater(0, self.flush)
+            self._batched = 0
+        self._batched += 1
         try:
             persistence.write(put, remove)
         except Exception:
