@@ -359,11 +359,17 @@ class Wire:
         if not self._lose(request.method):
             self.server.receive_request(message, Source(target.transport, "192.0.2.7", 5060))
 
-    def send_response(self, response: Response, source: Source) -> None:
-        message = parse_message(response.to_bytes())
+    def send_response(self, response: Response, source: Source) -> bytes:
+        data = response.to_bytes()
+        self.resend_response(data)
+        return data
+
+    def resend_response(self, sent: object) -> None:
+        assert isinstance(sent, bytes)
+        message = parse_message(sent)
         assert isinstance(message, Response) and self.client is not None
-        if not self._lose(str(response.status)):
-            self.client.receive_response(message, Source(source.transport, "192.0.2.20", 5060))
+        if not self._lose(str(message.status)):
+            self.client.receive_response(message, Source("UDP", "192.0.2.20", 5060))
 
 
 def test_lossy_udp_invite_rejected_recovers_by_retransmission() -> None:

@@ -247,3 +247,24 @@ def test_invented_methods_are_counted_as_other_in_metrics() -> None:
     text = generate_latest(transport.metrics.registry).decode()
     assert 'sip_requests_received_total{method="OTHER"} 3.0' in text
     assert "XFOO" not in text
+
+
+def test_response_resent_on_its_connection_or_where_the_via_says_once_it_closed() -> None:
+    """§18.2.2: the connection the request came on; if it has closed, a new one to received/port."""
+    transport, _, clock, connector = make_stack()
+    proto, wire = tcp_connection(transport, clock, ("192.0.2.9", 40400))
+    proto.dataReceived(options(via="SIP/2.0/TCP 192.0.2.9:5070;branch=z9hG4bK-r1"))
+    response = parse_message(wire.value())
+    assert response.status == 200  # type: ignore[union-attr]
+    wire.clear()
+
+    from sipproxy.transaction import Source
+
+    sent = transport.send_response(response, Source("TCP", "192.0.2.9", 40400, proto))  # type: ignore[arg-type]
+    assert sent is not None and wire.value() == sent.data
+    wire.clear()
+    transport.resend_response(sent)
+    assert wire.value() == sent.data  # the same bytes, on the same connection
+    proto.connectionLost(None)  # type: ignore[arg-type]
+    transport.resend_response(sent)
+    assert connector.attempts == [("192.0.2.9", 5070)]

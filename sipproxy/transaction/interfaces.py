@@ -65,8 +65,15 @@ class Transport(Protocol):
     def send_request(self, request: Request, target: Target, on_error: Callable[[str], None]) -> None:
         """Send ``request`` to ``target``; report failures through ``on_error`` (now or later), never raise."""
 
-    def send_response(self, response: Response, source: Source) -> None:
-        """Send ``response`` per §18.2.2, using the request's ``source`` and the response's top Via."""
+    def send_response(self, response: Response, source: Source) -> object:
+        """Send ``response`` per §18.2.2, using the request's ``source`` and the response's top Via.
+
+        Returns a token for :meth:`resend_response`: what it takes to send
+        the same bytes to the same place again, without the message.
+        """
+
+    def resend_response(self, sent: object) -> None:
+        """Send again what :meth:`send_response` sent and returned ``sent`` for (a retransmission)."""
 
 
 class TransactionUser(Protocol):

@@ -29,18 +29,24 @@ class ServerTransaction(Machine):
 
     ``state`` is a :class:`State` (a ``str``: ``stx.state == "Completed"``
     works); ``last_response`` is the response most recently sent, which is
-    what a request retransmission gets again.
+    what a request retransmission gets again, and ``final_status`` the
+    status of the final response once one is sent.  A finished non-INVITE
+    transaction keeps only the bytes it sent (``request`` and
+    ``last_response`` become ``None``): Timer J holds it for 32 s.
     """
 
     def __init__(self, request: Request, source: Source, env: Environment, key: ServerKey) -> None:
         super().__init__(env, is_reliable(source.transport))
-        self.request = request
+        self.request: Request | None = request
         self.source = source
         self.method = request.method
         self.key = key
         self.ack_keys: list[ServerKey] = []
         """RFC 2543 only: the keys ACKs for the final responses sent will carry (§17.2.3)."""
         self.last_response: Response | None = None
+        self.final_status: int | None = None
+        self._sent: object = None
+        """The transport's token for resending the last response."""
         self.timed_out = False
         """True once Timer H fired without an ACK (INVITE only, §17.2.1)."""
 
@@ -66,7 +72,7 @@ class ServerTransaction(Machine):
 
     @property
     def final_sent(self) -> bool:
-        return self.last_response is not None and self.last_response.status >= 200
+        return self.final_status is not None
 
     # -- the layer's side ---------------------------------------------------
 
@@ -85,18 +91,20 @@ class ServerTransaction(Machine):
     def abandon(self) -> None:
         """The TU failed while handling the request: answer 500 unless a final was sent, so the
         transaction ends (and the client stops retransmitting) instead of lingering."""
-        if self.state in (S.TRYING, S.PROCEEDING):
+        if self.state in (S.TRYING, S.PROCEEDING) and self.request is not None:
             self.respond(make_response(self.request, 500, to_tag=secrets.token_hex(4)))
 
     # -- actions --------------------------------------------------------------
 
     def _send(self, response: Response) -> None:
         self.last_response = response
-        self.env.transport.send_response(response, self.source)
+        if response.status >= 200:
+            self.final_status = response.status
+        self._sent = self.env.transport.send_response(response, self.source)
 
     def _resend_last(self, _request: object) -> None:
-        if self.last_response is not None:
-            self.env.transport.send_response(self.last_response, self.source)
+        if self._sent is not None:
+            self.env.transport.resend_response(self._sent)
 
 
 class InviteServerTransaction(ServerTransaction):
@@ -128,7 +136,7 @@ class InviteServerTransaction(ServerTransaction):
 
     def _send_trying(self, _arg: object) -> None:
         """§17.2.1: the TU did not answer within 200 ms; send 100 Trying (Timestamp copied, §8.2.6.1)."""
-        if self.last_response is not None:
+        if self.last_response is not None or self.request is None:
             return
         trying = make_response(self.request, 100)
         timestamp = self.request.get("timestamp")
@@ -137,6 +145,7 @@ class InviteServerTransaction(ServerTransaction):
         self._send(trying)
 
     def _send_final(self, response: Response) -> None:
+        assert self.request is not None
         key = expected_ack_key(self.request, response)
         if key is not None and not self.terminated:
             self.ack_keys.append(key)
@@ -201,10 +210,16 @@ class NonInviteServerTransaction(ServerTransaction):
         return I.SEND_1XX if status < 200 else I.SEND_FINAL
 
     def _send_final(self, response: Response) -> None:
-        """Send the final response; for Timer J's 32 s keep the messages, not their parsed values."""
+        """Send the final response; for Timer J's 32 s keep only the bytes a retransmission gets.
+
+        A REGISTER server handling 1 000 requests a second holds 32 000 of
+        these: without the messages each one is a handful of objects instead
+        of forty, for the memory and for the garbage collector's full passes.
+        """
         self._send(response)
-        self.request.forget_parsed()
-        response.forget_parsed()
+        if self._sent is not None:
+            self.request = None
+            self.last_response = None
 
     TRANSITIONS: ClassVar[Mapping[tuple[State, Input], Transition]] = {
         (S.TRYING, I.REQUEST): (None, S.TRYING),  # nothing to resend yet: absorbed

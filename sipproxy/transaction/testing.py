@@ -82,10 +82,15 @@ class RecordingTransport:
         if self.fail_with is not None:
             on_error(self.fail_with)
 
-    def send_response(self, response: Response, source: Source) -> None:
+    def send_response(self, response: Response, source: Source) -> tuple[Response, Source]:
         self.responses.append((response, source))
         if self.clock is not None:
             self.response_times.append(self.clock.seconds())
+        return (response, source)
+
+    def resend_response(self, sent: object) -> None:
+        response, source = sent  # type: ignore[misc]
+        self.send_response(response, source)
 
     @property
     def methods(self) -> list[str]:

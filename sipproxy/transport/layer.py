@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
@@ -38,6 +38,21 @@ class TransportLimits:
     connect_timeout: float = 10.0
     max_head: int = 65536
     max_body: int = 1 << 20
+
+
+class SentResponse(NamedTuple):
+    """A response as sent: its bytes and where they went (the token ``resend_response`` takes).
+
+    ``connection`` is the connection the request came on (reliable
+    transports); ``host`` and ``port`` are where the Via sends it otherwise,
+    or when that connection has closed (``None``: nowhere else to go).
+    """
+
+    data: bytes
+    transport: str
+    host: str | None
+    port: int
+    connection: Any
 
 
 class DatagramWriter(Protocol):
@@ -144,24 +159,44 @@ class TransportLayer:
         self.metrics.method(self.metrics.requests_out, request.method)
         self._send(target.transport, target.host, target.port, request.to_bytes(), on_error)
 
-    def send_response(self, response: Response, source: Source | None) -> None:
+    def send_response(self, response: Response, source: Source | None) -> SentResponse | None:
         """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by.
 
         ``source`` is ``None`` for a response forwarded statelessly (a 2xx
-        retransmission): then only its Via says where it goes.
+        retransmission): then only its Via says where it goes.  Returns what
+        :meth:`resend_response` needs to send the same bytes again, or
+        ``None`` when the response went nowhere.
         """
         self.metrics.status(self.metrics.responses_out, response.status)
+        sent = self._response_route(response, source)
+        if sent is not None:
+            self.resend_response(sent)
+        return sent
+
+    def resend_response(self, sent: object) -> None:
+        """Send a response again, as ``send_response`` sent it (a server transaction's retransmission)."""
+        assert isinstance(sent, SentResponse)
+        if sent.connection is not None:
+            if sent.connection.alive:
+                sent.connection.send(sent.data)
+                return
+            if sent.host is None:
+                return
+        assert sent.host is not None
+        self._send(sent.transport, sent.host, sent.port, sent.data, self._response_failed)
+
+    def _response_route(self, response: Response, source: Source | None) -> SentResponse | None:
         data = response.to_bytes()
         conn = source.connection if source is not None else None
-        if conn is not None and is_reliable(source.transport) and conn.alive:  # type: ignore[union-attr]
-            conn.send(data)
-            return
+        reliable = conn is not None and is_reliable(source.transport) and conn.alive  # type: ignore[union-attr]
         try:
             via = response.top_via
         except ParseError:
+            if reliable:
+                return SentResponse(data, source.transport, None, 0, conn)  # type: ignore[union-attr]
             if source is not None:
-                self._send(source.transport, source.host, source.port, data, self._response_failed)
-            return
+                return SentResponse(data, source.transport, source.host, source.port, None)
+            return None
         transport = via.transport if via.transport in ("UDP", "TCP") else (source.transport if source else "UDP")
         if via.maddr and is_ip_address(via.maddr):
             host, port = normalize_host(via.maddr), via.port or 5060
@@ -172,10 +207,14 @@ class TransportLayer:
             host, port = normalize_host(via.host_bare), via.port or 5060
         elif source is not None:
             host, port = source.host, source.port
+        elif reliable:
+            host, port = None, 0
         else:
             self.log.warn("Dropped a response: its Via names host {host}, which we do not resolve", host=via.host)
-            return
-        self._send(transport, host, port, data, self._response_failed)
+            return None
+        # §18.2.2: on a reliable transport the connection the request came on,
+        # and if it is gone by then, where the Via says.
+        return SentResponse(data, transport, host, port, conn if reliable else None)
 
     def _send_to_source(self, response: Response, source: Source) -> None:
         self.metrics.status(self.metrics.responses_out, response.status)
