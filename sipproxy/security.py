@@ -25,8 +25,9 @@ Which requests the proxy challenges (with ``--users``):
   :meth:`Security.dialog_token` of the request's Call-ID (an HMAC with the
   server's secret, so nobody can write such a Route for a dialog we did not
   record-route).  Anything else is treated as out-of-dialog.  The secret is
-  made at start-up: after a restart, in-dialog requests of older dialogs from
-  our users are challenged once;
+  kept in the SQLite database (``--db``), so dialogs survive a restart; with
+  ``--db :memory:`` it is made at start-up and, after a restart, in-dialog
+  requests of older dialogs from our users are challenged once;
 - a request whose From host is one of our domains: always challenged (407);
 - a request from another domain to one of ours (Request-URI is us): never
   challenged -- that is how other domains call our users;
@@ -67,9 +68,11 @@ Blocks start, and rate limits first bite, with a warning in the log (fields:
 ``key``, ``host``, ``port``, ``user``, ``reason``...); each failure is logged
 at info level.
 
-Nonces are signed with a secret drawn from ``os.urandom(32)`` at start-up:
-they are valid only until the server restarts; after a restart each phone is
-asked once more (``stale=true``, no password prompt).
+Nonces are signed with that secret (``os.urandom(32)`` the first time).
+They are valid only until the server restarts, whether the secret was kept or
+not (the nonce-count replay table lives in memory, so nonces issued before the
+start are stale); after a restart each phone is asked once more
+(``stale=true``, no password prompt).
 
 Limits (:class:`Guard`), checked in this order for each message as it
 arrives, before the transaction layer:
@@ -483,6 +486,7 @@ class Security:
                 settings.nonce_lifetime,
                 settings.algorithms,
                 random_bytes=random_bytes if random_bytes is not None else secrets.token_bytes,
+                not_before=clock.seconds(),
             )
         n, window, block = settings.max_failures, settings.failure_window, settings.block_for
         self.address_failures = FailureTracker(n, window, block)
@@ -533,7 +537,7 @@ class Security:
         self.log.info(
             "Digest authentication on: {count} users in realm {realm} from {path} ({algorithms}); "
             "{failures} failed authentications in {window:g} s block an address or user name for {block:g} s; "
-            "nonces are signed with a secret made at start-up, so after a restart phones authenticate again",
+            "nonces issued before this start are stale, so phones authenticate again once",
             count=len(in_realm),
             realm=self.realm,
             path=self.users_path or "memory",
@@ -851,11 +855,22 @@ def build_security(
     domains: Container[str],
     local: LocalAddress,
     store: _Store | None = None,
+    secret: bytes | None = None,
 ) -> Security:
-    """The :class:`Security` of ``twistd sipproxy``: ``--users`` loaded, secret from ``os.urandom(32)``.
+    """The :class:`Security` of ``twistd sipproxy``: ``--users`` loaded; ``secret`` as kept, else ``os.urandom(32)``.
 
     Raises ``ValueError``/``OSError`` for an unreadable or malformed users file.
     """
     path = options.get("users")
     users = UserDB.load(path) if path else None
-    return Security(users, settings_from_options(options), domains, local, clock, metrics, store=store, users_path=path)
+    return Security(
+        users,
+        settings_from_options(options),
+        domains,
+        local,
+        clock,
+        metrics,
+        store=store,
+        secret=secret,
+        users_path=path,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -398,7 +399,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
     StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
     FullCollection().setServiceParent(top)
-    security = build_security(options, reactor, metrics, domains, local, store)
+    secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
+    security = build_security(options, reactor, metrics, domains, local, store, secret)
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
     core = build_core(
         reactor,

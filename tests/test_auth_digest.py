@@ -283,6 +283,17 @@ class TestVerify:
         assert fresh["stale"] == "true"
         assert auth.verify(answer(fresh), "REGISTER", REALM, late + 1).ok
 
+    def test_nonces_from_before_a_restart_are_stale_though_the_secret_was_kept(self) -> None:
+        """The replay table starts empty at start-up: an older nonce could be a replay, so it is stale."""
+        before = make_auth()
+        challenge = pick(before.challenge(REALM, T0), "SHA-256")
+        assert before.verify(answer(challenge), "REGISTER", REALM, T0 + 1).ok
+        after = make_auth(not_before=T0 + 60)  # restarted at T0 + 60 with the same secret
+        result = after.verify(answer(challenge, nc="00000002"), "REGISTER", REALM, T0 + 61)
+        assert (result.ok, result.stale, result.reason) == (False, True, "stale nonce")
+        fresh = pick(after.challenge(REALM, T0 + 60), "SHA-256")
+        assert after.verify(answer(fresh), "REGISTER", REALM, T0 + 61).ok
+
     def test_nonce_still_valid_at_end_of_lifetime(self) -> None:
         auth = make_auth(nonce_lifetime=300.0)
         challenge = pick(auth.challenge(REALM, T0), "MD5")

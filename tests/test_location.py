@@ -464,6 +464,33 @@ class TestPersistence:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         connection.close()
 
+    def test_version_1_database_is_upgraded_keeping_its_bindings(self, db_path: str) -> None:
+        current = SQLitePersistence(db_path)
+        current.write([make_binding("sip:a@192.0.2.1")], [])
+        current.close()
+        old = sqlite3.connect(db_path)
+        old.execute("DROP TABLE server_secret")
+        old.execute("PRAGMA user_version=1")
+        old.commit()
+        old.close()
+
+        upgraded = SQLitePersistence(db_path)
+        assert [b.contact for b in upgraded.load()] == ["sip:a@192.0.2.1"]
+        assert upgraded.server_secret(lambda: b"s" * 32) == b"s" * 32
+        upgraded.close()
+        check = sqlite3.connect(db_path)
+        assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        check.close()
+
+    def test_server_secret_is_made_once_and_kept(self, db_path: str) -> None:
+        first = SQLitePersistence(db_path)
+        made = first.server_secret(lambda: b"k" * 32)
+        assert first.server_secret(lambda: b"other" * 8) == made == b"k" * 32
+        first.close()
+        again = SQLitePersistence(db_path)
+        assert again.server_secret(lambda: b"other" * 8) == made
+        again.close()
+
     def test_newer_schema_is_refused(self, db_path: str) -> None:
         connection = sqlite3.connect(db_path)
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")

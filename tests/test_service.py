@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
@@ -33,3 +37,29 @@ def test_registration_and_expiry_are_logged_at_info() -> None:
     assert [e["log_format"].split(" ")[0] for e in info] == ["Registered", "Binding"]
     assert info[0]["expires"] == 60 and info[0]["source"] == "UDP 192.0.2.7:5062"
     assert info[1]["kind"] == "expired" and info[1]["contact"] == "sip:alice@192.0.2.7:5062"
+
+
+def _service(db: str):  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+
+    from sipproxy.service import build_service
+    from sipproxy.tap import Options
+
+    options = Options()
+    options.parseOptions(["--db", db, "--sip-interface", "127.0.0.1", "--web", "tcp:0:interface=127.0.0.1"])
+    return build_service(options, reactor)  # builds only: sockets are bound when the service starts
+
+
+def test_dialogs_and_the_secret_survive_a_restart_with_the_database(tmp_path: Path) -> None:
+    """Record-Route dialog tokens made before a restart still hold after it (the secret is in --db)."""
+    db = str(tmp_path / "sipproxy.sqlite")
+    first = _service(db)
+    token = first.core.security.dialog_token("call-1@192.0.2.7")
+    first.core.store.close()
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600  # the secret is in it: private from the start
+
+    second = _service(db)
+    assert second.core.security.dialog_token("call-1@192.0.2.7") == token
+    second.core.store.close()
+    in_memory = _service(":memory:")
+    assert in_memory.core.security.dialog_token("call-1@192.0.2.7") != token

@@ -352,7 +352,10 @@ class DigestAuthenticator:
         *,
         max_tracked_nonces: int = 100_000,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        not_before: float | None = None,
     ) -> None:
+        """``not_before``: nonces issued before then are stale (the start time, when ``secret`` is
+        kept across restarts: the replay table starts empty, so older nonces cannot be trusted)."""
         if len(secret) < _MIN_SECRET_BYTES:
             raise ValueError(f"secret must be at least {_MIN_SECRET_BYTES} bytes")
         if not nonce_lifetime > 0:
@@ -365,6 +368,8 @@ class DigestAuthenticator:
         self._algorithms = _sort_by_preference(algorithms)
         self._random_bytes = random_bytes
         self._nonce_counts = _NonceCounts(max_tracked_nonces)
+        if not_before is not None:  # the floor is inclusive: nonces issued at not_before itself are fine
+            self._nonce_counts.floor = math.nextafter(not_before, -math.inf)
 
     @property
     def algorithms(self) -> tuple[str, ...]:

@@ -11,16 +11,17 @@ killed (it may be lost only on an operating-system crash or power failure).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from sipproxy.location.binding import Binding
 
 __all__ = ["SCHEMA_VERSION", "SQLitePersistence"]
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``."""
+SCHEMA_VERSION = 2
+"""Stored in ``PRAGMA user_version``: 1 had the bindings only, 2 adds ``server_secret``."""
 
 _COLUMNS = (
     "aor",
@@ -58,6 +59,13 @@ CREATE TABLE bindings (
     registered_at REAL    NOT NULL,
     refreshed_at  REAL    NOT NULL,
     PRIMARY KEY (aor, contact)
+)
+"""
+
+_SECRET_SCHEMA = """
+CREATE TABLE server_secret (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    secret BLOB    NOT NULL
 )
 """
 
@@ -130,6 +138,9 @@ class SQLitePersistence:
         Raises ``RuntimeError`` if the file was written by a newer schema.
         """
         self.path = path
+        if path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+            # The file holds the server secret and who is registered where: private from the start.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._connection = sqlite3.connect(path, isolation_level=None)
         try:
             self._connection.execute("PRAGMA journal_mode=WAL")
@@ -143,11 +154,29 @@ class SQLitePersistence:
         (version,) = self._connection.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
-        if version != 0:
+        if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: schema version {version}, this program knows {SCHEMA_VERSION}")
         with _transaction(self._connection):
-            self._connection.execute(_SCHEMA)
+            if version < 1:
+                self._connection.execute(_SCHEMA)
+            if version < 2:
+                self._connection.execute(_SECRET_SCHEMA)
             self._connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def server_secret(self, make: Callable[[], bytes]) -> bytes:
+        """The server's secret (signs nonces and Record-Route dialog tokens), made once with ``make()`` and kept.
+
+        Kept in the database so that dialogs record-routed before a restart
+        are still recognised after it.  Whoever can read the database file
+        can forge those tokens: keep it private (a new file is made 0600).
+        """
+        row = self._connection.execute("SELECT secret FROM server_secret WHERE id = 1").fetchone()
+        if row is not None:
+            return bytes(row[0])
+        secret = make()
+        with _transaction(self._connection):
+            self._connection.execute("INSERT INTO server_secret (id, secret) VALUES (1, ?)", (secret,))
+        return secret
 
     def load(self) -> list[Binding]:
         """Every stored binding, ordered by aor then contact."""
