@@ -15,7 +15,6 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from sipproxy.location import BindingEvent, LocationStore, SQLitePersistence
 from sipproxy.message import Request, Response
@@ -33,7 +32,7 @@ from sipproxy.transport import (
     normalize_host,
     tcp_connector,
 )
-from sipproxy.web import is_loopback_description, make_web_resource
+from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
 __all__ = [
     "build_core",
@@ -433,8 +432,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         password=options.get("web-password"),
         public=not is_loopback_description(web),
     )
-    site = Site(resource)
-    site.noisy = False
+    site = QuietSite(resource)
     strports.service(web, site).setServiceParent(top)
     log.info("Bindings page on {web}", web=web)
     log.info(

@@ -603,3 +603,28 @@ def assert_logged(events: list[LogEvent], log_format: str, **fields: object) -> 
     assert matching, [e.get("log_format") for e in events]
     for name, value in fields.items():
         assert matching[0][name] == value
+
+
+def test_access_log_leaves_out_polling_but_keeps_page_loads_removals_and_errors() -> None:
+    from twisted.web.resource import Resource
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from sipproxy.web import QuietSite
+
+    site = QuietSite(
+        Resource(), logFormatter=lambda _when, request: f"{request.method.decode()} {request.path.decode()}"
+    )
+    lines: list[str] = []
+    site._logFile = type("Lines", (), {"write": lambda self, line: lines.append(line.strip())})()
+
+    def served(method: str, path: str, code: int = 200) -> None:
+        request = DummyRequest(path.strip("/").split("/"))
+        request.method, request.path, request.code = method.encode(), path.encode(), code
+        site.log(request)
+
+    for path in ("/metrics", "/healthz", "/api/events", "/api/bindings"):
+        served("GET", path)
+    served("GET", "/")
+    served("DELETE", "/api/bindings")
+    served("GET", "/metrics", 500)
+    assert lines == ["GET /", "DELETE /api/bindings", "GET /metrics"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import cast
 
 from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
 
 from sipproxy.location import LocationStore
 from sipproxy.location.store import Clock
@@ -15,7 +16,26 @@ from sipproxy.metrics import Metrics
 from sipproxy.web.app import BindingsPage
 from sipproxy.web.render import make_environment
 
-__all__ = ["BindingsPage", "is_loopback_description", "make_environment", "make_web_resource"]
+__all__ = ["BindingsPage", "QuietSite", "is_loopback_description", "make_environment", "make_web_resource"]
+
+_POLLED = frozenset({b"/metrics", b"/healthz", b"/api/events", b"/api/bindings"})
+
+
+class QuietSite(Site):
+    """A ``Site`` whose access log leaves out what machines poll.
+
+    Successful GETs of ``/metrics`` (Prometheus scrapes), ``/healthz``, the
+    event stream (one line per browser reconnect) and ``/api/bindings`` (the
+    page's polling fallback, every 2 s) are not logged; page loads, removals
+    and every error are.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        if request.method in (b"GET", b"HEAD") and request.path in _POLLED and request.code < 400:
+            return
+        super().log(request)
 
 
 def make_web_resource(
