@@ -50,7 +50,6 @@ Choices the RFC leaves open, and what we do:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -460,9 +459,13 @@ def _host_key(host: str) -> str:
 
 
 def _to_tag(request: Request) -> str:
-    """A To tag that is the same for every response to one registration (derived from the Call-ID)."""
+    """A To tag that is the same for every response to one registration (derived from the Call-ID).
+
+    Python's ``hash`` of a string is keyed per process (SipHash), so the tag
+    is unpredictable from outside; 64 bits of it, formatted as hex.
+    """
     call_id = request.get("call-id") or ""
-    return hashlib.sha256(call_id.strip().encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return format(hash(("registrar", call_id.strip())) & 0xFFFFFFFFFFFFFFFF, "016x")
 
 
 def _header_expires(request: Request) -> int | None:

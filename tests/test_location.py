@@ -452,6 +452,18 @@ class TestAtomicity:
         assert [b.contact for b in persistence.load()] == ["sip:a@192.0.2.1", "sip:b@192.0.2.2"]
 
 
+V1_SCHEMA = """
+CREATE TABLE bindings (
+    aor TEXT NOT NULL, contact TEXT NOT NULL, call_id TEXT NOT NULL, cseq INTEGER NOT NULL,
+    expires_at REAL NOT NULL, q REAL NOT NULL, transport TEXT NOT NULL, source_host TEXT NOT NULL,
+    source_port INTEGER NOT NULL, path TEXT NOT NULL, user_agent TEXT NOT NULL, instance TEXT,
+    reg_id INTEGER, registered_at REAL NOT NULL, refreshed_at REAL NOT NULL,
+    PRIMARY KEY (aor, contact)
+)
+"""
+"""The bindings table as version 1 of the schema made it (a rowid table)."""
+
+
 class TestPersistence:
     def test_schema(self, db_path: str) -> None:
         SQLitePersistence(db_path).close()
@@ -465,21 +477,25 @@ class TestPersistence:
         connection.close()
 
     def test_version_1_database_is_upgraded_keeping_its_bindings(self, db_path: str) -> None:
-        current = SQLitePersistence(db_path)
-        current.write([make_binding("sip:a@192.0.2.1")], [])
-        current.close()
         old = sqlite3.connect(db_path)
-        old.execute("DROP TABLE server_secret")
+        old.execute(V1_SCHEMA)
+        old.execute(
+            "INSERT INTO bindings VALUES ('sip:alice@example.test', 'sip:a@192.0.2.1', 'c1', 7, 3600.0, 1.0, "
+            "'UDP', '192.0.2.1', 5060, '[\"<sip:edge.example.test;lr>\"]', 'Phone/1', NULL, NULL, 0.0, 0.0)"
+        )
         old.execute("PRAGMA user_version=1")
         old.commit()
         old.close()
 
         upgraded = SQLitePersistence(db_path)
-        assert [b.contact for b in upgraded.load()] == ["sip:a@192.0.2.1"]
+        [binding] = upgraded.load()
+        assert (binding.contact, binding.cseq, binding.path) == ("sip:a@192.0.2.1", 7, ("<sip:edge.example.test;lr>",))
         assert upgraded.server_secret(lambda: b"s" * 32) == b"s" * 32
         upgraded.close()
         check = sqlite3.connect(db_path)
         assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"bindings", "server_secret"}
         check.close()
 
     def test_server_secret_is_made_once_and_kept(self, db_path: str) -> None:

@@ -21,7 +21,12 @@ from sipproxy.location.binding import Binding
 __all__ = ["SCHEMA_VERSION", "SQLitePersistence"]
 
 SCHEMA_VERSION = 2
-"""Stored in ``PRAGMA user_version``: 1 had the bindings only, 2 adds ``server_secret``."""
+"""Stored in ``PRAGMA user_version``.
+
+1: ``bindings`` as a rowid table.  2: ``bindings`` ``WITHOUT ROWID`` (one
+B-tree, keyed by aor and contact: an upsert writes about a third less) and
+``server_secret``.
+"""
 
 _COLUMNS = (
     "aor",
@@ -59,7 +64,7 @@ CREATE TABLE bindings (
     registered_at REAL    NOT NULL,
     refreshed_at  REAL    NOT NULL,
     PRIMARY KEY (aor, contact)
-)
+) WITHOUT ROWID
 """
 
 _SECRET_SCHEMA = """
@@ -156,12 +161,17 @@ class SQLitePersistence:
             return
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: schema version {version}, this program knows {SCHEMA_VERSION}")
-        with _transaction(self._connection):
-            if version < 1:
-                self._connection.execute(_SCHEMA)
-            if version < 2:
-                self._connection.execute(_SECRET_SCHEMA)
-            self._connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        connection = self._connection
+        with _transaction(connection):
+            if version == 1:  # rebuild the rowid table under the version 2 definition
+                connection.execute("ALTER TABLE bindings RENAME TO bindings_v1")
+                connection.execute(_SCHEMA)
+                connection.execute(f"INSERT INTO bindings SELECT {', '.join(_COLUMNS)} FROM bindings_v1")
+                connection.execute("DROP TABLE bindings_v1")
+            else:
+                connection.execute(_SCHEMA)
+            connection.execute(_SECRET_SCHEMA)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def server_secret(self, make: Callable[[], bytes]) -> bytes:
         """The server's secret (signs nonces and Record-Route dialog tokens), made once with ``make()`` and kept.
