@@ -90,10 +90,22 @@ def default_domains(interface: str, advertised: str) -> list[str]:
     return sorted(n.lower() for n in names if n)
 
 
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+"""SO_RCVBUF asked for on the UDP sockets (the kernel caps it at ``net.core.rmem_max``).
+
+The default (about 200 KB, a few hundred small datagrams) overflows when
+the reactor pauses for a few tens of milliseconds under load (a commit
+checkpointing the SQLite WAL, a garbage collection): every datagram lost
+then costs its sender a 500 ms retransmission.
+"""
+
+
 def _bound_socket(family: int, kind: int, address: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_DGRAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((address, port))

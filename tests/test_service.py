@@ -63,3 +63,19 @@ def test_dialogs_and_the_secret_survive_a_restart_with_the_database(tmp_path: Pa
     second.core.store.close()
     in_memory = _service(":memory:")
     assert in_memory.core.security.dialog_token("call-1@192.0.2.7") != token
+
+
+def test_udp_sockets_ask_for_a_large_receive_buffer() -> None:
+    """Bursts must queue, not drop: each lost datagram costs the phone a 500 ms retransmission."""
+    import socket
+
+    from sipproxy.service import UDP_RECEIVE_BUFFER, _bound_socket
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        allowed = int(f.read())
+    sock = _bound_socket(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
+    try:
+        # Linux doubles the value asked for (bookkeeping overhead) and caps the request at rmem_max.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * min(UDP_RECEIVE_BUFFER, allowed)
+    finally:
+        sock.close()
