@@ -13,6 +13,8 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -248,21 +250,69 @@ class BindingLog:
             self.log.info("Binding {kind}: {aor} -> {contact}", kind=event.kind, aor=b.aor, contact=b.contact)
 
 
-class StoreService(Service):
-    """Restores the bindings at start-up, closes the store at shutdown."""
+class WalCheckpointer(TimerService):
+    """Checkpoints the SQLite write-ahead log every ``interval`` seconds in a worker thread.
+
+    Left to the commits (SQLite's default), a checkpoint copies a thousand
+    pages and ``fsync``s in the middle of a reactor turn: p99 REGISTER
+    latency 32 ms at 4 000/s instead of 8 ms.  ``run`` is how the call gets
+    to a thread (``deferToThread``; tests pass their own).
+    """
+
+    def __init__(
+        self,
+        persistence: SQLitePersistence,
+        interval: float = 1.0,
+        run: Callable[[Callable[[], object]], Deferred[object]] = deferToThread,
+    ) -> None:
+        super().__init__(interval, self.checkpoint)
+        self.persistence = persistence
+        self._run = run
+        self._running: Deferred[object] | None = None
+
+    def checkpoint(self) -> None:
+        """Start one checkpoint, unless the previous one is still running."""
+        if self._running is not None:
+            return
+        running = self._run(self.persistence.checkpoint)
+        self._running = running
+        running.addErrback(lambda failure: log.failure("Checkpointing the SQLite log failed", failure))
+        running.addBoth(self._finished)
+
+    def _finished(self, _result: object) -> None:
+        self._running = None
+
+    def stopService(self) -> Deferred[object]:
+        """Stop the timer; the Deferred fires once a checkpoint still running has finished."""
+        stopped = maybeDeferred(super().stopService)
+        running = self._running
+        if running is None:
+            return stopped
+        done: Deferred[object] = Deferred()
+        running.addBoth(lambda _: done.callback(None))
+        return stopped.addCallback(lambda _: done)
+
+
+class StoreService(MultiService):
+    """Restores the bindings at start-up; closes the store at shutdown, once its children have stopped.
+
+    The children are what use the store's database besides the reactor (the
+    :class:`WalCheckpointer`).
+    """
 
     def __init__(self, store: LocationStore, where: str) -> None:
+        super().__init__()
         self.store = store
         self.where = where
 
     def startService(self) -> None:
-        super().startService()
         restored = self.store.restore()
         log.info("Restored {count} bindings from {where}", count=restored, where=self.where)
+        super().startService()
 
-    def stopService(self) -> Any:
-        super().stopService()
-        self.store.close()
+    def stopService(self) -> Deferred[object]:
+        stopped = maybeDeferred(super().stopService)
+        return stopped.addBoth(lambda result: (self.store.close(), result)[1])
 
 
 def _tune_garbage_collector() -> None:
@@ -405,10 +455,13 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     local = LocalAddress(advertised, options["sip-port"])
 
     db = options["db"]
-    persistence = None if db == ":memory:" else SQLitePersistence(db)
+    persistence = None if db == ":memory:" else SQLitePersistence(db, autocheckpoint=False)
     store = LocationStore(reactor, persistence)
     store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
-    StoreService(store, "memory" if persistence is None else db).setServiceParent(top)
+    store_service = StoreService(store, "memory" if persistence is None else db)
+    store_service.setServiceParent(top)
+    if persistence is not None:
+        WalCheckpointer(persistence).setServiceParent(store_service)
     FullCollection().setServiceParent(top)
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
     security = build_security(options, reactor, metrics, domains, local, store, secret)

@@ -752,3 +752,35 @@ class TestGroupCommit:
         assert on_disk(db_path) == ["sip:a@192.0.2.1"]
         assert [b.contact for b in store.all_bindings()] == ["sip:a@192.0.2.1"]
         store.close()
+
+
+class TestCheckpoint:
+    def test_checkpoint_in_another_thread_moves_commits_into_the_database_file(
+        self, clock: Clock, db_path: str, tmp_path: Path
+    ) -> None:
+        import shutil
+        import threading
+
+        def main_file_only() -> list[str]:
+            """What the database file itself holds, without its write-ahead log."""
+            copy = tmp_path / "copy.sqlite"
+            shutil.copyfile(db_path, copy)
+            return on_disk(str(copy))
+
+        SQLitePersistence(db_path).close()  # the schema, checkpointed
+        persistence = SQLitePersistence(db_path, autocheckpoint=False)
+        store = LocationStore(clock, persistence)
+        for n in range(300):
+            store.update(ALICE, put=[make_binding(f"sip:a{n:03d}@192.0.2.1")])
+            clock.advance(0)
+        assert main_file_only() == []  # committed (in the log), not yet checkpointed
+        assert len(on_disk(db_path)) == 300
+
+        result: list[tuple[int, int]] = []
+        worker = threading.Thread(target=lambda: result.append(persistence.checkpoint()))
+        worker.start()
+        worker.join(10)
+        [(frames, copied)] = result
+        assert frames == copied > 0
+        assert len(main_file_only()) == 300
+        store.close()

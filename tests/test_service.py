@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
@@ -79,3 +80,34 @@ def test_udp_sockets_ask_for_a_large_receive_buffer() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * min(UDP_RECEIVE_BUFFER, allowed)
     finally:
         sock.close()
+
+
+def test_checkpointer_runs_one_at_a_time_and_the_store_closes_after_it(tmp_path: Path) -> None:
+    from twisted.internet.defer import Deferred
+
+    from sipproxy.location import SQLitePersistence
+    from sipproxy.service import StoreService, WalCheckpointer
+
+    persistence = SQLitePersistence(str(tmp_path / "s.sqlite"), autocheckpoint=False)
+    store = LocationStore(Clock(), persistence)
+    started: list[Deferred[object]] = []
+
+    def run(call: object) -> Deferred[object]:
+        started.append(Deferred())
+        return started[-1]
+
+    service = StoreService(store, "test")
+    checkpointer = WalCheckpointer(persistence, run=run)
+    checkpointer.clock = Clock()
+    checkpointer.setServiceParent(service)
+    service.startService()
+    checkpointer.clock.advance(5)  # five ticks while the first checkpoint is still running
+    assert len(started) == 1
+
+    stopping = service.stopService()
+    assert not stopping.called
+    store.update("sip:alice@example.test", put=[binding(3600)])  # the store is still open
+    started[0].callback((0, 0))
+    assert stopping.called
+    with pytest.raises(RuntimeError, match="closed"):
+        store.update("sip:alice@example.test", put=[binding(3600)])

@@ -137,12 +137,18 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
 class SQLitePersistence:
     """The ``bindings`` table of one SQLite file, one row per (aor, contact)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, autocheckpoint: bool = True) -> None:
         """Open (creating if needed) the database at ``path`` and its schema.
+
+        With ``autocheckpoint=False`` the commits never copy the write-ahead
+        log back into the database file themselves: the owner calls
+        :meth:`checkpoint` from another thread (``twistd sipproxy`` does, every
+        second), so the copying and its ``fsync`` never stall the reactor.
 
         Raises ``RuntimeError`` if the file was written by a newer schema.
         """
         self.path = path
+        self._checkpointer: sqlite3.Connection | None = None
         if path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
             # The file holds the server secret and who is registered where: private from the start.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -150,6 +156,8 @@ class SQLitePersistence:
         try:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
+            if not autocheckpoint:
+                self._connection.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate()
         except BaseException:
             self._connection.close()
@@ -251,6 +259,30 @@ class SQLitePersistence:
         if self._connection.in_transaction:
             self._connection.execute("ROLLBACK")
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed pages from the write-ahead log into the database file; safe in another thread.
+
+        A passive checkpoint on a connection of its own: it never waits for
+        (nor holds up) the writer, it copies what was committed when it
+        started.  Returns SQLite's (frames in the log, frames copied).
+        Never call it concurrently with itself.
+        """
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        _busy, log_frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return log_frames, copied
+
     def close(self) -> None:
-        """Close the connection; later calls raise ``sqlite3.ProgrammingError``."""
+        """Checkpoint and close; later calls raise ``sqlite3.ProgrammingError``.
+
+        Not while :meth:`checkpoint` runs in another thread.
+        """
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+        try:
+            if not self._connection.in_transaction:
+                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # closing is what matters; the next open replays the log
         self._connection.close()
