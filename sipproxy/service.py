@@ -120,6 +120,18 @@ def _bound_socket(family: int, kind: int, address: str, port: int) -> socket.soc
     return sock
 
 
+def _report_receive_buffer(sock: socket.socket) -> None:
+    """Warn when the kernel gave less UDP receive buffer than we asked for (``net.core.rmem_max``)."""
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice what it grants
+    if granted < UDP_RECEIVE_BUFFER:
+        log.warn(
+            "UDP receive buffer is {granted} bytes, not the {wanted} asked for (net.core.rmem_max caps it): "
+            "bursts may drop requests; raise it with sysctl -w net.core.rmem_max={wanted}",
+            granted=granted,
+            wanted=UDP_RECEIVE_BUFFER,
+        )
+
+
 class SipListeners(Service):
     """UDP and TCP on the same port, on IPv4 and IPv6 (each family its own sockets).
 
@@ -174,6 +186,8 @@ class SipListeners(Service):
                 udp.close()
                 raise
             fam = 6 if family == socket.AF_INET6 else 4
+            if not self.ports:
+                _report_receive_buffer(udp)
             self.ports.append(
                 self.reactor.adoptDatagramPort(udp.fileno(), family, SipDatagramProtocol(self.transport, fam))
             )

@@ -111,3 +111,21 @@ def test_checkpointer_runs_one_at_a_time_and_the_store_closes_after_it(tmp_path:
     assert stopping.called
     with pytest.raises(RuntimeError, match="closed"):
         store.update("sip:alice@example.test", put=[binding(3600)])
+
+
+def test_a_receive_buffer_capped_by_the_kernel_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from sipproxy import service
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        allowed = int(f.read())
+    monkeypatch.setattr(service, "UDP_RECEIVE_BUFFER", allowed * 2)
+    sock = service._bound_socket(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
+    try:
+        with capturedLogs() as events:
+            service._report_receive_buffer(sock)
+    finally:
+        sock.close()
+    [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert warning["granted"] == allowed and "net.core.rmem_max" in warning["log_format"]
