@@ -123,6 +123,7 @@ from sipproxy.auth.digest import parse_auth_params
 from sipproxy.message import Request, Response, SipURI, make_response
 from sipproxy.metrics import Metrics
 from sipproxy.proxy.routing import DIALOG_TOKEN_PARAM, LocalAddress, Locality
+from sipproxy.randomness import random_hex
 from sipproxy.transaction import Source
 
 __all__ = [
@@ -432,7 +433,7 @@ class Guard:
 
     @staticmethod
     def _response(request: Request, status: int, reason: str | None, retry_after: int | None = None) -> Response:
-        response = make_response(request, status, reason, to_tag=secrets.token_hex(4))
+        response = make_response(request, status, reason, to_tag=random_hex(4))
         if retry_after is not None:
             response.add("Retry-After", str(retry_after))
         return response
@@ -807,7 +808,7 @@ def _claimed_user(value: str) -> str | None:
 
 
 def _tag() -> str:
-    return secrets.token_hex(4)
+    return random_hex(4)
 
 
 def _stable_tag(request: Request) -> str:

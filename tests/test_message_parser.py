@@ -882,6 +882,21 @@ def test_changing_one_header_keeps_the_others_parsed_values() -> None:
     assert [str(c.uri) for c in request.addresses("contact")][-1] == "sip:bob@192.0.2.5"
 
 
+def test_vias_kept_parsed_through_copy_pop_and_add_are_those_of_the_text() -> None:
+    original = parse_request(FORWARDED)
+    original.vias  # noqa: B018 - parsed, as the transaction layer does
+    clone = original.copy()
+    clone.add("Via", "SIP/2.0/TCP p.example.test:5070;branch=z9hG4bKc, SIP/2.0/UDP q.example.test", first=True)
+    clone.top_via.params["received"] = "192.0.2.99"
+    assert original.top_via.received is None  # the copy's Vias are its own
+    clone.replace_top_via(clone.top_via)
+    clone.pop_first("via")
+    assert clone.vias == parse_request(clone.to_bytes()).vias
+    assert [v.host for v in clone.vias] == ["q.example.test"] + [v.host for v in original.vias]
+    clone.pop_first("via")
+    assert clone.vias == parse_request(clone.to_bytes()).vias == original.vias
+
+
 def test_copy_is_independent() -> None:
     original = parse_request(FORWARDED)
     clone = original.copy()

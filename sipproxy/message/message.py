@@ -143,7 +143,13 @@ class Message:
         """
         key = _key(name)
         header = _header(key, display_name(key) if len(name) == 1 else name, value, None)
+        vias = self._cache.get("via") if first and key == "via" else None
         self._changed(key)
+        if vias is not None:  # a proxy's own Via on top: the others stay parsed
+            try:
+                self._cache["via"] = parse_vias([value]) + vias  # type: ignore[operator]
+            except ParseError:
+                pass  # parsed (and refused) when read, as for any header
         if first:
             for i, h in enumerate(self.headers):
                 if h.key == key:
@@ -175,7 +181,10 @@ class Message:
         key = _key(name)
         for i, h in enumerate(self.headers):
             if h.key == key:
+                vias = self._cache.get("via") if key == "via" else None
                 self._changed(key)
+                if vias:  # §16.7 step 3: the Vias below ours stay parsed
+                    self._cache["via"] = vias[1:]  # type: ignore[index]
                 values = split_commas(h.value)
                 if len(values) <= 1:
                     del self.headers[i]
@@ -350,6 +359,12 @@ class Message:
     def copy_headers(self) -> list[Header]:
         return [_header(h.key, h.name, h.value, h.raw) for h in self.headers]
 
+    def _copy_parsed(self, other: Message) -> None:
+        """Give ``other`` (a copy of this message) our parsed Vias, as copies of its own."""
+        vias = self._cache.get("via")
+        if vias is not None:
+            other._cache["via"] = [v.clone() for v in vias]  # type: ignore[attr-defined]
+
 
 class Request(Message):
     __slots__ = ("_uri", "method", "uri_text")
@@ -386,6 +401,7 @@ class Request(Message):
 
     def copy(self) -> Request:
         req = Request(self.method, self.uri_text, self.copy_headers(), self.body)
+        self._copy_parsed(req)
         return req
 
     def __repr__(self) -> str:
@@ -417,7 +433,9 @@ class Response(Message):
         return f"SIP/2.0 {self.status} {self.reason}\r\n"
 
     def copy(self) -> Response:
-        return Response(self.status, self.reason, self.copy_headers(), self.body)
+        response = Response(self.status, self.reason, self.copy_headers(), self.body)
+        self._copy_parsed(response)
+        return response
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"

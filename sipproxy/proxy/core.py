@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import secrets
 from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
 from sipproxy.proxy.targets import Locator, TargetURI, group_by_q, location_targets
 from sipproxy.proxy.validate import SUPPORTED_SCHEMES, check_syntax, is_looped, loop_part, make_branch, validate_request
+from sipproxy.randomness import random_hex
 from sipproxy.transaction import Source, Target, TransactionError, is_reliable
 
 __all__ = ["Proxy", "ProxySettings", "ProxyLog"]
@@ -298,12 +298,12 @@ class Proxy:
             callback(None)
 
     def unique(self) -> str:
-        """The per-branch unique part of our Via branch."""
-        return f"{next(self._counter):x}{secrets.token_hex(4)}"
+        """The per-branch unique part of our Via branch: a counter, and 32 random bits against forged responses."""
+        return f"{next(self._counter):x}{random_hex(4)}"
 
     @staticmethod
     def new_tag() -> str:
-        return secrets.token_hex(4)
+        return random_hex(4)
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:

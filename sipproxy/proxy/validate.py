@@ -100,7 +100,6 @@ def loop_part(request: Request) -> str:
     Max-Forwards is left out for the same reason.  Computed on the request
     as received, before §16.4 changes it.
     """
-    h = hashlib.sha256()
     cseq = request.cseq
     parts = [
         request.uri_text,
@@ -113,10 +112,8 @@ def loop_part(request: Request) -> str:
         ",".join(request.get_all("proxy-authorization")),
         ",".join(request.get_all("route")),
     ]
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogateescape"))
-        h.update(b"\x00")
-    return h.hexdigest()[:_LOOP_LENGTH]
+    data = "\x00".join(parts).encode("utf-8", "surrogateescape") + b"\x00"
+    return hashlib.sha256(data).hexdigest()[:_LOOP_LENGTH]
 
 
 def make_branch(loop: str, unique: str) -> str:
