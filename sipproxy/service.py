@@ -507,7 +507,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         store,
         reactor,
         metrics,
-        healthy=lambda: bool(top.running) and transport.listening > 0,
+        healthy=lambda: bool(top.running) and transport.listening > 0 and not store.last_commit_failed,
         password=options.get("web-password"),
         public=not is_loopback_description(web),
     )

@@ -66,10 +66,10 @@ def make_binding(
 class Web:
     """One page over a real in-memory store, driven through StubTreq on a fake clock."""
 
-    def __init__(self, *, password: str | None = None, public: bool = False) -> None:
+    def __init__(self, *, password: str | None = None, public: bool = False, persistence: Any = None) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.store = LocationStore(self.clock)
+        self.store = LocationStore(self.clock, persistence)
         self.metrics = Metrics()
         self.metrics.watch(self.metrics.bindings, self.store.count)
         self.healthy = True
@@ -628,3 +628,39 @@ def test_access_log_leaves_out_polling_but_keeps_page_loads_removals_and_errors(
     served("DELETE", "/api/bindings")
     served("GET", "/metrics", 500)
     assert lines == ["GET /", "DELETE /api/bindings", "GET /metrics"]
+
+
+def test_delete_answers_once_the_removal_is_committed(tmp_path: Path) -> None:
+    from sipproxy.location import SQLitePersistence
+
+    class CommitFails(SQLitePersistence):
+        fail = False
+
+        def commit(self) -> None:
+            if self.fail:
+                self.rollback()
+                raise OSError("disk full")
+            super().commit()
+
+    persistence = CommitFails(str(tmp_path / "b.sqlite"))
+    web = Web(persistence=persistence)
+    web.put(make_binding(), make_binding(BOB, "sip:bob@192.0.2.9"))
+    web.clock.advance(0)
+
+    pending = web.stub.delete(BASE + "/api/bindings/sip%3Aalice%40example.test")
+    answers: list[Any] = []
+    pending.addCallback(answers.append)
+    web.stub.flush()
+    assert answers == []  # not on disk yet
+    web.clock.advance(0)
+    web.stub.flush()
+    assert answers[0].code == 200
+
+    persistence.fail = True
+    pending = web.stub.delete(BASE + "/api/bindings/sip%3Abob%40example.test")
+    pending.addCallback(answers.append)
+    web.clock.advance(0)
+    web.stub.flush()
+    assert answers[1].code == 500
+    assert [b.aor for b in web.store.all_bindings()] == [BOB]  # memory is what the disk holds
+    assert web.store.last_commit_failed

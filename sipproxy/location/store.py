@@ -123,6 +123,8 @@ class LocationStore:
         self._batch: DelayedCall | None = None
         """The ``callLater(0)`` that commits the open batch, while one is open."""
         self._waiters: list[Callable[[bool], None]] = []
+        self.last_commit_failed = False
+        """Whether the most recent commit to persistence failed (``/healthz`` reports it)."""
         self.callback_errors: deque[tuple[BindingEvent, Exception]] = deque(maxlen=_ERRORS_KEPT)
         self._on_callback_error = on_callback_error or self._keep_callback_error
 
@@ -351,7 +353,9 @@ class LocationStore:
         try:
             persistence.commit()
             committed = True
+            self.last_commit_failed = False
         except Exception:
+            self.last_commit_failed = True
             self._log.failure("Committing the location service's changes failed; reloading what the database holds")
             self._reload()
             committed = False
@@ -379,6 +383,7 @@ class LocationStore:
         batch, self._batch = self._batch, None
         if batch is not None and batch.active():
             batch.cancel()
+        self.last_commit_failed = True
         self._log.error("The location service's open batch of changes was rolled back; reloading the database")
         self._reload()
         self._tell_waiters(False)

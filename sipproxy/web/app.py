@@ -169,8 +169,12 @@ class BindingsPage:
         return self._json(request, 200, self._snapshot(aor))
 
     @app.route("/api/bindings/<path:aor>", methods=["DELETE"])
-    def remove_bindings(self, request: Request, aor: str) -> bytes:
-        """Remove every binding of ``aor``, or only ``?contact=``; 404 when nothing matched."""
+    def remove_bindings(self, request: Request, aor: str) -> bytes | Deferred[bytes]:
+        """Remove every binding of ``aor``, or only ``?contact=``; 404 when nothing matched.
+
+        The answer waits until the removal is committed to the database (the
+        end of this reactor turn); 500 if that commit fails.
+        """
         refusal = self._refuse_removal(request)
         if refusal is not None:
             return refusal
@@ -187,7 +191,16 @@ class BindingsPage:
             self.log.info("Web removed {count} bindings of {aor}", count=count, aor=aor, client=client)
         else:
             self.log.info("Web removed binding {contact} of {aor}", contact=contact, aor=aor, client=client)
-        return self._json(request, 200, {"removed": count, "aor": aor, "contact": contact})
+        answered: Deferred[bytes] = Deferred()
+
+        def durable(committed: bool) -> None:
+            if committed:
+                answered.callback(self._json(request, 200, {"removed": count, "aor": aor, "contact": contact}))
+            else:
+                answered.callback(self._json(request, 500, {"error": "location service failure"}))
+
+        self.store.when_durable(durable)
+        return answered
 
     # -- live updates -----------------------------------------------------
 
