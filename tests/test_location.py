@@ -263,16 +263,42 @@ class TestExpiry:
         assert store.lookup(ALICE) == []
         assert clock.getDelayedCalls() == []
 
-    def test_removal_cancels_the_timer(self, clock: Clock, store: LocationStore) -> None:
+    def test_removed_bindings_never_expire_and_no_timer_outlives_the_last(
+        self, clock: Clock, store: LocationStore
+    ) -> None:
         seen = recorder(store)
-        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1"), make_binding("sip:b@192.0.2.2")])
-        assert len(clock.getDelayedCalls()) == 2
+        store.update(ALICE, put=[make_binding("sip:a@192.0.2.1"), make_binding("sip:b@192.0.2.2", expires_at=7000)])
+        assert len(clock.getDelayedCalls()) == 1  # one timer for the whole store, at the earliest deadline
         store.remove(ALICE, "sip:a@192.0.2.1")
-        assert len(clock.getDelayedCalls()) == 1
+        clock.advance(3600)
+        assert [b.contact for b in store.lookup(ALICE)] == ["sip:b@192.0.2.2"]
         store.remove_aor(ALICE)
         assert clock.getDelayedCalls() == []
         clock.advance(7200)
         assert [kind for kind, _ in seen] == ["added", "added", "removed", "removed"]
+
+    def test_thousands_of_bindings_each_expire_at_their_own_deadline(self, clock: Clock, store: LocationStore) -> None:
+        expired: list[tuple[float, str]] = []
+        store.subscribe(lambda e: expired.append((clock.seconds(), e.binding.aor)) if e.kind == "expired" else None)
+        for n in range(3000):
+            aor = f"sip:u{n}@example.test"
+            store.update(aor, put=[make_binding(aor=aor, expires_at=100 + (n * 7919) % 3000 + 0.5)])
+        assert len(clock.getDelayedCalls()) == 1
+        while clock.getDelayedCalls():
+            clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+        assert len(expired) == 3000
+        assert all(when == 100 + (int(aor[5:-13]) * 7919) % 3000 + 0.5 for when, aor in expired)
+
+    def test_refreshing_one_binding_many_times_keeps_the_deadline_heap_small(
+        self, clock: Clock, store: LocationStore
+    ) -> None:
+        for n in range(5000):
+            store.update(ALICE, put=[make_binding(expires_at=3600 + n, cseq=n + 1)])
+        assert len(store._deadlines) < 2000  # stale deadlines of earlier refreshes are dropped
+        advance_to(clock, 3600 + 4998)
+        assert len(store.lookup(ALICE)) == 1
+        advance_to(clock, 3600 + 4999)
+        assert store.lookup(ALICE) == [] and clock.getDelayedCalls() == []
 
     def test_late_timer_does_not_show_expired_bindings(self) -> None:
         clock = StalledClock()
@@ -711,8 +737,8 @@ class TestGroupCommit:
         clock.advance(0)
         assert told == [False, True] and not store.last_commit_failed
         assert on_disk(db_path) == ["sip:a@192.0.2.1", "sip:bob@192.0.2.9"]
-        # only the reloaded binding's own timer is armed
-        assert sorted(c.getTime() for c in clock.getDelayedCalls()) == [3600.0, 3600.0]
+        # one expiry timer, for the reloaded bindings' deadline
+        assert sorted(c.getTime() for c in clock.getDelayedCalls()) == [3600.0]
         store.close()
 
     def test_write_error_that_loses_the_batch_loses_it_in_memory_too(self, clock: Clock, db_path: str) -> None:

@@ -1,8 +1,11 @@
 """The location service: address-of-record -> contact -> binding (RFC 3261 §10.3).
 
 The index is the tutorial's ``Map<AOR, Map<Contact, Binding>>``. Each binding
-has one timer on the injected clock that removes it at ``expires_at``, the
-expiration the registrar computed in RFC 3261 §10.3 step 7. With a
+is removed exactly at ``expires_at``, the expiration the registrar computed
+in RFC 3261 §10.3 step 7: the store keeps a heap of deadlines and one timer
+on the injected clock for the earliest (a refresh pushes a new deadline and
+the old one is skipped when it comes up), so thirty thousand bindings cost
+one reactor timer, not thirty thousand. With a
 persistence object, every change is written to it before it is applied in
 memory, so a failed write leaves the store as it was.
 
@@ -20,6 +23,8 @@ time only from the injected clock: Twisted's reactor in production,
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -80,6 +85,9 @@ _Key = tuple[str, str]
 
 _ERRORS_KEPT = 100
 
+_COMPACT_AT = 1024
+"""The deadline heap is rebuilt when it holds this many entries more than four per address-of-record."""
+
 
 class LocationStore:
     """The tutorial's two-level index AOR -> contact -> Binding, with exact expiry timers and optional persistence.
@@ -112,7 +120,11 @@ class LocationStore:
         self._clock = clock
         self._persistence = persistence
         self._index: dict[str, dict[str, Binding]] = {}
-        self._timers: dict[_Key, DelayedCall] = {}
+        self._deadlines: list[tuple[float, int, str, str]] = []
+        """Heap of (expires_at, sequence, aor, contact); entries of refreshed or removed bindings are stale."""
+        self._sequence = itertools.count()
+        self._timer: DelayedCall | None = None
+        self._timer_at = math.inf
         self._subscribers: dict[int, Callable[[BindingEvent], None]] = {}
         self._next_subscriber = 0
         self._pending: deque[BindingEvent] = deque()
@@ -149,7 +161,7 @@ class LocationStore:
         live = [b for b in stored if b.expires_at > now]
         for binding in live:
             self._index.setdefault(binding.aor, {})[binding.contact] = binding
-            self._arm(binding, now)
+        self._rebuild_deadlines(now)
         return len(live)
 
     def lookup(self, aor: str) -> list[Binding]:
@@ -299,25 +311,71 @@ class LocationStore:
         for binding in stored:
             self._index.setdefault(binding.aor, {})[binding.contact] = binding
             self._arm(binding, now)
+        if not self._index:
+            self._cancel_timers()
 
     def _forget(self, aor: str, contact: str) -> Binding:
         contacts = self._index[aor]
         binding = contacts.pop(contact)
         if not contacts:
             del self._index[aor]
-        timer = self._timers.pop((aor, contact), None)
-        if timer is not None and timer.active():
-            timer.cancel()
-        return binding
+        return binding  # its deadline stays in the heap, stale
+
+    # -- expiry: a heap of deadlines, one timer ------------------------------
 
     def _arm(self, binding: Binding, now: float) -> None:
-        key = (binding.aor, binding.contact)
-        timer = self._timers.pop(key, None)
+        deadlines = self._deadlines
+        heapq.heappush(deadlines, (binding.expires_at, next(self._sequence), binding.aor, binding.contact))
+        if len(deadlines) > _COMPACT_AT + 4 * len(self._index):
+            self._rebuild_deadlines(now)  # mostly stale entries of refreshed bindings
+        elif binding.expires_at < self._timer_at:
+            self._schedule(now)
+
+    def _rebuild_deadlines(self, now: float) -> None:
+        """One live entry per binding, then the timer for the earliest."""
+        sequence = self._sequence
+        self._deadlines = [
+            (b.expires_at, next(sequence), aor, contact)
+            for aor, contacts in self._index.items()
+            for contact, b in contacts.items()
+        ]
+        heapq.heapify(self._deadlines)
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        """(Re)arm the one timer for the earliest deadline in the heap."""
+        timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()
-        self._timers[key] = self._clock.callLater(
-            _delay_until(binding.expires_at, now), self._expire, binding.aor, binding.contact
-        )
+        self._timer, self._timer_at = None, math.inf
+        if self._deadlines:
+            at = self._deadlines[0][0]
+            self._timer = self._clock.callLater(_delay_until(at, now), self._expire_due)
+            self._timer_at = at
+
+    def _expire_due(self) -> None:
+        """The timer: expire every binding whose deadline has come, then arm for the next one."""
+        self._timer, self._timer_at = None, math.inf
+        now = self._clock.seconds()
+        deadlines, index = self._deadlines, self._index
+        due: list[tuple[str, str]] = []
+        while deadlines and deadlines[0][0] <= now:
+            at, _, aor, contact = heapq.heappop(deadlines)
+            binding = index.get(aor, {}).get(contact)
+            if binding is not None and binding.expires_at == at:
+                due.append((aor, contact))
+        failure: Exception | None = None
+        for aor, contact in due:
+            try:
+                self._expire(aor, contact)
+            except Exception as error:  # the others still expire; the first error is raised at the end
+                failure = failure or error
+        if self._index:
+            self._schedule(now)
+        else:
+            self._deadlines.clear()
+        if failure is not None:
+            raise failure
 
     def _expire(self, aor: str, contact: str) -> None:
         binding = self._forget(aor, contact)
@@ -420,14 +478,15 @@ class LocationStore:
         self._index.clear()
         for binding in disk.values():
             self._index.setdefault(binding.aor, {})[binding.contact] = binding
-            self._arm(binding, now)
+        self._rebuild_deadlines(now)
         self._emit(events)
 
     def _cancel_timers(self) -> None:
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+        self._deadlines = []
 
     def _emit(self, events: Iterable[BindingEvent]) -> None:
         if not self._subscribers and not self._emitting:

@@ -41,7 +41,7 @@ class ServerTransaction(Machine):
         self.source = source
         self.method = request.method
         self.key = key
-        self.ack_keys: list[ServerKey] = []
+        self.ack_keys: tuple[ServerKey, ...] = ()
         """RFC 2543 only: the keys ACKs for the final responses sent will carry (§17.2.3)."""
         self.last_response: Response | None = None
         self.final_status: int | None = None
@@ -148,7 +148,7 @@ class InviteServerTransaction(ServerTransaction):
         assert self.request is not None
         key = expected_ack_key(self.request, response)
         if key is not None and not self.terminated:
-            self.ack_keys.append(key)
+            self.ack_keys += (key,)
             self.env.add_ack_key(self, key)
         self._send(response)
 
