@@ -38,7 +38,7 @@ from sipproxy.transaction.interfaces import (
 from sipproxy.transaction.keys import ClientKey, ServerKey, ack_key, cancel_target_key, client_key, server_key
 from sipproxy.transaction.machine import Environment, Machine
 from sipproxy.transaction.server import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
-from sipproxy.transaction.timers import Clock, DelayedCall, TimerSettings
+from sipproxy.transaction.timers import Clock, DelayedCall, LingerQueues, TimerSettings
 
 __all__ = ["TransactionLayer"]
 
@@ -83,6 +83,7 @@ class TransactionLayer:
             defer=self._defer,
             add_ack_key=self._add_ack_key,
             server_timed_out=self._server_timed_out,
+            lingering=LingerQueues(clock),
         )
 
     # -- from the transport ------------------------------------------------------

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from sipproxy.transaction.interfaces import TransactionError, Transport
-from sipproxy.transaction.timers import Clock, DelayedCall, TimerSettings
+from sipproxy.transaction.timers import Clock, DelayedCall, LingerQueues, TimerSettings
 
 __all__ = ["Environment", "Input", "Machine", "State", "Transition"]
 
@@ -86,6 +86,9 @@ LOCAL_INPUTS = frozenset({Input.SEND_1XX, Input.SEND_2XX, Input.SEND_FINAL})
 #: Timers A, E and G: the current retransmit interval, on unreliable transports only.
 _RETRANSMIT_TIMERS = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
 
+#: The timers that only hold a finished transaction until it ends (fixed durations, see LingerQueues).
+LINGER_TIMERS = frozenset({Input.TIMER_D, Input.TIMER_I, Input.TIMER_J, Input.TIMER_K, Input.TIMER_L, Input.TIMER_M})
+
 #: Every other timer's value, from the settings and whether the transport is reliable.
 _TIMER_VALUES: Mapping[Input, Callable[[TimerSettings, bool], float]] = {
     Input.TIMER_B: lambda s, reliable: s.b(),
@@ -118,6 +121,8 @@ class Environment:
     add_ack_key: Callable[[Machine, tuple[Any, ...]], None] = lambda tx, key: None
     """Server side: index an RFC 2543 INVITE transaction by the key its ACK will have."""
     server_timed_out: Callable[[Machine], None] = lambda tx: None
+    lingering: LingerQueues | None = None
+    """Where the timers of finished transactions (:data:`LINGER_TIMERS`) run; ``None``: on ``clock``."""
     """Server side: Timer H fired, no ACK came (§17.2.1: inform the TU)."""
 
 
@@ -199,7 +204,11 @@ class Machine:
         if delay <= 0:
             self._dispatch(timer)
             return
-        self._timers[timer] = self.env.clock.callLater(delay, self._fire, timer)
+        lingering = self.env.lingering
+        if lingering is not None and timer in LINGER_TIMERS:
+            self._timers[timer] = lingering.call_later(delay, self._fire, timer)
+        else:
+            self._timers[timer] = self.env.clock.callLater(delay, self._fire, timer)
 
     def _cancel_timer(self, timer: Input) -> None:
         call = self._timers.pop(timer, None)

@@ -8,11 +8,12 @@ here imports Twisted.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Clock", "DelayedCall", "TimerSettings"]
+__all__ = ["Clock", "DelayedCall", "LingerQueues", "Lingering", "TimerSettings"]
 
 
 class DelayedCall(Protocol):
@@ -115,3 +116,116 @@ class TimerSettings:
         """Double a retransmit interval; capped at T2 for Timers E and G, uncapped for Timer A."""
         doubled = 2 * interval
         return min(doubled, self.t2) if cap else doubled
+
+
+class Lingering:
+    """One timer in a :class:`LingerQueues` queue: what ``callLater`` would return (``cancel``, ``active``)."""
+
+    __slots__ = ("arg", "at", "callback", "live", "queue")
+
+    def __init__(self, queue: _Queue, at: float, callback: Callable[[Any], object], arg: object) -> None:
+        self.queue, self.at, self.callback, self.arg, self.live = queue, at, callback, arg, True
+
+    def cancel(self) -> None:
+        if self.live:
+            self.live = False
+            self.queue.cancelled(self)
+
+    def active(self) -> bool:
+        return self.live
+
+
+class _Queue:
+    """The timers of one duration, in deadline order (FIFO), and one clock call for the first live one."""
+
+    __slots__ = ("call", "clock", "entries", "live")
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.entries: deque[Lingering] = deque()
+        self.live = 0
+        self.call: DelayedCall | None = None
+
+    def add(self, delay: float, callback: Callable[[Any], object], arg: object) -> Lingering:
+        entry = Lingering(self, self.clock.seconds() + delay, callback, arg)
+        self.entries.append(entry)
+        self.live += 1
+        if self.call is None:
+            self.call = self.clock.callLater(delay, self.fire)
+        return entry
+
+    def cancelled(self, entry: Lingering) -> None:
+        self.live -= 1
+        if self.live == 0:
+            self._stop()
+        elif entry is self.entries[0]:
+            self._drop_dead_heads()
+            self._rearm()
+
+    def fire(self) -> None:
+        """The clock call: the first live entry is due, and every later one whose deadline has passed too."""
+        self.call = None
+        entries = self.entries
+        self._drop_dead_heads()
+        failure: Exception | None = None
+        first = True
+        now = self.clock.seconds()
+        while entries and (first or entries[0].at <= now):
+            first = False
+            entry = entries.popleft()
+            if not entry.live:
+                continue
+            entry.live = False
+            self.live -= 1
+            try:
+                entry.callback(entry.arg)
+            except Exception as error:  # the others still fire; the first error is raised at the end
+                failure = failure or error
+        self._drop_dead_heads()
+        if self.call is None:
+            self._rearm()
+        if failure is not None:
+            raise failure
+
+    def _drop_dead_heads(self) -> None:
+        entries = self.entries
+        while entries and not entries[0].live:
+            entries.popleft()
+
+    def _rearm(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        if self.entries:
+            self.call = self.clock.callLater(max(0.0, self.entries[0].at - self.clock.seconds()), self.fire)
+        else:
+            self.live = 0
+
+    def _stop(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        self.entries.clear()
+
+
+class LingerQueues:
+    """Timers that hold finished transactions (D, I, J, K, L, M): one FIFO and one clock call per duration.
+
+    Every UDP non-INVITE server transaction waits Timer J (32 s) after its
+    final response: thousands at a time on a busy registrar.  With one
+    ``callLater`` each, every start pushes a ``DelayedCall`` (four
+    garbage-collected objects) through the reactor's heap; timers of one
+    duration end in the order they start, so a queue per duration does the
+    same with one reactor call per queue.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._queues: dict[float, _Queue] = {}
+
+    def call_later(self, delay: float, callback: Callable[[Any], object], arg: object) -> Lingering:
+        """Call ``callback(arg)`` in ``delay`` seconds; the handle's ``cancel()`` stops it."""
+        queue = self._queues.get(delay)
+        if queue is None:
+            queue = self._queues[delay] = _Queue(self.clock)
+        return queue.add(delay, callback, arg)
