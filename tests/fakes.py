@@ -1,8 +1,11 @@
-"""Stand-ins for the sockets, shared by the in-process tests."""
+"""Stand-ins for the sockets and a failing disk, shared by the in-process tests."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
+
+from sipproxy.location import SQLitePersistence
 
 
 class FakeUDP:
@@ -23,3 +26,15 @@ class Connector:
 
     def __call__(self, host: str, port: int, layer: Any, timeout: float) -> None:
         self.attempts.append((host, port))
+
+
+class CommitFailsPersistence(SQLitePersistence):
+    """A real SQLite database whose COMMIT fails, as on a full disk, while ``broken`` is set."""
+
+    broken = False
+
+    def commit(self) -> None:
+        if self.broken:
+            self.rollback()
+            raise sqlite3.OperationalError("database or disk is full")
+        super().commit()

@@ -18,6 +18,11 @@ from twisted.internet.task import Clock
 from sipproxy.location import Binding, BindingEvent, LocationStore, SQLitePersistence
 from sipproxy.location.sqlite import SCHEMA_VERSION
 
+try:
+    from tests.fakes import CommitFailsPersistence
+except ImportError:  # pragma: no cover
+    from fakes import CommitFailsPersistence  # type: ignore[no-redef]
+
 ALICE = "sip:alice@example.test"
 BOB = "sip:bob@example.test"
 REPO = Path(__file__).resolve().parent.parent
@@ -632,18 +637,6 @@ class TestPersistence:
         assert (binding.call_id, binding.cseq, binding.source()) == ("kill-test", 7, "UDP 192.0.2.7:5062")
         assert binding.expires_in(clock.seconds()) == 2600
         store.close()
-
-
-class CommitFailsPersistence(SQLitePersistence):
-    """A real database whose COMMIT fails (as on a full disk) when ``broken`` is set."""
-
-    broken = False
-
-    def commit(self) -> None:
-        if self.broken:
-            self.rollback()
-            raise sqlite3.OperationalError("database or disk is full")
-        super().commit()
 
 
 class BatchLostPersistence(SQLitePersistence):

@@ -20,6 +20,11 @@ from sipproxy.message import Request, Response, make_response, parse_message
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.transaction.interfaces import Source
 
+try:
+    from tests.fakes import CommitFailsPersistence
+except ImportError:  # pragma: no cover
+    from fakes import CommitFailsPersistence  # type: ignore[no-redef]
+
 ALICE = "sip:alice@example.test"
 BOB = "sip:bob@example.test"
 CALL_ID = "843817637684230@998sdasdh09"
@@ -790,17 +795,8 @@ def test_step7_store_failure_is_500_and_changes_nothing(clock: Clock, tmp_path: 
 
 
 def test_step7_ok_waits_for_the_commit_and_failed_commit_is_500(clock: Clock, tmp_path: Any) -> None:
-    class CommitFails(SQLitePersistence):
-        fail = False
-
-        def commit(self) -> None:
-            if self.fail:
-                self.rollback()
-                raise sqlite3.OperationalError("disk I/O error")
-            super().commit()
-
     path = str(tmp_path / "bindings.sqlite")
-    persistence = CommitFails(path)
+    persistence = CommitFailsPersistence(path)
     store = LocationStore(clock, persistence)
     registrar = Registrar(store, clock, SETTINGS, log=Log())
     sent: list[Response] = []
@@ -815,7 +811,7 @@ def test_step7_ok_waits_for_the_commit_and_failed_commit_is_500(clock: Clock, tm
         assert reader.execute("SELECT contact FROM bindings").fetchall() == [(PHONE,)]
     reader.close()
 
-    persistence.fail = True
+    persistence.broken = True
     registrar.answer(register([f"<{LAPTOP}>"], call_id="laptop"), SOURCE, sent.append)
     clock.advance(0)
     assert (sent[-1].status, sent[-1].reason) == (500, "Location service failure")

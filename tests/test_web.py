@@ -631,18 +631,12 @@ def test_access_log_leaves_out_polling_but_keeps_page_loads_removals_and_errors(
 
 
 def test_delete_answers_once_the_removal_is_committed(tmp_path: Path) -> None:
-    from sipproxy.location import SQLitePersistence
+    try:
+        from tests.fakes import CommitFailsPersistence
+    except ImportError:  # pragma: no cover
+        from fakes import CommitFailsPersistence  # type: ignore[no-redef]
 
-    class CommitFails(SQLitePersistence):
-        fail = False
-
-        def commit(self) -> None:
-            if self.fail:
-                self.rollback()
-                raise OSError("disk full")
-            super().commit()
-
-    persistence = CommitFails(str(tmp_path / "b.sqlite"))
+    persistence = CommitFailsPersistence(str(tmp_path / "b.sqlite"))
     web = Web(persistence=persistence)
     web.put(make_binding(), make_binding(BOB, "sip:bob@192.0.2.9"))
     web.clock.advance(0)
@@ -656,7 +650,7 @@ def test_delete_answers_once_the_removal_is_committed(tmp_path: Path) -> None:
     web.stub.flush()
     assert answers[0].code == 200
 
-    persistence.fail = True
+    persistence.broken = True
     pending = web.stub.delete(BASE + "/api/bindings/sip%3Abob%40example.test")
     pending.addCallback(answers.append)
     web.clock.advance(0)
