@@ -5,9 +5,9 @@ is removed exactly at ``expires_at``, the expiration the registrar computed
 in RFC 3261 §10.3 step 7: the store keeps a heap of deadlines and one timer
 on the injected clock for the earliest (a refresh pushes a new deadline and
 the old one is skipped when it comes up), so thirty thousand bindings cost
-one reactor timer, not thirty thousand. With a
-persistence object, every change is written to it before it is applied in
-memory, so a failed write leaves the store as it was.
+one reactor timer, not thirty thousand. With a persistence object, every
+change is written to it before it is applied in memory, so a failed write
+leaves the store as it was.
 
 Writes are committed in groups: the first change of a reactor turn opens a
 batch and a ``callLater(0)`` commits it once the turn's other changes have
@@ -80,8 +80,6 @@ class BindingEvent(NamedTuple):
     kind: EventKind
     binding: Binding
 
-
-_Key = tuple[str, str]
 
 _ERRORS_KEPT = 100
 
