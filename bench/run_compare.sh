@@ -7,7 +7,7 @@
 # 127.0.0.1:5080, runs ../shared/bench/run_bench.sh against it, stops it, then
 # runs the Kamailio baseline with the same knobs, and prints both results and
 # their ratio.  Extra environment (REG_RATES, STEP_SECONDS, ...) is passed on;
-# SKIP_KAMAILIO=1 runs sipproxy alone.
+# SKIP_KAMAILIO=1 runs sipproxy alone; SIPPROXY_ARGS adds server options.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -29,7 +29,7 @@ export DOMAIN=bench.test
 work="$(mktemp -d)"
 (cd "$work" && PYTHONPATH="$ROOT" exec twistd -n --pidfile= --logfile="$OUT/sipproxy.log" sipproxy \
     --sip-interface 127.0.0.1 --sip-port "$PORT" --domain bench.test --db "$work/bench.sqlite" \
-    --web "tcp:0:interface=127.0.0.1") &
+    --web "tcp:0:interface=127.0.0.1" ${SIPPROXY_ARGS:-}) &
 SIPPROXY_PID=$!
 trap 'kill $SIPPROXY_PID 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do grep -q "sipproxy ready" "$OUT/sipproxy.log" 2>/dev/null && break; sleep 0.1; done

@@ -120,7 +120,7 @@ from twisted.logger import Logger
 
 from sipproxy.auth import AuthResult, DigestAuthenticator, FailureTracker, RateLimiter, UserDB, compute_response
 from sipproxy.auth.digest import parse_auth_params
-from sipproxy.message import Request, Response, SipURI, make_response
+from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.metrics import Metrics
 from sipproxy.proxy.routing import DIALOG_TOKEN_PARAM, LocalAddress, Locality
 from sipproxy.randomness import random_hex
@@ -129,6 +129,7 @@ from sipproxy.transaction import Source
 __all__ = [
     "DEFAULT_RATE",
     "Guard",
+    "ReactorLag",
     "Reply",
     "Security",
     "SecuritySettings",
@@ -310,6 +311,58 @@ class _Throttle:
         return True
 
 
+def _in_dialog(request: Request) -> bool:
+    """Does the request belong to a dialog (a To tag), as opposed to starting something new?"""
+    try:
+        return request.to.tag is not None
+    except ParseError:
+        return False
+
+
+class ReactorLag:
+    """Overload detection: how late a timer that should run every ``interval`` seconds actually runs.
+
+    When the reactor cannot keep up, every turn reads a long queue of
+    datagrams and the timer runs late each time.  ``samples`` late runs in a
+    row (more than ``threshold`` seconds each) mean overload, which lasts
+    until the timer runs on time again; one long pause (a full garbage
+    collection) is not enough.  ``__call__`` is the ``Guard``'s ``lagging``.
+    """
+
+    def __init__(self, clock: Clock, threshold: float, interval: float = 0.05, samples: int = 3) -> None:
+        if not threshold > 0 or not interval > 0 or samples < 1:
+            raise ValueError("threshold and interval must be positive, samples at least 1")
+        self.clock = clock
+        self.threshold = threshold
+        self.interval = interval
+        self.samples = samples
+        self.lag = 0.0
+        self._late = 0
+        self._call: Any = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        self._due = self.clock.seconds() + self.interval
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._late = 0
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        self.lag = max(0.0, now - self._due)
+        self._late = self._late + 1 if self.lag > self.threshold else 0
+        self._due = now + self.interval
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    def __call__(self) -> float | None:
+        """The lag while overloaded, else ``None``."""
+        return self.lag if self._late >= self.samples else None
+
+
 class Guard:
     """The early check: every message from the network, before any transaction state.
 
@@ -328,6 +381,7 @@ class Guard:
         holds_binding: Callable[[str], bool] = lambda key: False,
         in_flight: Callable[[], int] = lambda: 0,
         is_retransmission: Callable[[Request], bool] = lambda request: False,
+        lagging: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -337,6 +391,8 @@ class Guard:
         self.in_flight = in_flight
         self.is_retransmission = is_retransmission
         """Retransmissions of requests already taken are never refused for overload."""
+        self.lagging = lagging
+        """How far behind the reactor runs, in seconds, when it is overloaded (``ReactorLag``); else ``None``."""
         self.log = _log
         self.rate: RateLimiter | None = None
         if settings.rate is not None:
@@ -422,6 +478,17 @@ class Guard:
                         "Overloaded: {count} proxied requests in flight (limit {limit}); answering 503",
                         count=in_flight,
                         limit=self.settings.max_transactions,
+                    )
+                reply(self._response(request, 503, None, self.settings.overload_retry_after), source)
+                return False
+            lag = self.lagging()
+            if lag is not None and not _in_dialog(request) and not self.is_retransmission(request):
+                # Shed new work; requests of dialogs already up (BYE, re-INVITE) still end their calls.
+                self.metrics.blocked.labels("lag").inc()
+                if self._log_once("lag", now):
+                    self.log.warn(
+                        "Overloaded: the reactor runs {lag:.0f} ms behind; answering 503 to new requests",
+                        lag=lag * 1000,
                     )
                 reply(self._response(request, 503, None, self.settings.overload_retry_after), source)
                 return False

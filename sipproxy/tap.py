@@ -81,6 +81,13 @@ class Options(usage.Options):
             "20000",
             "Proxied requests awaiting their final response above which new requests get 503 + Retry-After.",
         ],
+        [
+            "overload-lag",
+            None,
+            "0",
+            "Seconds the reactor may run behind (three times in a row, sampled every 50 ms) before new requests "
+            "get 503 + Retry-After; requests of established dialogs still pass. 0: off.",
+        ],
     ]
     optFlags = [  # noqa: RUF012
         ["log-sip", None, "Log every SIP message in and out (info level)."],
@@ -122,6 +129,12 @@ class Options(usage.Options):
 
         for name in ("max-failures", "block-time", "max-message-size", "max-transactions"):
             self[name] = _positive(name, self[name])
+        try:
+            self["overload-lag"] = float(self["overload-lag"])
+        except ValueError:
+            self["overload-lag"] = -1.0
+        if not self["overload-lag"] >= 0 or self["overload-lag"] == float("inf"):
+            raise usage.UsageError("--overload-lag must be a number of seconds, 0 to turn it off")
         rate = self["rate-limit"]
         if rate is not None:
             try:

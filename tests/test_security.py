@@ -718,6 +718,53 @@ def test_too_many_transactions_in_flight_gets_503_but_ack_and_cancel_pass() -> N
     assert guard.admit(parse_message(request("INVITE")), source, 100, lambda r, s: out.append((r, s))) is True
 
 
+def test_a_lagging_reactor_sheds_new_requests_but_not_dialogs_retransmissions_or_acks() -> None:
+    lag: list[float | None] = [0.3]
+    guard, _, metrics, out = _guard()
+    guard.lagging = lambda: lag[0]
+    retransmitted = parse_message(request("INVITE", call_id="old"))
+    guard.is_retransmission = lambda r: r.call_id == "old"
+    source = Source("UDP", "192.0.2.66", 5060)
+
+    def admit(data: bytes) -> bool:
+        return guard.admit(parse_message(data), source, 100, lambda r, s: out.append((r, s)))
+
+    with capturedLogs() as events:
+        assert admit(request("INVITE")) is False
+        assert admit(request("REGISTER")) is False
+    assert admit(request("BYE", to_tag="t")) is True  # ends a call that is up
+    assert admit(request("ACK", to_tag="t")) is True
+    assert admit(request("CANCEL")) is True
+    assert guard.admit(retransmitted, source, 100, lambda r, s: out.append((r, s))) is True
+    assert [(r.status, r.get("retry-after")) for r, _ in out] == [(503, "5"), (503, "5")]
+    assert metrics.blocked.labels("lag")._value.get() == 2
+    [logged] = [e for e in events if "behind" in e["log_format"]]
+    assert logged["lag"] == 300
+    lag[0] = None
+    assert admit(request("INVITE")) is True
+
+
+def test_reactor_lag_needs_three_late_runs_in_a_row_and_ends_with_one_on_time() -> None:
+    from sipproxy.security import ReactorLag
+
+    clock = Clock()
+    lag = ReactorLag(clock, threshold=0.1)
+    lag.start()
+    for _ in range(10):
+        clock.advance(0.05)  # on time
+    assert lag() is None
+    clock.advance(0.8)  # one long pause (a full garbage collection)
+    clock.advance(0.05)
+    assert lag() is None
+    for _ in range(3):  # every turn late: the reactor cannot keep up
+        clock.advance(0.35)
+    assert lag() == pytest.approx(0.3)
+    clock.advance(0.05)
+    assert lag() is None
+    lag.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_the_guard_never_raises() -> None:
     def broken(key: str, now: float) -> bool:
         raise RuntimeError("boom")

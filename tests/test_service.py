@@ -40,14 +40,14 @@ def test_registration_and_expiry_are_logged_at_info() -> None:
     assert info[1]["kind"] == "expired" and info[1]["contact"] == "sip:alice@192.0.2.7:5062"
 
 
-def _service(db: str):  # type: ignore[no-untyped-def]
+def _service(db: str, *extra: str):  # type: ignore[no-untyped-def]
     from twisted.internet import reactor
 
     from sipproxy.service import build_service
     from sipproxy.tap import Options
 
     options = Options()
-    options.parseOptions(["--db", db, "--sip-interface", "127.0.0.1", "--web", "tcp:0:interface=127.0.0.1"])
+    options.parseOptions(["--db", db, "--sip-interface", "127.0.0.1", "--web", "tcp:0:interface=127.0.0.1", *extra])
     return build_service(options, reactor)  # builds only: sockets are bound when the service starts
 
 
@@ -129,3 +129,11 @@ def test_a_receive_buffer_capped_by_the_kernel_is_reported(monkeypatch: pytest.M
         sock.close()
     [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
     assert warning["granted"] == allowed and "net.core.rmem_max" in warning["log_format"]
+
+
+def test_overload_protection_is_off_unless_asked_for() -> None:
+    from sipproxy.security import ReactorLag
+
+    assert _service(":memory:").core.security.guard.lagging() is None
+    guard = _service(":memory:", "--overload-lag", "0.2").core.security.guard
+    assert isinstance(guard.lagging, ReactorLag) and guard.lagging.threshold == 0.2

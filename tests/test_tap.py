@@ -38,6 +38,8 @@ def test_domain_is_repeatable_and_lower_cased() -> None:
         (["--min-expires", "600", "--max-expires", "60"], "--min-expires"),
         (["--domain", "bad domain"], "domain"),
         (["--web", ""], "--web"),
+        (["--overload-lag", "soon"], "--overload-lag"),
+        (["--overload-lag", "-1"], "--overload-lag"),
     ],
 )
 def test_bad_values_say_what_is_wrong(args: list[str], complaint: str) -> None:
