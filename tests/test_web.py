@@ -15,6 +15,8 @@ from typing import Any
 import jinja2
 import pytest
 import treq
+from hypothesis import given
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -140,6 +142,13 @@ def test_formatting_helpers() -> None:
     assert [format_duration(s) for s in (0, 9, 60, 307, 3600, 7209)] == [
         "0 s", "9 s", "1 min 00 s", "5 min 07 s", "1 h 00 min 00 s", "2 h 00 min 09 s",
     ]  # fmt: skip
+
+
+@given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4 * 10**9).map(lambda n: n + 0.9999995))
+def test_iso_utc_is_what_datetime_prints_whatever_the_fraction(when: float) -> None:
+    from datetime import UTC, datetime
+
+    assert iso_utc(when) == datetime.fromtimestamp(when, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_binding_json_has_the_api_fields_and_matches_the_row_template() -> None:
@@ -558,6 +567,21 @@ def test_every_change_is_one_event_on_every_open_stream(web: Web) -> None:
         assert {name for name, _ in events} == {"binding"}
         assert events[1][1]["binding"]["expires_in"] == 3690
         assert events[1][1]["binding"]["cseq"] == 2
+
+
+def test_the_changes_of_one_reactor_turn_go_out_in_one_write(web: Web) -> None:
+    stream = Stream(web)
+    before = len(stream.chunks)
+    web.put(make_binding(), make_binding(BOB, "sip:bob@192.0.2.9"), make_binding(contact="sip:alice@192.0.2.8"))
+    web.stub.flush()
+    assert len(stream.chunks) == before  # held until the turn ends
+    web.clock.advance(0)
+    web.stub.flush()
+    [new] = stream.chunks[before:]
+    assert new.count(b"event: binding\n") == 3
+    assert len(stream.events()) == 4  # the snapshot and the three changes
+    late = Stream(web)  # opened later: its snapshot holds all three, no event repeats them
+    assert [kind for kind, _ in late.events()] == ["snapshot"]
 
 
 def test_head_on_the_event_stream_opens_no_stream(web: Web) -> None:

@@ -64,9 +64,13 @@ _SECURITY_HEADERS = {
 _LOOPBACK_NAMES = ("localhost", "::1", "[::1]")
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))
+"""``json.dumps(..., separators=...)`` builds an encoder per call; the event stream reuses this one."""
+
+
 def sse_message(event: str, data: object) -> bytes:
     """One Server-Sent Events message: an event name and JSON data on a single line."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return f"event: {event}\ndata: {_JSON.encode(data)}\n\n".encode()
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -117,6 +121,9 @@ class BindingsPage:
         self.password = password
         self.public = public
         self.streams: set[EventStream] = set()
+        self._outgoing: list[bytes] = []
+        """Event messages of this reactor turn, written to every stream together by ``_flush``."""
+        self._flush_call: DelayedCall | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._ping: DelayedCall | None = None
 
@@ -216,6 +223,7 @@ class BindingsPage:
         request.setHeader(b"x-accel-buffering", b"no")
         if request.method == b"HEAD":
             return succeed(None)
+        self._flush()  # the changes so far go to the streams already open; the snapshot has them
         stream = EventStream(request)
         stream.send(f"retry: {RETRY_MS}\n\n".encode())
         stream.send(sse_message("snapshot", self._snapshot(None)))
@@ -224,13 +232,28 @@ class BindingsPage:
         return Deferred()
 
     def on_binding_event(self, event: BindingEvent) -> None:
-        """Store subscriber: send one ``binding`` event to every open stream."""
+        """Store subscriber: one ``binding`` event for every open stream, written at the end of the reactor turn.
+
+        A busy registrar changes thousands of bindings a second: one write per
+        stream per turn, not one per change.
+        """
         if not self.streams:
             return
         payload = {"kind": event.kind, "binding": binding_json(event.binding, self.clock.seconds())}
-        message = sse_message("binding", payload)
+        self._outgoing.append(sse_message("binding", payload))
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if not self._outgoing:
+            return
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
         for stream in list(self.streams):
-            stream.send(message)
+            stream.send(data)
 
     def _open(self, stream: EventStream) -> None:
         if not self.streams:
@@ -256,6 +279,7 @@ class BindingsPage:
         if self._ping is not None and self._ping.active():
             self._ping.cancel()
         self._ping = None
+        self._flush()  # nobody left to write to: drop what was pending
 
     def _send_ping(self) -> None:
         for stream in list(self.streams):
