@@ -154,12 +154,8 @@ class LocationStore:
         expired = [(b.aor, b.contact) for b in stored if b.expires_at <= now]
         if expired:
             self._persistence.write((), expired)
-        self._cancel_timers()
-        self._index.clear()
         live = [b for b in stored if b.expires_at > now]
-        for binding in live:
-            self._index.setdefault(binding.aor, {})[binding.contact] = binding
-        self._rebuild_deadlines(now)
+        self._replace_index(live, now)
         return len(live)
 
     def lookup(self, aor: str) -> list[Binding]:
@@ -398,25 +394,19 @@ class LocationStore:
 
     def flush(self) -> bool:
         """Commit the open batch now (the turn's ``callLater(0)`` does this); return whether it is durable."""
-        batch = self._batch
-        if batch is None:
+        if not self._end_batch():
             return True
-        self._batch = None
-        if batch.active():
-            batch.cancel()
         persistence = self._persistence
         assert persistence is not None
         try:
             persistence.commit()
-            committed = True
-            self.last_commit_failed = False
         except Exception:
-            self.last_commit_failed = True
             self._log.failure("Committing the location service's changes failed; reloading what the database holds")
-            self._reload()
-            committed = False
-        self._tell_waiters(committed)
-        return committed
+            self._batch_failed()
+            return False
+        self.last_commit_failed = False
+        self._tell_waiters(True)
+        return True
 
     def _write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
         persistence = self._persistence
@@ -432,15 +422,21 @@ class LocationStore:
             persistence.write(put, remove)
         except Exception:
             if not persistence.in_batch:  # SQLite rolled the whole batch back: earlier changes are lost too
-                self._batch_lost()
+                self._end_batch()
+                self._log.error("The location service's open batch of changes was rolled back; reloading the database")
+                self._batch_failed()
             raise
 
-    def _batch_lost(self) -> None:
+    def _end_batch(self) -> bool:
+        """Close the open batch's bookkeeping (its ``callLater(0)``); return whether one was open."""
         batch, self._batch = self._batch, None
         if batch is not None and batch.active():
             batch.cancel()
+        return batch is not None
+
+    def _batch_failed(self) -> None:
+        """The batch is lost: memory goes back to what the database holds, and its waiters hear so."""
         self.last_commit_failed = True
-        self._log.error("The location service's open batch of changes was rolled back; reloading the database")
         self._reload()
         self._tell_waiters(False)
 
@@ -472,12 +468,16 @@ class LocationStore:
                 events.append(BindingEvent("added", binding))
             elif old != binding:
                 events.append(BindingEvent("refreshed", binding))
+        self._replace_index(disk.values(), now)
+        self._emit(events)
+
+    def _replace_index(self, bindings: Iterable[Binding], now: float) -> None:
+        """Memory becomes exactly ``bindings`` (live ones), with their deadlines and the timer."""
         self._cancel_timers()
         self._index.clear()
-        for binding in disk.values():
+        for binding in bindings:
             self._index.setdefault(binding.aor, {})[binding.contact] = binding
         self._rebuild_deadlines(now)
-        self._emit(events)
 
     def _cancel_timers(self) -> None:
         timer = self._timer
