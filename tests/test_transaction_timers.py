@@ -65,3 +65,19 @@ def test_a_failing_callback_does_not_stop_the_others_due_with_it() -> None:
         clock.advance(5)
     assert fired == ["after"]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_timer_started_from_a_firing_one_does_not_delay_those_already_queued() -> None:
+    clock = Clock()
+    queues = LingerQueues(clock)
+    fired: list[tuple[float, str]] = []
+
+    def first(_: object) -> None:
+        fired.append((clock.seconds(), "first"))
+        queues.call_later(5.0, lambda name: fired.append((clock.seconds(), name)), "started by first")
+
+    queues.call_later(5.0, first, None)
+    clock.advance(1)
+    queues.call_later(5.0, lambda name: fired.append((clock.seconds(), name)), "second")
+    run_all(clock)
+    assert fired == [(5.0, "first"), (6.0, "second"), (10.0, "started by first")]

@@ -182,8 +182,7 @@ class _Queue:
             except Exception as error:  # the others still fire; the first error is raised at the end
                 failure = failure or error
         self._drop_dead_heads()
-        if self.call is None:
-            self._rearm()
+        self._rearm()  # for the head: a callback that started a timer here armed the call for its own deadline
         if failure is not None:
             raise failure
 
@@ -202,10 +201,8 @@ class _Queue:
             self.live = 0
 
     def _stop(self) -> None:
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
         self.entries.clear()
+        self._rearm()
 
 
 class LingerQueues:
