@@ -45,12 +45,12 @@ class SentResponse(NamedTuple):
 
     ``connection`` is the connection the request came on (reliable
     transports); ``host`` and ``port`` are where the Via sends it otherwise,
-    or when that connection has closed (``None``: nowhere else to go).
+    or when that connection has closed.
     """
 
     data: bytes
     transport: str
-    host: str | None
+    host: str
     port: int
     connection: Any
 
@@ -176,13 +176,9 @@ class TransportLayer:
     def resend_response(self, sent: object) -> None:
         """Send a response again, as ``send_response`` sent it (a server transaction's retransmission)."""
         assert isinstance(sent, SentResponse)
-        if sent.connection is not None:
-            if sent.connection.alive:
-                sent.connection.send(sent.data)
-                return
-            if sent.host is None:
-                return
-        assert sent.host is not None
+        if sent.connection is not None and sent.connection.alive:
+            sent.connection.send(sent.data)
+            return
         self._send(sent.transport, sent.host, sent.port, sent.data, self._response_failed)
 
     def _response_route(self, response: Response, source: Source | None) -> SentResponse | None:
@@ -191,12 +187,10 @@ class TransportLayer:
         reliable = conn is not None and is_reliable(source.transport) and conn.alive  # type: ignore[union-attr]
         try:
             via = response.top_via
-        except ParseError:
-            if reliable:
-                return SentResponse(data, source.transport, None, 0, conn)  # type: ignore[union-attr]
-            if source is not None:
-                return SentResponse(data, source.transport, source.host, source.port, None)
-            return None
+        except ParseError:  # the Via may be what was broken: back to the packet's source
+            if source is None:
+                return None
+            return SentResponse(data, source.transport, source.host, source.port, conn if reliable else None)
         transport = via.transport if via.transport in ("UDP", "TCP") else (source.transport if source else "UDP")
         if via.maddr and is_ip_address(via.maddr):
             host, port = normalize_host(via.maddr), via.port or 5060
@@ -207,8 +201,6 @@ class TransportLayer:
             host, port = normalize_host(via.host_bare), via.port or 5060
         elif source is not None:
             host, port = source.host, source.port
-        elif reliable:
-            host, port = None, 0
         else:
             self.log.warn("Dropped a response: its Via names host {host}, which we do not resolve", host=via.host)
             return None
@@ -217,13 +209,10 @@ class TransportLayer:
         return SentResponse(data, transport, host, port, conn if reliable else None)
 
     def _send_to_source(self, response: Response, source: Source) -> None:
+        """Straight back where the request came from, whatever its Via says (its connection, else its address)."""
         self.metrics.status(self.metrics.responses_out, response.status)
         data = response.to_bytes()
-        conn = source.connection
-        if conn is not None and conn.alive:  # type: ignore[attr-defined]
-            conn.send(data)  # type: ignore[attr-defined]
-            return
-        self._send(source.transport, source.host, source.port, data, self._response_failed)
+        self.resend_response(SentResponse(data, source.transport, source.host, source.port, source.connection))
 
     def _response_failed(self, reason: str) -> None:
         self.log.warn("Could not send a response: {reason}", reason=reason)
