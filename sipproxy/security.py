@@ -472,27 +472,40 @@ class Guard:
         if method not in ("ACK", "CANCEL"):
             in_flight = self.in_flight()
             if in_flight >= self.settings.max_transactions and not self.is_retransmission(request):
-                self.metrics.blocked.labels("transactions").inc()
-                if self._log_once("transactions", now):
-                    self.log.warn(
-                        "Overloaded: {count} proxied requests in flight (limit {limit}); answering 503",
-                        count=in_flight,
-                        limit=self.settings.max_transactions,
-                    )
-                reply(self._response(request, 503, None, self.settings.overload_retry_after), source)
+                self._overloaded(
+                    "transactions",
+                    request,
+                    source,
+                    now,
+                    reply,
+                    "Overloaded: {count} proxied requests in flight (limit {limit}); answering 503",
+                    count=in_flight,
+                    limit=self.settings.max_transactions,
+                )
                 return False
             lag = self.lagging()
             if lag is not None and not _in_dialog(request) and not self.is_retransmission(request):
                 # Shed new work; requests of dialogs already up (BYE, re-INVITE) still end their calls.
-                self.metrics.blocked.labels("lag").inc()
-                if self._log_once("lag", now):
-                    self.log.warn(
-                        "Overloaded: the reactor runs {lag:.0f} ms behind; answering 503 to new requests",
-                        lag=lag * 1000,
-                    )
-                reply(self._response(request, 503, None, self.settings.overload_retry_after), source)
+                self._overloaded(
+                    "lag",
+                    request,
+                    source,
+                    now,
+                    reply,
+                    "Overloaded: the reactor runs {lag:.0f} ms behind; answering 503 to new requests",
+                    lag=lag * 1000,
+                )
                 return False
         return True
+
+    def _overloaded(
+        self, kind: str, request: Request, source: Source, now: float, reply: Reply, fmt: str, **fields: object
+    ) -> None:
+        """Refuse ``request`` for overload: counted by ``kind``, logged once a while, 503 with Retry-After."""
+        self.metrics.blocked.labels(kind).inc()
+        if self._log_once(kind, now):
+            self.log.warn(fmt, **fields)
+        reply(self._response(request, 503, None, self.settings.overload_retry_after), source)
 
     def _note(self, kind: str, source: Source, fmt: str, **fields: object) -> None:
         if self._log_once(f"{kind}:{source_key(source.host)}", self.clock.seconds()):

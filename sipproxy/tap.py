@@ -24,6 +24,16 @@ def _positive(name: str, value: str) -> int:
     return int(value)
 
 
+def _non_negative(name: str, value: str, meaning: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < float("inf"):
+        raise usage.UsageError(f"--{name} must be {meaning}, not {value!r}")
+    return number
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -129,20 +139,11 @@ class Options(usage.Options):
 
         for name in ("max-failures", "block-time", "max-message-size", "max-transactions"):
             self[name] = _positive(name, self[name])
-        try:
-            self["overload-lag"] = float(self["overload-lag"])
-        except ValueError:
-            self["overload-lag"] = -1.0
-        if not self["overload-lag"] >= 0 or self["overload-lag"] == float("inf"):
-            raise usage.UsageError("--overload-lag must be a number of seconds, 0 to turn it off")
-        rate = self["rate-limit"]
-        if rate is not None:
-            try:
-                self["rate-limit"] = float(rate)
-            except ValueError:
-                self["rate-limit"] = -1.0
-            if not 0 <= self["rate-limit"] < float("inf"):
-                raise usage.UsageError(f"--rate-limit must be a number of requests per second (0: none), not {rate!r}")
+        self["overload-lag"] = _non_negative("overload-lag", self["overload-lag"], "a number of seconds (0: off)")
+        if self["rate-limit"] is not None:
+            self["rate-limit"] = _non_negative(
+                "rate-limit", self["rate-limit"], "a number of requests per second (0: none)"
+            )
         algorithms = [a.strip() for a in self["digest-algorithms"].split(",") if a.strip()]
         if not algorithms or any(canonical_algorithm(a) not in ("SHA-256", "MD5") for a in algorithms):
             raise usage.UsageError(f"--digest-algorithms takes SHA-256 and/or MD5, not {self['digest-algorithms']!r}")
