@@ -59,6 +59,7 @@ from typing import Literal, NamedTuple, Protocol
 from sipproxy.location import Binding
 from sipproxy.message import NameAddr, ParseError, Request, Response, SipURI, make_response, parse_uri
 from sipproxy.message.headers import unquote
+from sipproxy.randomness import stable_tag
 
 __all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
 
@@ -441,7 +442,7 @@ class Registrar:
     def _respond(
         self, request: Request, status: int, reason: str | None = None, headers: Iterable[tuple[str, str]] = ()
     ) -> Response:
-        response = make_response(request, status, reason, to_tag=_to_tag(request))
+        response = make_response(request, status, reason, to_tag=stable_tag(request))
         for name, value in headers:
             response.add(name, value)
         return response
@@ -456,16 +457,6 @@ def _host_key(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         return host[1:-1]
     return host.rstrip(".")
-
-
-def _to_tag(request: Request) -> str:
-    """A To tag that is the same for every response to one registration (derived from the Call-ID).
-
-    Python's ``hash`` of a string is keyed per process (SipHash), so the tag
-    is unpredictable from outside; 64 bits of it, formatted as hex.
-    """
-    call_id = request.get("call-id") or ""
-    return format(hash(("registrar", call_id.strip())) & 0xFFFFFFFFFFFFFFFF, "016x")
 
 
 def _header_expires(request: Request) -> int | None:

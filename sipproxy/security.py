@@ -123,7 +123,7 @@ from sipproxy.auth.digest import parse_auth_params
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.metrics import Metrics
 from sipproxy.proxy.routing import DIALOG_TOKEN_PARAM, LocalAddress, Locality
-from sipproxy.randomness import random_hex
+from sipproxy.randomness import random_hex, stable_tag
 from sipproxy.transaction import Source
 
 __all__ = [
@@ -862,7 +862,7 @@ class Security:
 
     def _challenge(self, request: Request, status: int, header: str, now: float, stale: bool = False) -> Response:
         assert self.digest is not None
-        response = make_response(request, status, None, to_tag=_stable_tag(request) if status == 401 else _tag())
+        response = make_response(request, status, None, to_tag=stable_tag(request) if status == 401 else _tag())
         for value in self.digest.challenge(self.realm, now, stale=stale):
             response.add(header, value)
         return response
@@ -889,12 +889,6 @@ def _claimed_user(value: str) -> str | None:
 
 def _tag() -> str:
     return random_hex(4)
-
-
-def _stable_tag(request: Request) -> str:
-    """The registrar's To tag: the same for every response to one registration (from the Call-ID)."""
-    call_id = request.get("call-id") or ""
-    return hashlib.sha256(call_id.strip().encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 # -- from the command line -------------------------------------------------------

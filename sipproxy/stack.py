@@ -15,6 +15,7 @@ from sipproxy.message import ParseError, Request, Response, SipURI, make_respons
 from sipproxy.message.uri import canonical_host
 from sipproxy.metrics import Metrics
 from sipproxy.proxy.validate import ALLOW
+from sipproxy.randomness import stable_tag
 from sipproxy.transaction import ServerTransaction, Source, TransactionError
 
 __all__ = ["SipStack", "Domains", "Core", "ALLOW", "SUPPORTED"]
@@ -115,9 +116,9 @@ class SipStack:
         if method == "ACK" or stx is None:
             return
         if method == "REGISTER":
-            self._answer(stx, make_response(request, 404, "Not our domain", to_tag=self._tag(request)))
+            self._answer(stx, make_response(request, 404, "Not our domain", to_tag=stable_tag(request)))
             return
-        self._answer(stx, make_response(request, 501, "Not Implemented", to_tag=self._tag(request)))
+        self._answer(stx, make_response(request, 501, "Not Implemented", to_tag=stable_tag(request)))
 
     def is_for_server(self, request: Request) -> bool:
         """Is the Request-URI the server itself?
@@ -133,16 +134,12 @@ class SipStack:
 
     def options_response(self, request: Request) -> Response:
         """RFC 3261 §11.2: what we can do."""
-        response = make_response(request, 200, "OK", to_tag=self._tag(request))
+        response = make_response(request, 200, "OK", to_tag=stable_tag(request))
         response.add("Allow", ALLOW)
         response.add("Accept", "application/sdp")
         response.add("Supported", SUPPORTED)
         response.add("Server", self.server_name)
         return response
-
-    @staticmethod
-    def _tag(request: Request) -> str:
-        return format(hash((request.call_id, "sipproxy")) & 0xFFFFFFFF, "08x")
 
     def _answer(self, stx: ServerTransaction | None, response: Response) -> None:
         if stx is None:

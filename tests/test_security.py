@@ -941,3 +941,13 @@ def test_overload_refuses_new_requests_but_not_retransmissions() -> None:
     retransmitted = server.send(invite)  # bob has not answered: the request is still in flight
     assert not any(isinstance(m, Response) and m.status == 503 for m, _ in retransmitted)
     assert server.final(request(call_id="busy-2", branch="z9hG4bKbusy2")).status == 503
+
+
+def test_a_registrations_401_and_200_carry_the_same_to_tag() -> None:
+    server = FakeServer()
+    challenge = server.final(register("alice", call_id="one-registration"))
+    auth = authorization(challenge, "alice", PASSWORDS["alice"], "REGISTER", "sip:example.test")
+    ok = server.final(register("alice", call_id="one-registration", cseq=2, authorization=auth))
+    other = server.final(register("bob", call_id="another-registration"))
+    assert (challenge.status, ok.status) == (401, 200)
+    assert challenge.to.tag == ok.to.tag != other.to.tag
