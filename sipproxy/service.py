@@ -325,8 +325,11 @@ class StoreService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred[object]:
-        stopped = maybeDeferred(super().stopService)
-        return stopped.addBoth(lambda result: (self.store.close(), result)[1])
+        def close(result: object) -> object:
+            self.store.close()
+            return result
+
+        return maybeDeferred(super().stopService).addBoth(close)
 
 
 def _tune_garbage_collector() -> None:

@@ -897,6 +897,18 @@ def test_vias_kept_parsed_through_copy_pop_and_add_are_those_of_the_text() -> No
     assert clone.vias == parse_request(clone.to_bytes()).vias == original.vias
 
 
+def test_popping_the_top_route_keeps_the_rest_of_the_route_set_parsed() -> None:
+    request = parse_request(
+        make_request(
+            extra=("Route: <sip:p1.example.test;lr>, <sip:p2.example.test;lr>", "Route: <sip:p3.example.test;lr>")
+        )
+    )
+    routes = request.addresses("route")
+    assert request.pop_first("route") == "<sip:p1.example.test;lr>"
+    assert request.addresses("route") == routes[1:] == parse_request(request.to_bytes()).addresses("route")
+    assert request.addresses("route")[0] is routes[1]  # kept, not parsed again
+
+
 def test_copy_is_independent() -> None:
     original = parse_request(FORWARDED)
     clone = original.copy()

@@ -181,10 +181,11 @@ class Message:
         key = _key(name)
         for i, h in enumerate(self.headers):
             if h.key == key:
-                vias = self._cache.get("via") if key == "via" else None
+                cache = self._cache
+                # The values below the popped one stay parsed (the Vias under ours, §16.7 step 3; the Route set).
+                rest = [(k, v[1:]) for k in (key, "list:" + key) if isinstance(v := cache.get(k), list) and v]
                 self._changed(key)
-                if vias:  # §16.7 step 3: the Vias below ours stay parsed
-                    self._cache["via"] = vias[1:]  # type: ignore[index]
+                cache.update(rest)
                 values = split_commas(h.value)
                 if len(values) <= 1:
                     del self.headers[i]
