@@ -4,6 +4,7 @@ Run from the repository root::
 
     python bench/parse_bench.py            # about 10 s
     python bench/parse_bench.py --quick    # a smoke run
+    SIPPROXY_NO_EXTENSIONS=1 python bench/parse_bench.py   # the pure-Python parser alone
 
 Each side does what a proxy needs before it can route a message: parse the
 datagram, then read the top Via, To and From as typed values.  For sipproxy
@@ -30,6 +31,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from sipproxy.message import parse_message
+from sipproxy.message.parser import accelerated
 
 _SDP = (
     b"v=0\r\n"
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     twisted_parse = make_twisted_parse()
     print(f"python {platform.python_version()} ({platform.python_implementation()}), {platform.machine()}")
     print(f"number={number} repeat={repeat}")
+    print(f"sipproxy parser: {'C accelerator (_speedups.c)' if accelerated else 'pure Python'}")
     ratio = None
     parsers: list[Callable[[bytes], object]] = [sipproxy_parse]
     if twisted_parse is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,9 @@ from sipproxy.message.headers import _split_params, split_params
 from sipproxy.message.parser import _split_crlf, _split_lines
 from sipproxy.message.uri import _parse_sip
 from sipproxy.message.values import _parse_cseq, _parse_name_addr, _parse_via, parse_cseq, parse_name_addr, parse_via
+
+#: Each test runs with the C accelerator in front and with the Python parser alone.
+pytestmark = pytest.mark.usefixtures("both_parsers")
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QUICK = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

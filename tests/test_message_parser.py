@@ -32,6 +32,9 @@ _DEFAULTS = (
     ("CSeq", "1 {method}"),
 )
 
+#: Each test runs with the C accelerator in front and with the Python parser alone.
+pytestmark = pytest.mark.usefixtures("both_parsers")
+
 
 def _header_lines(defaults: tuple[tuple[str, str], ...], method: str, headers: dict[str, str | None]) -> list[str]:
     wanted = {name.replace("_", "-").lower(): value for name, value in headers.items()}

@@ -30,6 +30,9 @@ from sipproxy.message import (
     parse_uri,
 )
 
+#: Each test runs with the C accelerator in front and with the Python parser alone.
+pytestmark = pytest.mark.usefixtures("both_parsers")
+
 TORTURE = Path(__file__).parent / "data" / "torture"
 
 

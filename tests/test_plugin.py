@@ -19,7 +19,7 @@ def test_sipproxy_is_a_twistd_plugin() -> None:
     assert makers["sipproxy"].options().__class__.__name__ == "Options"
 
 
-def test_wheel_ships_plugin_templates_and_no_twisted_init(tmp_path: Path) -> None:
+def test_wheel_ships_plugin_templates_accelerator_and_no_twisted_init(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
@@ -31,6 +31,8 @@ def test_wheel_ships_plugin_templates_and_no_twisted_init(tmp_path: Path) -> Non
     assert "twisted/plugins/__init__.py" not in names
     assert "sipproxy/templates/bindings.html" in names
     assert "sipproxy/message/parser.py" in names
+    # setup.py's optional C accelerator, built where a C compiler is (the README's machine has one)
+    assert any(n.startswith("sipproxy/message/_speedups.") and n.endswith(".so") for n in names)
 
 
 def test_every_subpackage_is_listed_in_setup_cfg() -> None:

@@ -244,7 +244,10 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        return self._cached("via", lambda: parse_vias([h.value for h in self.headers if h.key == "via"]))  # type: ignore[return-value]
+        vias: list[Via] | None = self._cache.get("via")  # type: ignore[assignment]
+        if vias is None:  # the parser leaves them here: only messages we built come this way
+            vias = self._cache["via"] = parse_vias([h.value for h in self.headers if h.key == "via"])
+        return vias
 
     @property
     def top_via(self) -> Via:
@@ -271,13 +274,13 @@ class Message:
         return self._cached("cseq", build)  # type: ignore[return-value]
 
     def _address(self, name: str) -> NameAddr:
-        def build() -> NameAddr:
+        address: NameAddr | None = self._cache.get(name)  # type: ignore[assignment]
+        if address is None:  # the parser leaves From and To here: only messages we built come this way
             value = self.get(name)
             if value is None:
                 raise ParseError(f"Missing {display_name(name)}")
-            return _naming(name, parse_name_addr, [value])[0]
-
-        return self._cached(name, build)  # type: ignore[return-value]
+            address = self._cache[name] = _naming(name, parse_name_addr, [value])[0]
+        return address
 
     @property
     def from_(self) -> NameAddr:
