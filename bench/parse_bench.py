@@ -30,8 +30,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from sipproxy.message import parse_message
-from sipproxy.message.parser import accelerated
+from sipproxy.message import _accel, parse_message
 
 _SDP = (
     b"v=0\r\n"
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     twisted_parse = make_twisted_parse()
     print(f"python {platform.python_version()} ({platform.python_implementation()}), {platform.machine()}")
     print(f"number={number} repeat={repeat}")
-    print(f"sipproxy parser: {'C accelerator (_speedups.c)' if accelerated else 'pure Python'}")
+    print(f"sipproxy parser: {'C accelerator (_speedups.c)' if _accel.parse else 'pure Python'}")
     ratio = None
     parsers: list[Callable[[bytes], object]] = [sipproxy_parse]
     if twisted_parse is not None:

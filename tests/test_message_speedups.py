@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_message_fuzz import SEEDS, mutated
+from test_message_fuzz import SEEDS, mutated, name_addr_text, sip_uri_text
 
-from sipproxy.message import ParseError, parse_message
-from sipproxy.message.parser import accelerated, parse_python
+from sipproxy.message import ParseError, _accel, parse_message, parse_name_addr, parse_uri
+from sipproxy.message.parser import parse_python
 
-if accelerated is None and os.environ.get("SIPPROXY_NO_EXTENSIONS"):
+if _accel.parse is None and os.environ.get("SIPPROXY_NO_EXTENSIONS"):
     pytest.skip("SIPPROXY_NO_EXTENSIONS is set: the C accelerator is switched off", allow_module_level=True)
 
 FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,7 +48,7 @@ def python_result(data: bytes) -> object:
 
 def check(data: bytes) -> bool:
     """The accelerator agrees with the Python parser on ``data``; whether it took the message."""
-    fast = accelerated(data)
+    fast = _accel.parse(data)
     if fast is None:
         return False
     assert snapshot(fast) == python_result(data)
@@ -57,7 +57,7 @@ def check(data: bytes) -> bool:
 
 def test_the_accelerator_is_built() -> None:
     """A machine with a C compiler builds it (setup.py); without it the server runs the Python parser."""
-    assert accelerated is not None, "sipproxy/message/_speedups.c was not built: is a C compiler installed?"
+    assert _accel.parse is not None, "sipproxy/message/_speedups.c was not built: is a C compiler installed?"
 
 
 def message(*headers: str, start: str = "INVITE sip:bob@example.test SIP/2.0", body: bytes = b"") -> bytes:
@@ -158,7 +158,7 @@ HANDED_BACK = [
 
 @pytest.mark.parametrize("data", HANDED_BACK, ids=range(len(HANDED_BACK)))
 def test_hands_back_what_is_not_everyday(data: bytes) -> None:
-    assert accelerated(data) is None
+    assert _accel.parse(data) is None
     try:
         parse_message(data)
     except ParseError:
@@ -185,24 +185,53 @@ _KINDS = ["plain"] * 16 + ["odd"] * 3 + ["random"]
 _ALPHABET = "aB9-._!~*'()&=+$,;?/:@<>\"\\% \t[]%"
 
 
-@st.composite
-def everyday(draw: st.DrawFn) -> bytes:
-    """Messages built near the lines the accelerator draws: each part plain, odd, or broken."""
+def _part(draw: st.DrawFn, plain: str, *odd: str) -> str:
+    """Mostly the plain form (or the whole message would be broken), now and then an odd one."""
+    kind = draw(st.sampled_from(_KINDS))
+    if kind == "plain" or not odd:
+        return plain
+    if kind == "odd":
+        return draw(st.sampled_from(odd))
+    return draw(st.text(alphabet=_ALPHABET, max_size=12))
+
+
+def _uri_parts(draw: st.DrawFn) -> tuple[str, str, str]:
+    """A SIP URI, the host and port in it, each part plain or odd."""
 
     def text(plain: str, *odd: str) -> str:
-        """Mostly the plain form (or the whole message would be broken), now and then an odd one."""
-        kind = draw(st.sampled_from(_KINDS))
-        if kind == "plain" or not odd:
-            return plain
-        if kind == "odd":
-            return draw(st.sampled_from(odd))
-        return draw(st.text(alphabet=_ALPHABET, max_size=12))
+        return _part(draw, plain, *odd)
 
     host = text("example.test", "192.0.2.1", "a-b.example.test.", "x", "-x", "x-", "a..b", "[::1]", "EXAMPLE.Test")
     port = text("", ":5060", ":65535", ":65536", ":0", ":123456", ":", ":5x")
     uparams = text("", ";lr", ";transport=TCP", ";maddr=239.0.0.1;ttl=5", ";x=", ";=y", ";a=b=c", ";LR;Lr")
     user = text("", "bob@", "b;x=1@", "@", "a@b@", "%41@", "a b@")
-    uri = text("sip:", "sips:", "SIP:", "tel:") + user + host + port + uparams
+    return text("sip:", "sips:", "SIP:", "tel:") + user + host + port + uparams, host, port
+
+
+@st.composite
+def plain_uri(draw: st.DrawFn) -> str:
+    return _uri_parts(draw)[0]
+
+
+@st.composite
+def plain_name_addr(draw: st.DrawFn) -> str:
+    """A From/To/Contact/Route value: ``display <uri>;params`` or ``uri;params``, plain or odd."""
+    uri = _uri_parts(draw)[0]
+    hparams = _part(draw, "", ";tag=1", ";TAG=x;expires=3", ";tag", ";tag=", ';tag="q"', ";a=b=c", " ;tag=1", ";q=0.5")
+    if draw(st.booleans()):
+        return uri + hparams  # addr-spec
+    display = _part(draw, "", "Bob ", "Bob", '"Bob" ', '""', '"B\\"ob" ', "Bob  ", "A B C ", "<")
+    return f"{display}<{uri}>{hparams}"
+
+
+@st.composite
+def everyday(draw: st.DrawFn) -> bytes:
+    """Messages built near the lines the accelerator draws: each part plain, odd, or broken."""
+
+    def text(plain: str, *odd: str) -> str:
+        return _part(draw, plain, *odd)
+
+    uri, host, port = _uri_parts(draw)
     display = text("", "Bob ", "Bob", '"Bob" ', '""', '"B\\"ob" ', "Bob  ", "A B C ", "<")
     hparams = text("", ";tag=1", ";TAG=x;expires=3", ";tag", ";tag=", ';tag="q"', ";a=b=c", " ;tag=1")
     vparams = text("", ";branch=z9hG4bK1", ";branch", ";rport", ";rport=1", ";rport=70000", ";ttl=256", ";TTL=1")
@@ -237,3 +266,78 @@ def everyday(draw: st.DrawFn) -> bytes:
 @example(message(*BASE))
 def test_built_messages_agree(data: bytes) -> None:
     check(data)
+
+
+# -- name_addr() and sip_uri(): the same plain forms, one value at a time (Contact, Route, bindings) --
+
+
+def python_value(parse: object, text: str) -> object:
+    """``parse(text)`` with the accelerator's value functions switched off."""
+    saved = _accel.name_addr, _accel.sip_uri
+    _accel.name_addr = _accel.sip_uri = None
+    try:
+        return snapshot(parse(text))  # type: ignore[operator]
+    except ParseError as exc:
+        return ("ParseError", exc.status, exc.reason)
+    finally:
+        _accel.name_addr, _accel.sip_uri = saved
+
+
+def check_value(fast: object, parse: object, text: str) -> bool:
+    result = fast(text)  # type: ignore[operator]
+    if result is None:
+        return False
+    assert snapshot(result) == python_value(parse, text)
+    return True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:bob@192.0.2.4:5060;transport=udp>;expires=7200",
+        '"Bob" <sip:bob@example.test>;tag=1;q=0.5',
+        "Bob Smith <sip:bob@example.test;lr>",
+        "sip:bob@example.test;tag=x",
+        "<sip:proxy.example.test;lr>",
+    ],
+)
+def test_name_addr_takes_the_plain_forms(text: str) -> None:
+    assert check_value(_accel.name_addr, parse_name_addr, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["sip:bob@example.test", "sip:192.0.2.4:5060;transport=UDP", "sip:u;x=1@h-1.example.test.:1;lr"]
+)
+def test_sip_uri_takes_the_plain_forms(text: str) -> None:
+    assert check_value(_accel.sip_uri, parse_uri, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sips:bob@example.test",
+        "tel:+15551234",
+        "sip:bob@[2001:db8::1]",
+        "sip:b%41b@example.test",
+        "sip:bob@example.test?Subject=x",
+        "sip:bob@example.test:65536",
+        " sip:bob@example.test",
+        "sip:bob@exämple.test",
+    ],
+)
+def test_sip_uri_hands_back(text: str) -> None:
+    assert _accel.sip_uri(text) is None
+
+
+@FUZZ
+@given(name_addr_text() | plain_name_addr())
+@example('sip:a@b;+sip.instance="<urn:x>"')
+@example('"a\r\nb" <sip:a@b>')
+def test_name_addrs_agree(text: str) -> None:
+    check_value(_accel.name_addr, parse_name_addr, text)
+
+
+@FUZZ
+@given(sip_uri_text() | plain_uri())
+def test_sip_uris_agree(text: str) -> None:
+    check_value(_accel.sip_uri, parse_uri, text)

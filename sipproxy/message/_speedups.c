@@ -865,6 +865,49 @@ error:
     return NULL;
 }
 
+/* ---- name_addr(), sip_uri(): the same plain forms, one value at a time ---- */
+
+/* The bytes of an ASCII str (what the header scan guarantees for parse()); NULL otherwise. */
+static const char *
+ascii_text(PyObject *text, Py_ssize_t *n)
+{
+    if (!ready || !PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
+        return NULL;
+    *n = PyUnicode_GET_LENGTH(text);
+    return (const char *)PyUnicode_1BYTE_DATA(text);
+}
+
+PyDoc_STRVAR(name_addr_doc,
+             "name_addr(text) -> NameAddr | None\n\n"
+             "values.parse_name_addr for the plain forms parse() reads in From and To;\n"
+             "None for anything else.");
+
+static PyObject *
+name_addr(PyObject *module, PyObject *text)
+{
+    Py_ssize_t n;
+    const char *p = ascii_text(text, &n);
+    Addr addr;
+    if (p == NULL || !read_name_addr((Span){p, n}, &addr))
+        DEFER;
+    return make_name_addr(&addr);
+}
+
+PyDoc_STRVAR(sip_uri_doc,
+             "sip_uri(text) -> SipURI | None\n\n"
+             "uri.parse_uri for a plain sip: URI (uri._SIP_COMMON); None for anything else.");
+
+static PyObject *
+sip_uri(PyObject *module, PyObject *text)
+{
+    Py_ssize_t n;
+    const char *p = ascii_text(text, &n);
+    Uri uri;
+    if (p == NULL || !read_sip_uri((Span){p, n}, &uri))
+        DEFER;
+    return make_uri(&uri);
+}
+
 /* ---- setup() ---- */
 
 static int
@@ -981,6 +1024,8 @@ PyDoc_STRVAR(parse_doc,
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, setup_doc},
     {"parse", parse, METH_O, parse_doc},
+    {"name_addr", name_addr, METH_O, name_addr_doc},
+    {"sip_uri", sip_uri, METH_O, sip_uri_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 
+from sipproxy.message import _accel
 from sipproxy.message.errors import ParseError
 from sipproxy.message.headers import COMPACT_FORMS, canonical_key, display_name, is_token, known_names
 from sipproxy.message.message import Header, Request, Response, parse_vias
@@ -48,27 +49,29 @@ _METHODS = frozenset(
 _new = object.__new__
 
 
-def _load_speedups() -> object | None:
-    """The C accelerator's ``parse``, or ``None`` where it was not built or is switched off."""
+def _load_speedups() -> None:
+    """Fill in ``_accel`` from the C accelerator, unless it was not built or is switched off."""
     if os.environ.get("SIPPROXY_NO_EXTENSIONS"):
-        return None
+        return
     try:
         from sipproxy.message import _speedups  # type: ignore[attr-defined]
     except ImportError:  # built without a C compiler: the Python parser alone, same results
-        return None
+        return
     assert _speedups.MAX_HEADERS == MAX_HEADERS
     _speedups.setup(Header, Request, Response, Via, NameAddr, SipURI, CSeq, _KNOWN_SPELLINGS)
-    return _speedups.parse
+    _accel.parse = _speedups.parse
+    _accel.name_addr = _speedups.name_addr
+    _accel.sip_uri = _speedups.sip_uri
 
 
-#: ``_speedups.parse``: the everyday message as :func:`parse_message` builds it, else ``None``.
-accelerated = _load_speedups()
+_load_speedups()
 
 
 def parse_message(data: bytes) -> Request | Response:
     """Parse one SIP message held entirely in ``data``."""
+    accelerated = _accel.parse
     if accelerated is not None:
-        message = accelerated(data)  # type: ignore[operator]
+        message = accelerated(data)
         if message is not None:
             return message  # type: ignore[no-any-return]
     return parse_python(data)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_to_bytes as _pct_unquote_to_bytes
 
+from sipproxy.message import _accel
 from sipproxy.message.errors import ParseError
 from sipproxy.message.headers import format_params
 
@@ -239,6 +240,11 @@ def parse_uri(text: str) -> URI:
     Other schemes are returned as :class:`AbsoluteURI`; deciding whether we
     can handle them (416) is the proxy's job (§16.3 step 2).
     """
+    accelerated = _accel.sip_uri
+    if accelerated is not None:
+        uri = accelerated(text)
+        if uri is not None:
+            return uri  # type: ignore[no-any-return]
     if text.startswith("sip:"):  # the everyday spelling: no need to check and lower-case the scheme
         lscheme, rest = "sip", text[4:]
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sipproxy.message import _accel
 from sipproxy.message.errors import ParseError
 from sipproxy.message.headers import TOKEN, format_params, is_token, quote, split_params, unquote
 from sipproxy.message.uri import DOMAIN, URI, SipURI, format_host, parse_uri
@@ -87,6 +88,11 @@ def parse_name_addr(text: str) -> NameAddr:
     Without ``<>`` every ``;param`` belongs to the header, not to the URI, and
     the URI may not contain ``,`` or ``?`` (§20: such a URI must be enclosed).
     """
+    accelerated = _accel.name_addr
+    if accelerated is not None:
+        address = accelerated(text)
+        if address is not None:
+            return address  # type: ignore[no-any-return]
     m = _NAME_ADDR_COMMON.match(text)
     if m is not None:
         quoted, tokens, uritext, paramtext = m.groups()
