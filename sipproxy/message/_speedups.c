@@ -364,12 +364,13 @@ plain_params(Span s, int uri)
     return r == 0;
 }
 
+/* 1 to max_len ASCII digits (max_len <= 18), at most limit. */
 static int
-all_digits(Span s, Py_ssize_t max_len, long limit, long *value)
+all_digits(Span s, Py_ssize_t max_len, long long limit, long long *value)
 {
     if (s.n == 0 || s.n > max_len)
         return 0;
-    long v = 0;
+    long long v = 0;
     for (Py_ssize_t i = 0; i < s.n; i++) {
         if (s.p[i] < '0' || s.p[i] > '9')
             return 0;
@@ -506,7 +507,7 @@ read_via(Span text, ViaV *via)
     via->params = (Span){p, end - p};
     Param param;
     int r;
-    long number;
+    long long number;
     while ((r = next_param(&p, end, 0, &param)) == 1) {
         if (!param.has_value) {
             /* flags that need a value (a repeated name could still fix it: the Python parser decides) */
@@ -528,12 +529,12 @@ read_via(Span text, ViaV *via)
 
 /* values._CSEQ_COMMON: digits SP token, the number at most 2**31-1. */
 static int
-read_cseq(Span text, long *seq, Span *method)
+read_cseq(Span text, long long *seq, Span *method)
 {
     const char *sp = memchr(text.p, ' ', (size_t)text.n);
     if (sp == NULL)
         return 0;
-    if (!all_digits((Span){text.p, sp - text.p}, 10, 2147483647L, seq))
+    if (!all_digits((Span){text.p, sp - text.p}, 10, 2147483647LL, seq))
         return 0;
     *method = (Span){sp + 1, text.p + text.n - sp - 1};
     return method->n > 0 && scan(method->p, method->p + method->n, TOKEN_C) == method->p + method->n;
@@ -634,12 +635,12 @@ make_via(const ViaV *v)
 }
 
 static PyObject *
-make_cseq(long seq, Span method)
+make_cseq(long long seq, Span method)
 {
     PyObject *cseq = alloc(CSeqT);
     if (cseq == NULL)
         return NULL;
-    if (put(cseq, &C_seq, PyLong_FromLong(seq)) < 0 || put(cseq, &C_method, str_of(method)) < 0) {
+    if (put(cseq, &C_seq, PyLong_FromLongLong(seq)) < 0 || put(cseq, &C_method, str_of(method)) < 0) {
         Py_DECREF(cseq);
         return NULL;
     }
@@ -798,7 +799,7 @@ parse(PyObject *module, PyObject *data)
     if (nvias == 0 || !seen[F_FROM] || !seen[F_TO] || !seen[F_CALL_ID] || !seen[F_CSEQ])
         DEFER;
     Addr from, to;
-    long seq, number;
+    long long seq, number;
     Span cseq_method;
     if (!read_name_addr(single[F_FROM], &from) || !read_name_addr(single[F_TO], &to))
         DEFER;
@@ -812,7 +813,7 @@ parse(PyObject *module, PyObject *data)
     if (!response && seen[F_MAX_FORWARDS] && !all_digits(single[F_MAX_FORWARDS], 10, 255, &number))
         DEFER;
     if (seen[F_CONTENT_LENGTH]) {
-        if (!all_digits(single[F_CONTENT_LENGTH], 10, 2147483648L, &number) || number > body_len)
+        if (!all_digits(single[F_CONTENT_LENGTH], 10, 2147483648LL, &number) || number > body_len)
             DEFER;
         body_len = number; /* §18.3: bytes past Content-Length are discarded */
     }
