@@ -19,7 +19,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from sipproxy.location import BindingEvent, LocationStore, SQLitePersistence
-from sipproxy.message import Request, Response
+from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -545,6 +545,13 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         domains=", ".join(domains),
         advertised=advertised,
     )
+    if _accel.parse is not None:
+        log.info("SIP parser: the C accelerator, with the Python parser for what it hands back")
+    else:
+        log.warn(
+            "SIP parser: pure Python, several times slower: the C accelerator was not built (no C compiler or "
+            "Python headers when pip installed sipproxy) or SIPPROXY_NO_EXTENSIONS is set"
+        )
     if advertised.startswith("127.") and interface in ("", "0.0.0.0", "::"):
         log.warn(
             "Advertising {advertised} in Via and Record-Route while listening on every address: "

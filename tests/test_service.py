@@ -137,3 +137,20 @@ def test_overload_protection_is_off_unless_asked_for() -> None:
     assert _service(":memory:").core.security.guard.lagging() is None
     guard = _service(":memory:", "--overload-lag", "0.2").core.security.guard
     assert isinstance(guard.lagging, ReactorLag) and guard.lagging.threshold == 0.2
+
+
+def test_the_log_says_which_sip_parser_runs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An operator can tell from the start-up log whether pip built the C accelerator."""
+    from sipproxy.message import _accel
+
+    def parser_lines() -> list[tuple[LogLevel, str]]:
+        with capturedLogs() as events:
+            _service(":memory:").core.store.close()
+        return [(e["log_level"], e["log_format"]) for e in events if e["log_format"].startswith("SIP parser")]
+
+    assert _accel.parse is not None  # built here (tests/test_message_speedups.py holds to that)
+    [(level, text)] = parser_lines()
+    assert level == LogLevel.info and "C accelerator" in text
+    monkeypatch.setattr(_accel, "parse", None)
+    [(level, text)] = parser_lines()
+    assert level == LogLevel.warn and "pure Python" in text
