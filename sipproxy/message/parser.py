@@ -57,7 +57,11 @@ def _load_speedups() -> None:
         from sipproxy.message import _speedups  # type: ignore[attr-defined]
     except ImportError:  # built without a C compiler: the Python parser alone, same results
         return
-    assert _speedups.MAX_HEADERS == MAX_HEADERS
+    if _speedups.MAX_HEADERS != MAX_HEADERS:
+        raise ImportError(
+            "sipproxy/message/_speedups was built from another version of sipproxy: rebuild it "
+            "(pip install again, or python3 setup.py build_ext --inplace)"
+        )
     _speedups.setup(Header, Request, Response, Via, NameAddr, SipURI, CSeq, _KNOWN_SPELLINGS)
     _accel.parse = _speedups.parse
     _accel.name_addr = _speedups.name_addr
