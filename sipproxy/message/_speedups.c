@@ -69,6 +69,7 @@ static unsigned char PARAM_C[256];    /* paramchar, no escapes */
 static unsigned char PLAIN_C[256];    /* a plain header-parameter value: [^;"\s] */
 static unsigned char INNER_C[256];    /* a URI inside <>: [^<>\s"] */
 static unsigned char TEXT_C[256];     /* what a header line may hold here: printable ASCII and HT */
+static unsigned char QUOTED_C[256];   /* inside a quoted parameter value: TEXT_C but " and \ */
 
 #define ALNUM "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -99,6 +100,8 @@ init_tables(void)
     fill_printable_except(INNER_C, "<>\"");
     fill_printable_except(TEXT_C, "");
     TEXT_C[' '] = TEXT_C['\t'] = 1;
+    fill_printable_except(QUOTED_C, "\"\\");
+    QUOTED_C[' '] = QUOTED_C['\t'] = 1;
 }
 
 static const char *
@@ -322,11 +325,17 @@ typedef struct {
     int has_value;
 } Param;
 
-/* The next ";name[=value]" before end: 1 and p advanced, 0 at the end, -1 when not plain.
- * uri: uri-parameters (paramchar names and values); else header or Via parameters
- * (token names, [^;"\s] values). */
+/* The three kinds of parameter list the plain forms have. */
+enum ParamKind {
+    P_VIA,    /* token names, [^;"\s] values (values._PLAIN_PARAMS) */
+    P_URI,    /* paramchar names and values, no escapes (uri._SIP_COMMON) */
+    P_HEADER, /* a name-addr's: P_VIA's, or a quoted string without escapes, kept with its quotes
+               * (headers.split_params, as for ;+sip.instance="<urn:...>") */
+};
+
+/* The next ";name[=value]" before end: 1 and p advanced, 0 at the end, -1 when not plain. */
 static int
-next_param(const char **pp, const char *end, int uri, Param *out)
+next_param(const char **pp, const char *end, enum ParamKind kind, Param *out)
 {
     const char *p = *pp;
     if (p == end)
@@ -334,16 +343,24 @@ next_param(const char **pp, const char *end, int uri, Param *out)
     if (*p != ';')
         return -1;
     const char *s = ++p;
-    p = scan(p, end, uri ? PARAM_C : TOKEN_C);
+    p = scan(p, end, kind == P_URI ? PARAM_C : TOKEN_C);
     if (p == s)
         return -1;
     out->name = (Span){s, p - s};
     out->has_value = 0;
     if (p < end && *p == '=') {
         s = ++p;
-        p = scan(p, end, uri ? PARAM_C : PLAIN_C);
-        if (p == s)
-            return -1;
+        if (kind == P_HEADER && p < end && *p == '"') {
+            p = scan(p + 1, end, QUOTED_C);
+            if (p == end || *p != '"')
+                return -1; /* an escape, a control character or no closing quote */
+            p++;
+        }
+        else {
+            p = scan(p, end, kind == P_URI ? PARAM_C : PLAIN_C);
+            if (p == s)
+                return -1;
+        }
         out->value = (Span){s, p - s};
         out->has_value = 1;
     }
@@ -354,12 +371,12 @@ next_param(const char **pp, const char *end, int uri, Param *out)
 }
 
 static int
-plain_params(Span s, int uri)
+plain_params(Span s, enum ParamKind kind)
 {
     const char *p = s.p, *end = s.p + s.n;
     Param param;
     int r;
-    while ((r = next_param(&p, end, uri, &param)) == 1)
+    while ((r = next_param(&p, end, kind, &param)) == 1)
         ;
     return r == 0;
 }
@@ -406,7 +423,7 @@ read_sip_uri(Span text, Uri *uri)
     if (!read_hostport(&p, end, &uri->host, &uri->port))
         return 0;
     uri->params = (Span){p, end - p};
-    return plain_params(uri->params, 1);
+    return plain_params(uri->params, P_URI);
 }
 
 typedef struct {
@@ -456,7 +473,7 @@ read_bracketed(Span text, Addr *addr)
     if (!read_sip_uri((Span){inner, p - inner}, &addr->uri))
         return 0;
     addr->params = (Span){p + 1, end - p - 1};
-    return plain_params(addr->params, 0);
+    return plain_params(addr->params, P_HEADER);
 }
 
 /* A From/To value: the plain name-addr, or an addr-spec as values._parse_name_addr reads one
@@ -479,7 +496,7 @@ read_name_addr(Span text, Addr *addr)
         return 0;
     addr->has_display = 0;
     addr->params = (Span){semi, end - semi};
-    return plain_params(addr->params, 0);
+    return plain_params(addr->params, P_HEADER);
 }
 
 typedef struct {
@@ -508,7 +525,7 @@ read_via(Span text, ViaV *via)
     Param param;
     int r;
     long long number;
-    while ((r = next_param(&p, end, 0, &param)) == 1) {
+    while ((r = next_param(&p, end, P_VIA, &param)) == 1) {
         if (!param.has_value) {
             /* flags that need a value (a repeated name could still fix it: the Python parser decides) */
             if (span_ieq(param.name, "branch") || span_ieq(param.name, "received") ||
@@ -543,14 +560,14 @@ read_cseq(Span text, long long *seq, Span *method)
 /* ---- building the objects ---- */
 
 static PyObject *
-make_params(Span text, int uri)
+make_params(Span text, enum ParamKind kind)
 {
     PyObject *params = PyDict_New();
     if (params == NULL)
         return NULL;
     const char *p = text.p, *end = text.p + text.n;
     Param param;
-    while (next_param(&p, end, uri, &param) == 1) {
+    while (next_param(&p, end, kind, &param) == 1) {
         PyObject *name = lower_of(param.name);
         PyObject *value = param.has_value ? str_of(param.value) : Py_NewRef(Py_None);
         int r = (name && value) ? PyDict_SetItem(params, name, value) : -1;
@@ -579,7 +596,7 @@ make_uri(const Uri *u)
     if (put(uri, &U_scheme, Py_NewRef(S_sip)) < 0 || put(uri, &U_host, str_of(u->host)) < 0 ||
         put(uri, &U_user, u->has_user ? str_of(u->user) : Py_NewRef(Py_None)) < 0 ||
         put(uri, &U_password, Py_NewRef(Py_None)) < 0 || put(uri, &U_port, port_of(u->port)) < 0 ||
-        put(uri, &U_params, make_params(u->params, 1)) < 0 || put(uri, &U_headers, Py_NewRef(S_empty)) < 0) {
+        put(uri, &U_params, make_params(u->params, P_URI)) < 0 || put(uri, &U_headers, Py_NewRef(S_empty)) < 0) {
         Py_DECREF(uri);
         return NULL;
     }
@@ -594,7 +611,7 @@ make_name_addr(const Addr *a)
         return NULL;
     if (put(addr, &N_uri, make_uri(&a->uri)) < 0 ||
         put(addr, &N_display, a->has_display ? str_of(a->display) : Py_NewRef(Py_None)) < 0 ||
-        put(addr, &N_params, make_params(a->params, 0)) < 0) {
+        put(addr, &N_params, make_params(a->params, P_HEADER)) < 0) {
         Py_DECREF(addr);
         return NULL;
     }
@@ -626,7 +643,7 @@ make_via(const ViaV *v)
     if (via == NULL)
         return NULL;
     if (put(via, &V_transport, make_transport(v->transport)) < 0 || put(via, &V_host, str_of(v->host)) < 0 ||
-        put(via, &V_port, port_of(v->port)) < 0 || put(via, &V_params, make_params(v->params, 0)) < 0 ||
+        put(via, &V_port, port_of(v->port)) < 0 || put(via, &V_params, make_params(v->params, P_VIA)) < 0 ||
         put(via, &V_protocol, Py_NewRef(S_sip20)) < 0) {
         Py_DECREF(via);
         return NULL;
