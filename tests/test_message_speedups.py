@@ -102,6 +102,9 @@ EVERYDAY = [
     message(*BASE[:1], *BASE[2:], start="SIP/2.0 603 Decline, with a , comma"),
     message(*BASE[:1], *BASE[2:], "Max-Forwards: banana", start="SIP/2.0 100 Trying"),  # responses: not read
     message(*BASE, "Max-Forwards: 70"),  # a repeated single header with the same value
+    message(*BASE, "User-Agent: Téléphone/1.0 ☎").replace(b'"Alice"', '"Alïce Ünïcode"'.encode()),  # UTF-8
+    message(*BASE[:1], *BASE[2:], start="SIP/2.0 486 Besetzt – später"),
+    message(*BASE).replace(b"To: Bob <sip:bob@example.test>", 'To: "Bób" <sip:bob@example.test>;x="ü;v"'.encode()),
 ]
 
 
@@ -126,7 +129,9 @@ def test_takes_the_benchmark_messages() -> None:
 HANDED_BACK = [
     message(*BASE).replace(b"\r\n", b"\n"),  # bare LF line ends
     message(*BASE, "Subject: folded", " across lines"),
-    message(*BASE).replace(b'"Alice"', '"Alïce"'.encode()),  # UTF-8 display name
+    message(*BASE).replace(b'"Alice"', b'"Al\xffce"'),  # not UTF-8: the Python parser keeps the byte
+    message(*BASE).replace(b'"Alice"', "Jösé".encode()),  # a display name of tokens is ASCII
+    message(*BASE, "Via: SIP/2.0/UDP x.test;branch=z9hG4bK\u00a03"),  # NBSP is whitespace to Python's \s
     message(*BASE).replace(b'"Alice"', b'"A\\"lice"'),  # an escape in a quoted string
     message(*BASE, start="INVITE sips:bob@example.test SIP/2.0"),
     message(*BASE, start="INVITE tel:+15551234 SIP/2.0"),
@@ -244,7 +249,7 @@ def plain_name_addr(draw: st.DrawFn) -> str:
     )
     if draw(st.booleans()):
         return uri + hparams  # addr-spec
-    display = _part(draw, "", "Bob ", "Bob", '"Bob" ', '""', '"B\\"ob" ', "Bob  ", "A B C ", "<")
+    display = _part(draw, "", "Bob ", "Bob", '"Bob" ', '""', '"B\\"ob" ', "Bob  ", "A B C ", "<", '"Bób" ')
     return f"{display}<{uri}>{hparams}"
 
 
@@ -256,7 +261,7 @@ def everyday(draw: st.DrawFn) -> bytes:
         return _part(draw, plain, *odd)
 
     uri, host, port = _uri_parts(draw)
-    display = text("", "Bob ", "Bob", '"Bob" ', '""', '"B\\"ob" ', "Bob  ", "A B C ", "<")
+    display = text("", "Bob ", "Bob", '"Bob" ', '""', '"B\\"ob" ', "Bob  ", "A B C ", "<", '"Jösé" ', "Jösé ")
     hparams = text("", ";tag=1", ";TAG=x;expires=3", ";tag", ";tag=", ';tag="q"', ";a=b=c", " ;tag=1")
     vparams = text("", ";branch=z9hG4bK1", ";branch", ";rport", ";rport=1", ";rport=70000", ";ttl=256", ";TTL=1")
     transport = text("UDP", "tcp", "Tls", "", "U1")
@@ -276,7 +281,8 @@ def everyday(draw: st.DrawFn) -> bytes:
     body = draw(st.sampled_from([b"", b"hello", b"\xff\x00"]))
     if draw(st.booleans()):
         headers.append(f"Content-Length: {text(str(len(body)), '0', '2', '99')}")
-    headers.extend(draw(st.lists(st.sampled_from(["X-A: 1", "Subject: hi", "Contact: *", "k: path"]), max_size=3)))
+    extra = ["X-A: 1", "Subject: hi", "Contact: *", "k: path", "User-Agent: Tél ☎", "Subject: \u00a0x\u2028y"]
+    headers.extend(draw(st.lists(st.sampled_from(extra), max_size=3)))
     headers = draw(st.permutations(headers))
     if draw(st.booleans()):
         start = f"SIP/2.0 {text('200', '100', '699', '700', '2000')} {text('OK', '')}"

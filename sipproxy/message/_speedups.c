@@ -2,10 +2,13 @@
  *
  *     parse(data: bytes) -> Request | Response | None
  *
+ *     name_addr(text: str) -> NameAddr | None, sip_uri(text: str) -> SipURI | None
+ *
  * This is an accelerator for the short path of sipproxy/message/parser.py,
  * not a second parser.  It takes the messages that path calls everyday --
- * CRLF line ends, printable ASCII headers, no folding, every Via, From, To,
- * CSeq and Request-URI in its plain form (the *_COMMON regexes of uri.py and
+ * CRLF line ends, printable headers (UTF-8 only in free text: values, the
+ * reason phrase, quoted strings), no folding, every Via, From, To, CSeq and
+ * Request-URI in its plain form (the *_COMMON regexes of uri.py and
  * values.py) -- and builds exactly the objects the Python code builds for
  * them.  For anything else it returns None and parser.py runs the Python
  * parser, which stays the reference: it alone decides that a message is bad
@@ -69,7 +72,8 @@ static unsigned char PARAM_C[256];    /* paramchar, no escapes */
 static unsigned char PLAIN_C[256];    /* a plain header-parameter value: [^;"\s] */
 static unsigned char INNER_C[256];    /* a URI inside <>: [^<>\s"] */
 static unsigned char TEXT_C[256];     /* what a header line may hold here: printable ASCII and HT */
-static unsigned char QUOTED_C[256];   /* inside a quoted parameter value: TEXT_C but " and \ */
+static unsigned char QUOTED_C[256];   /* inside a quoted parameter value: TEXT8_C but " and \ */
+static unsigned char TEXT8_C[256];    /* TEXT_C and the bytes of UTF-8 sequences (checked separately) */
 
 #define ALNUM "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -100,8 +104,11 @@ init_tables(void)
     fill_printable_except(INNER_C, "<>\"");
     fill_printable_except(TEXT_C, "");
     TEXT_C[' '] = TEXT_C['\t'] = 1;
-    fill_printable_except(QUOTED_C, "\"\\");
-    QUOTED_C[' '] = QUOTED_C['\t'] = 1;
+    memcpy(TEXT8_C, TEXT_C, sizeof TEXT8_C);
+    for (int c = 0x80; c < 0x100; c++)
+        TEXT8_C[c] = 1;
+    memcpy(QUOTED_C, TEXT8_C, sizeof QUOTED_C);
+    QUOTED_C['"'] = QUOTED_C['\\'] = 0;
 }
 
 static const char *
@@ -172,6 +179,15 @@ static const char *const COMMON_NAMES[] = {"branch", "tag", "rport", "received",
                                            "ttl", "expires", "q", "user", "method"};
 #define N_COMMON (sizeof COMMON_NAMES / sizeof COMMON_NAMES[0])
 static PyObject *common_names[N_COMMON];
+
+/* Free text (a header's value and line, a reason phrase, a display name, a quoted parameter):
+ * UTF-8 when the message has bytes past ASCII (the whole head was checked to be valid UTF-8,
+ * and these spans are cut at ASCII bytes), else ASCII as str_of. */
+static PyObject *
+text_of(Span s, int utf8)
+{
+    return utf8 ? PyUnicode_DecodeUTF8(s.p, s.n, NULL) : str_of(s);
+}
 
 static PyObject *
 lower_of(Span s)
@@ -560,7 +576,7 @@ read_cseq(Span text, long long *seq, Span *method)
 /* ---- building the objects ---- */
 
 static PyObject *
-make_params(Span text, enum ParamKind kind)
+make_params(Span text, enum ParamKind kind, int utf8)
 {
     PyObject *params = PyDict_New();
     if (params == NULL)
@@ -569,7 +585,7 @@ make_params(Span text, enum ParamKind kind)
     Param param;
     while (next_param(&p, end, kind, &param) == 1) {
         PyObject *name = lower_of(param.name);
-        PyObject *value = param.has_value ? str_of(param.value) : Py_NewRef(Py_None);
+        PyObject *value = param.has_value ? text_of(param.value, utf8) : Py_NewRef(Py_None);
         int r = (name && value) ? PyDict_SetItem(params, name, value) : -1;
         Py_XDECREF(name);
         Py_XDECREF(value);
@@ -596,7 +612,7 @@ make_uri(const Uri *u)
     if (put(uri, &U_scheme, Py_NewRef(S_sip)) < 0 || put(uri, &U_host, str_of(u->host)) < 0 ||
         put(uri, &U_user, u->has_user ? str_of(u->user) : Py_NewRef(Py_None)) < 0 ||
         put(uri, &U_password, Py_NewRef(Py_None)) < 0 || put(uri, &U_port, port_of(u->port)) < 0 ||
-        put(uri, &U_params, make_params(u->params, P_URI)) < 0 || put(uri, &U_headers, Py_NewRef(S_empty)) < 0) {
+        put(uri, &U_params, make_params(u->params, P_URI, 0)) < 0 || put(uri, &U_headers, Py_NewRef(S_empty)) < 0) {
         Py_DECREF(uri);
         return NULL;
     }
@@ -604,14 +620,14 @@ make_uri(const Uri *u)
 }
 
 static PyObject *
-make_name_addr(const Addr *a)
+make_name_addr(const Addr *a, int utf8)
 {
     PyObject *addr = alloc(NameAddrT);
     if (addr == NULL)
         return NULL;
     if (put(addr, &N_uri, make_uri(&a->uri)) < 0 ||
-        put(addr, &N_display, a->has_display ? str_of(a->display) : Py_NewRef(Py_None)) < 0 ||
-        put(addr, &N_params, make_params(a->params, P_HEADER)) < 0) {
+        put(addr, &N_display, a->has_display ? text_of(a->display, utf8) : Py_NewRef(Py_None)) < 0 ||
+        put(addr, &N_params, make_params(a->params, P_HEADER, utf8)) < 0) {
         Py_DECREF(addr);
         return NULL;
     }
@@ -643,7 +659,7 @@ make_via(const ViaV *v)
     if (via == NULL)
         return NULL;
     if (put(via, &V_transport, make_transport(v->transport)) < 0 || put(via, &V_host, str_of(v->host)) < 0 ||
-        put(via, &V_port, port_of(v->port)) < 0 || put(via, &V_params, make_params(v->params, P_VIA)) < 0 ||
+        put(via, &V_port, port_of(v->port)) < 0 || put(via, &V_params, make_params(v->params, P_VIA, 0)) < 0 ||
         put(via, &V_protocol, Py_NewRef(S_sip20)) < 0) {
         Py_DECREF(via);
         return NULL;
@@ -671,7 +687,7 @@ typedef struct {
 } Line;
 
 static PyObject *
-make_header(const Line *line)
+make_header(const Line *line, int utf8)
 {
     PyObject *h = alloc(HeaderT);
     if (h == NULL)
@@ -679,8 +695,8 @@ make_header(const Line *line)
     Span name = {line->raw.p, (const char *)memchr(line->raw.p, ':', (size_t)line->raw.n) - line->raw.p};
     PyObject *key = line->key != NULL ? Py_NewRef(line->key) : lower_of(name);
     PyObject *name_obj = line->known != NULL ? Py_NewRef(line->known->name) : str_of(name);
-    if (put(h, &H_key, key) < 0 || put(h, &H_name, name_obj) < 0 || put(h, &H_value, str_of(line->value)) < 0 ||
-        put(h, &H_raw, str_of(line->raw)) < 0) {
+    if (put(h, &H_key, key) < 0 || put(h, &H_name, name_obj) < 0 || put(h, &H_value, text_of(line->value, utf8)) < 0 ||
+        put(h, &H_raw, text_of(line->raw, utf8)) < 0) {
         Py_DECREF(h);
         return NULL;
     }
@@ -710,14 +726,19 @@ parse(PyObject *module, PyObject *data)
     const char *d = PyBytes_AS_STRING(data);
     const char *end = d + PyBytes_GET_SIZE(data);
 
-    /* Lines up to the first empty one: CRLF only, printable ASCII and HT only. */
+    /* Lines up to the first empty one: CRLF only, printable ASCII and HT, and UTF-8 checked below. */
     Line lines[MAX_LINES]; /* on the stack: parse() may run again from a finalizer while building */
     Py_ssize_t nlines = 0;
     const char *p = d, *start = d;
     if (end - d < 4 || *d == '\r')
         DEFER;
+    int utf8 = 0;
     for (;;) {
         p = scan(p, end, TEXT_C);
+        if (p < end && (unsigned char)*p >= 0x80) {
+            utf8 = 1;
+            p = scan(p, end, TEXT8_C);
+        }
         if (p + 1 >= end || p[0] != '\r' || p[1] != '\n' || nlines == MAX_LINES)
             DEFER;
         lines[nlines++].raw = (Span){start, p - start};
@@ -728,6 +749,16 @@ parse(PyObject *module, PyObject *data)
     }
     const char *body = p + 2;
     Py_ssize_t body_len = end - body;
+    if (utf8) {
+        /* Bytes past ASCII: only a head that is valid UTF-8 (the Python parser decodes the rest
+         * with surrogateescape).  Every span cut from it at ASCII bytes then decodes too. */
+        PyObject *head = PyUnicode_DecodeUTF8(d, p - d, NULL);
+        if (head == NULL) {
+            PyErr_Clear();
+            DEFER;
+        }
+        Py_DECREF(head);
+    }
 
     /* The start line. */
     Span first = lines[0].raw;
@@ -846,7 +877,7 @@ parse(PyObject *module, PyObject *data)
         via_list == NULL)
         goto error;
     for (Py_ssize_t i = 1; i < nlines; i++) {
-        PyObject *h = make_header(&lines[i]);
+        PyObject *h = make_header(&lines[i], utf8);
         if (h == NULL)
             goto error;
         PyList_SET_ITEM(headers, i - 1, h);
@@ -857,13 +888,13 @@ parse(PyObject *module, PyObject *data)
             goto error;
         PyList_SET_ITEM(via_list, i, via);
     }
-    if (set_cache(cache, S_via, Py_NewRef(via_list)) == NULL || set_cache(cache, S_from, make_name_addr(&from)) == NULL ||
-        set_cache(cache, S_to, make_name_addr(&to)) == NULL || set_cache(cache, S_cseq, make_cseq(seq, cseq_method)) == NULL)
+    if (set_cache(cache, S_via, Py_NewRef(via_list)) == NULL || set_cache(cache, S_from, make_name_addr(&from, utf8)) == NULL ||
+        set_cache(cache, S_to, make_name_addr(&to, utf8)) == NULL || set_cache(cache, S_cseq, make_cseq(seq, cseq_method)) == NULL)
         goto error;
     if (put(message, &M_body, PyBytes_FromStringAndSize(body, body_len)) < 0)
         goto error;
     if (response) {
-        if (put(message, &S_status, PyLong_FromLong(status)) < 0 || put(message, &S_reason, str_of(reason)) < 0)
+        if (put(message, &S_status, PyLong_FromLong(status)) < 0 || put(message, &S_reason, text_of(reason, utf8)) < 0)
             goto error;
     }
     else if (put(message, &R_method, str_of(method)) < 0 || put(message, &R_uri_text, str_of(uri_text)) < 0 ||
@@ -908,7 +939,7 @@ name_addr(PyObject *module, PyObject *text)
     Addr addr;
     if (p == NULL || !read_name_addr((Span){p, n}, &addr))
         DEFER;
-    return make_name_addr(&addr);
+    return make_name_addr(&addr, 0);
 }
 
 PyDoc_STRVAR(sip_uri_doc,
