@@ -59,6 +59,7 @@ from typing import Literal, NamedTuple, Protocol
 from sipproxy.location import Binding
 from sipproxy.message import NameAddr, ParseError, Request, Response, SipURI, make_response, parse_uri
 from sipproxy.message.headers import unquote
+from sipproxy.message.uri import canonical_host
 from sipproxy.randomness import stable_tag
 
 __all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
@@ -96,7 +97,7 @@ class RegistrarSettings:
     supported: frozenset[str] = frozenset({"path"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "domains", frozenset(_host_key(d) for d in self.domains))
+        object.__setattr__(self, "domains", frozenset(canonical_host(d.strip()) for d in self.domains))
         object.__setattr__(self, "supported", frozenset(t.lower() for t in self.supported))
         if not 0 <= self.min_expires <= self.max_expires or self.max_expires < 1:
             raise ValueError(f"need 0 <= min_expires ({self.min_expires}) <= max_expires ({self.max_expires})")
@@ -193,7 +194,7 @@ class Registrar:
             uri = request.uri
         except ParseError:
             return False
-        return isinstance(uri, SipURI) and _host_key(uri.host) in self._settings.domains
+        return isinstance(uri, SipURI) and canonical_host(uri.host) in self._settings.domains
 
     def answer(self, request: Request, source: _Source, send: Callable[[Response], None]) -> None:
         """Process one REGISTER and ``send`` its response once it may go out.
@@ -258,7 +259,7 @@ class Registrar:
             raise _Rejection(403, "Not your address-of-record")
 
         # step 5: the address-of-record (To, canonicalised) belongs to one of our domains.
-        if aor_uri is None or _host_key(aor_uri.host) not in self._settings.domains:
+        if aor_uri is None or canonical_host(aor_uri.host) not in self._settings.domains:
             raise _Rejection(404)
         if not aor_uri.user:
             raise _Rejection(404, "No user part in address-of-record")
@@ -449,14 +450,6 @@ class Registrar:
 
 
 # -- helpers -----------------------------------------------------------------
-
-
-def _host_key(host: str) -> str:
-    """How hosts are compared with our domains: lower case, no IPv6 brackets, no trailing dot."""
-    host = host.strip().lower()
-    if host.startswith("[") and host.endswith("]"):
-        return host[1:-1]
-    return host.rstrip(".")
 
 
 def _header_expires(request: Request) -> int | None:

@@ -9,11 +9,11 @@ request came from.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import ClassVar
 
 from sipproxy.message import Request, Response, make_response
+from sipproxy.randomness import random_hex
 from sipproxy.transaction.interfaces import Source, TransactionError, is_reliable
 from sipproxy.transaction.keys import ServerKey, expected_ack_key
 from sipproxy.transaction.machine import Environment, Input, Machine, State, Transition
@@ -92,7 +92,7 @@ class ServerTransaction(Machine):
         """The TU failed while handling the request: answer 500 unless a final was sent, so the
         transaction ends (and the client stops retransmitting) instead of lingering."""
         if self.state in (S.TRYING, S.PROCEEDING) and self.request is not None:
-            self.respond(make_response(self.request, 500, to_tag=secrets.token_hex(4)))
+            self.respond(make_response(self.request, 500, to_tag=random_hex(4)))
 
     # -- actions --------------------------------------------------------------
 
