@@ -338,10 +338,7 @@ class LocationStore:
 
     def _schedule(self, now: float) -> None:
         """(Re)arm the one timer for the earliest deadline in the heap."""
-        timer = self._timer
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._timer, self._timer_at = None, math.inf
+        self._disarm()
         if self._deadlines:
             at = self._deadlines[0][0]
             self._timer = self._clock.callLater(_delay_until(at, now), self._expire_due)
@@ -349,7 +346,7 @@ class LocationStore:
 
     def _expire_due(self) -> None:
         """The timer: expire every binding whose deadline has come, then arm for the next one."""
-        self._timer, self._timer_at = None, math.inf
+        self._disarm()
         now = self._clock.seconds()
         deadlines, index = self._deadlines, self._index
         due: list[tuple[str, str]] = []
@@ -479,11 +476,15 @@ class LocationStore:
             self._index.setdefault(binding.aor, {})[binding.contact] = binding
         self._rebuild_deadlines(now)
 
-    def _cancel_timers(self) -> None:
+    def _disarm(self) -> None:
+        """No timer armed (the one that was is cancelled, unless it is the one firing)."""
         timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()
         self._timer, self._timer_at = None, math.inf
+
+    def _cancel_timers(self) -> None:
+        self._disarm()
         self._deadlines = []
 
     def _emit(self, events: Iterable[BindingEvent]) -> None:
