@@ -189,6 +189,21 @@ text_of(Span s, int utf8)
     return utf8 ? PyUnicode_DecodeUTF8(s.p, s.n, NULL) : str_of(s);
 }
 
+/* An ASCII span as a new str with the letters from..from+25 moved by shift (to lower or upper case). */
+static PyObject *
+cased_of(Span s, unsigned char from, int shift)
+{
+    PyObject *u = PyUnicode_New(s.n, 127);
+    if (u == NULL)
+        return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(u);
+    for (Py_ssize_t i = 0; i < s.n; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        out[i] = (c >= from && c <= from + 25) ? (Py_UCS1)(c + shift) : c;
+    }
+    return u;
+}
+
 static PyObject *
 lower_of(Span s)
 {
@@ -196,15 +211,7 @@ lower_of(Span s)
         if (span_ieq(s, COMMON_NAMES[i]) && common_names[i] != NULL)
             return Py_NewRef(common_names[i]);
     }
-    PyObject *u = PyUnicode_New(s.n, 127);
-    if (u == NULL)
-        return NULL;
-    Py_UCS1 *out = PyUnicode_1BYTE_DATA(u);
-    for (Py_ssize_t i = 0; i < s.n; i++) {
-        unsigned char c = (unsigned char)s.p[i];
-        out[i] = (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
-    }
-    return u;
+    return cased_of(s, 'A', 'a' - 'A');
 }
 
 /* ---- header names: the spellings parser.py knows, name -> (name, key) ---- */
@@ -641,15 +648,7 @@ make_transport(Span t)
         return Py_NewRef(S_UDP);
     if (span_is(t, "TCP"))
         return Py_NewRef(S_TCP);
-    PyObject *u = PyUnicode_New(t.n, 127);
-    if (u == NULL)
-        return NULL;
-    Py_UCS1 *out = PyUnicode_1BYTE_DATA(u);
-    for (Py_ssize_t i = 0; i < t.n; i++) {
-        unsigned char c = (unsigned char)t.p[i];
-        out[i] = (c >= 'a' && c <= 'z') ? c - ('a' - 'A') : c;
-    }
-    return u;
+    return cased_of(t, 'a', 'A' - 'a');
 }
 
 static PyObject *
