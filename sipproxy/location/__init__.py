@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sipproxy.location.binding import Binding
 from sipproxy.location.sqlite import SQLitePersistence
-from sipproxy.location.store import BindingEvent, LocationStore
+from sipproxy.location.interface import BindingEvent, EventKind, LocationService
+from sipproxy.location.store import LocationStore
 
-__all__ = ["Binding", "BindingEvent", "LocationStore", "SQLitePersistence"]
+__all__ = ["Binding", "BindingEvent", "EventKind", "LocationService", "LocationStore", "SQLitePersistence"]

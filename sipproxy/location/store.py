@@ -28,16 +28,14 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Protocol
 
 from twisted.logger import Logger
 
 from sipproxy.location.binding import Binding
+from sipproxy.location.interface import BindingEvent, EventKind
 
 __all__ = ["BindingEvent", "Clock", "DelayedCall", "EventKind", "LocationStore", "Persistence"]
-
-EventKind = Literal["added", "refreshed", "removed", "expired"]
-
 
 class DelayedCall(Protocol):
     """The part of Twisted's ``IDelayedCall`` the store uses."""
@@ -72,13 +70,6 @@ class Persistence(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-class BindingEvent(NamedTuple):
-    """A change of the location service, delivered to subscribers after it is applied."""
-
-    kind: EventKind
-    binding: Binding
 
 
 _ERRORS_KEPT = 100

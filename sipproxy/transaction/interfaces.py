@@ -1,10 +1,15 @@
 # -*- test-case-name: tests.test_transaction_layer -*-
-"""What the transaction layer exchanges with its neighbours: addresses, the transport below, the TUs above."""
+"""What the transaction layer exchanges with its neighbours: the transport below, the TUs above.
+
+Addresses (:class:`Source`, :class:`Target`) live in :mod:`sipproxy.net`, shared with the transport.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from sipproxy.net import RELIABLE_TRANSPORTS, Source, Target, is_reliable
 
 if TYPE_CHECKING:
     from sipproxy.message import Request, Response
@@ -22,9 +27,6 @@ __all__ = [
     "is_reliable",
 ]
 
-#: Transports that deliver or fail loudly: no retransmissions, Timers D, I, J, K are zero (§17.1.1.2, §18).
-RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS", "SCTP", "TLS-SCTP"})
-
 
 class TransactionError(Exception):
     """A local misuse of a transaction (h11's ``LocalProtocolError``): nothing was sent.
@@ -32,31 +34,6 @@ class TransactionError(Exception):
     Raised, for example, by :meth:`ServerTransaction.respond` for a second
     final response, or by :meth:`TransactionLayer.send_request` for an ACK.
     """
-
-
-class Source(NamedTuple):
-    """Where a message came from."""
-
-    transport: str
-    """``"UDP"``, ``"TCP"``, ``"TLS"`` or ``"WS"``."""
-    host: str
-    """A bare IP address (no brackets)."""
-    port: int
-    connection: object | None = None
-    """An opaque stream-connection handle (``None`` for UDP)."""
-
-
-class Target(NamedTuple):
-    """Where a request is sent, already resolved (RFC 3263 is the transport's business)."""
-
-    transport: str
-    host: str
-    port: int
-
-
-def is_reliable(transport: str) -> bool:
-    """True for TCP, TLS, WS(S) and SCTP; False for UDP (and anything unknown)."""
-    return transport.upper() in RELIABLE_TRANSPORTS
 
 
 class Transport(Protocol):

@@ -11,25 +11,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from sipproxy.net import Clock, DelayedCall
 
 __all__ = ["Clock", "DelayedCall", "LingerQueues", "Lingering", "TimerSettings"]
-
-
-class DelayedCall(Protocol):
-    """The part of Twisted's ``IDelayedCall`` the transaction layer uses."""
-
-    def cancel(self) -> None: ...
-
-    def active(self) -> bool: ...
-
-
-class Clock(Protocol):
-    """The part of Twisted's ``IReactorTime`` the transaction layer uses (``task.Clock`` in tests)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> DelayedCall: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_net -*-
+"""Where messages come from and go to, and the clock: the vocabulary every layer shares.
+
+Pure values and protocols, no Twisted and no I/O, so that ``transaction/``
+and ``transport/`` can both depend on it without depending on each other
+(``docs/architecture.md``).
+
+- :class:`Source`: where a message came from (transport, address, and the
+  connection it arrived on, for the reliable transports);
+- :class:`Target`: where a request is sent, already resolved (RFC 3263 is
+  the transport's business: it resolves a next hop into an ordered list of
+  targets, and a proxy branch tries them in order);
+- :class:`Connection`: what a stream connection offers the layers above it;
+- :class:`Clock` and :class:`DelayedCall`: the part of Twisted's
+  ``IReactorTime`` and ``IDelayedCall`` the server uses.  The reactor
+  satisfies them in production, ``twisted.internet.task.Clock`` in tests;
+  the method names and parameters mirror Twisted's exactly so that both
+  match under mypy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+__all__ = [
+    "RELIABLE_TRANSPORTS",
+    "Clock",
+    "Connection",
+    "DelayedCall",
+    "Source",
+    "Target",
+    "is_reliable",
+]
+
+#: Transports that deliver or fail loudly: no retransmissions, Timers D, I, J, K are zero (§17.1.1.2, §18).
+RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "WS", "WSS", "SCTP", "TLS-SCTP"})
+
+
+def is_reliable(transport: str) -> bool:
+    """True for TCP, TLS, WS(S) and SCTP; False for UDP (and anything unknown)."""
+    return transport.upper() in RELIABLE_TRANSPORTS
+
+
+class Connection(Protocol):
+    """A stream connection (TCP now; TLS and WebSocket next) as the layers above the transport see it."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection is closing or closed: nothing sent on it arrives."""
+
+    def send(self, data: bytes) -> None:
+        """Write one whole message (or a keep-alive answer) on this connection."""
+
+
+class Source(NamedTuple):
+    """Where a message came from."""
+
+    transport: str
+    """``"UDP"``, ``"TCP"``, ``"TLS"``, ``"WS"`` or ``"WSS"``."""
+    host: str
+    """A bare IP address (no brackets)."""
+    port: int
+    connection: Connection | None = None
+    """The stream connection it arrived on (``None`` for UDP)."""
+
+
+class Target(NamedTuple):
+    """Where a request is sent, already resolved to an address."""
+
+    transport: str
+    host: str
+    port: int
+
+
+class DelayedCall(Protocol):
+    """The part of Twisted's ``IDelayedCall`` the server uses."""
+
+    def cancel(self) -> None: ...
+
+    def active(self) -> bool: ...
+
+
+class Clock(Protocol):
+    """The part of Twisted's ``IReactorTime`` the server uses (``task.Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> DelayedCall: ...
