@@ -246,16 +246,6 @@ def parse_via(text: str) -> Via:
     return _parse_via(text)
 
 
-def _plain_params(text: str) -> dict[str, str | None]:
-    """``;a=b;c`` already matched by ``_PLAIN_PARAMS``: what :func:`split_params` would return."""
-    params: dict[str, str | None] = {}
-    if text:
-        for part in text[1:].split(";"):
-            name, eq, value = part.partition("=")
-            params[name.lower()] = value if eq else None
-    return params
-
-
 def _parse_via(text: str) -> Via:
     m = _VIA_PROTO.match(text)
     if m is None:
