@@ -67,13 +67,7 @@ __all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
 Authenticate = Callable[[Request, str], Response | str | None]
 """The step 3 hook: ``(request, aor_text) -> Response | username | None``."""
 
-_QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
-"""RFC 3261 §25.1 ``qvalue``."""
-
 _DIGITS = re.compile(r"[0-9]+\Z")
-
-_DELTA_SECONDS_LIMIT = 2**32 - 1
-"""RFC 3261 §20.19: larger expiry values are taken as this."""
 
 _REG_ID_LIMIT = 2**31 - 1
 """RFC 5626 §4.2: ``reg-id`` is 1 to 2**31-1."""
@@ -307,23 +301,21 @@ class Registrar:
         if not isinstance(uri, SipURI):
             raise _Rejection(400, "Contact must be a SIP or SIPS URI")
         params = address.params
+        q = address.q
         return _Contact(
             contact=str(uri),
             uri=uri,
-            expires=self._expires(params, header_expires),
-            q=_qvalue(params),
+            expires=self._expires(address.expires, header_expires),
+            q=1.0 if q is None else q,
             instance=_instance(params),
             reg_id=_reg_id(params),
         )
 
-    def _expires(self, params: dict[str, str | None], header_expires: int | None) -> int:
+    def _expires(self, param: int | None, header_expires: int | None) -> int:
         """The expiry a contact asks for (§10.2.1.1), checked against our bounds (§10.3 step 7)."""
         settings = self._settings
-        if "expires" in params:
-            value = params["expires"]
-            if value is None or not _DIGITS.match(value):
-                raise _Rejection(400, "Bad expires parameter in Contact")
-            expires = _delta_seconds(value)
+        if param is not None:
+            expires = param
         elif header_expires is not None:
             expires = header_expires
         else:
@@ -459,21 +451,6 @@ def _header_expires(request: Request) -> int | None:
         if isinstance(error, ParseError):
             raise
         raise ParseError("Bad Expires") from None  # e.g. non-ASCII digits that int() refuses
-
-
-def _delta_seconds(value: str) -> int:
-    if len(value) > 10:
-        return _DELTA_SECONDS_LIMIT
-    return min(int(value), _DELTA_SECONDS_LIMIT)
-
-
-def _qvalue(params: dict[str, str | None]) -> float:
-    if "q" not in params:
-        return 1.0
-    value = params["q"]
-    if value is None or not _QVALUE.match(value):
-        raise _Rejection(400, "Bad q parameter in Contact (must be 0 to 1)")
-    return float(value)
 
 
 def _instance(params: dict[str, str | None]) -> str | None:

@@ -9,8 +9,8 @@ try:
 except ImportError:  # pragma: no cover
     from test_proxy_helpers import ALICE_TCP, Harness, binding, make_request  # type: ignore[no-redef]
 
-from sipproxy.message import parse_uri
-from sipproxy.proxy.targets import TargetURI, group_by_q, next_hop, target_from_binding
+from sipproxy.message import Response, parse_uri
+from sipproxy.proxy.targets import TargetURI, group_by_q, next_hop, redirect_targets, target_from_binding
 from sipproxy.transaction import Target
 
 
@@ -64,6 +64,22 @@ def test_group_by_q() -> None:
     uri = parse_uri("sip:x@192.0.2.1")
     targets = [TargetURI(uri, 0.5), TargetURI(uri, 1.0), TargetURI(uri, 0.5), TargetURI(uri, 0.1)]
     assert [[t.q for t in g] for g in group_by_q(targets)] == [[1.0], [0.5, 0.5], [0.1]]
+
+
+def test_redirect_targets_take_q_from_the_contact_and_keep_a_contact_with_a_bad_q() -> None:
+    """§16.5: a 3xx's Contacts by q (parsed by ``NameAddr.q``); a q that is no qvalue counts as 1.0."""
+    response = Response(302, "Moved Temporarily")
+    response.add("Contact", "<sip:low@192.0.2.40>;q=0.2, <sip:high@192.0.2.41>;q=0.9, <sip:odd@192.0.2.42>;q=high")
+    response.add("Contact", "<sip:wide@192.0.2.43>;q=1.5, tel:+15551234567, <sip:plain@192.0.2.44>")
+    targets = redirect_targets(response, depth=1)
+    assert [(t.uri.user, t.q) for t in targets] == [
+        ("odd", 1.0),
+        ("wide", 1.0),
+        ("plain", 1.0),
+        ("high", 0.9),
+        ("low", 0.2),
+    ]
+    assert {t.depth for t in targets} == {1}
 
 
 def test_own_domain_goes_to_the_registered_contacts() -> None:

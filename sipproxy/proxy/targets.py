@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sipproxy.message import ParseError, Response, SipURI, parse_uri
+from sipproxy.message import NameAddr, ParseError, Response, SipURI, parse_uri
 from sipproxy.transaction import Target, is_reliable
 
 if TYPE_CHECKING:
@@ -146,18 +146,17 @@ def redirect_targets(response: Response, depth: int) -> list[TargetURI]:
     for contact in contacts:
         if not isinstance(contact.uri, SipURI):
             continue
-        out.append(TargetURI(uri=contact.uri, q=_q(contact.params.get("q")), depth=depth))
+        out.append(TargetURI(uri=contact.uri, q=_q(contact), depth=depth))
     return sorted(out, key=lambda t: -t.q)
 
 
-def _q(value: str | None) -> float:
-    if value is None:
-        return 1.0
+def _q(contact: NameAddr) -> float:
+    """The Contact's q (§20.10), 1.0 when absent or not a qvalue: a bad q in a 3xx does not lose the target."""
     try:
-        q = float(value)
-    except ValueError:
+        q = contact.q
+    except ParseError:
         return 1.0
-    return q if 0.0 <= q <= 1.0 else 1.0
+    return 1.0 if q is None else q
 
 
 def unique(targets: Sequence[TargetURI], tried: list[SipURI]) -> list[TargetURI]:
