@@ -7,16 +7,24 @@ service.  It is pure: no Twisted, no I/O except the calls to the store, and
 time only from the injected clock's ``seconds()``.
 
 Every step is marked "step N" in the code.  A step that refuses the request
-raises :class:`_Rejection` carrying the response it implies; ``handle`` turns
-that, a :class:`ParseError` (a malformed header read lazily) and any
-unexpected exception into a response at one place, so ``handle`` never raises.
+raises :class:`sipproxy.errors.SipError` carrying the response it implies;
+``handle`` turns that (also when the authentication hook raises it), a
+:class:`ParseError` (a malformed header read lazily) and any unexpected
+exception into a response at one place, so ``handle`` never raises.
 
 Choices the RFC leaves open, and what we do:
 
-- Step 1 looks at the Request-URI's host only: its port is ignored and a user
-  part (which §10.2 says must not be there) is tolerated.
-- Step 5 refuses an address-of-record without a user part (404): it would
-  name the domain itself.
+- Step 1 asks :meth:`sipproxy.locality.Locality.is_us_or_our_domain`: the
+  Request-URI's host is one of our domains (its port is ignored), or the URI
+  is us as the stack and the proxy see it (our address, our port or none).
+  A user part (which §10.2 says must not be there) is tolerated.
+- Step 5 canonicalises the address-of-record as :func:`canonical_aor` does:
+  no parameters, no port (``sip:carol@127.0.0.1:5060`` is stored as
+  ``sip:carol@127.0.0.1``, as Kamailio and OpenSIPS key user@domain; the
+  proxy looks up the same form, §16.5).  Bindings an older version stored
+  under the AOR with its port are moved to the canonical AOR by the next
+  REGISTER for it (see ``_adopt_legacy``).  An address-of-record without a
+  user part is refused (404): it would name the domain itself.
 - Step 6 accepts only SIP and SIPS contacts (400 otherwise): the proxy can
   route to nothing else.  ``+sip.instance`` is stored without its double
   quotes (the angle brackets stay), ``reg-id`` as an integer.
@@ -51,21 +59,24 @@ Choices the RFC leaves open, and what we do:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 from typing import Literal, NamedTuple, Protocol
 
+from sipproxy.errors import SipError
+from sipproxy.locality import LocalAddress, Locality, canonical_aor
 from sipproxy.location import Binding
 from sipproxy.message import NameAddr, ParseError, Request, Response, SipURI, make_response, parse_uri
 from sipproxy.message.headers import unquote
 from sipproxy.message.uri import canonical_host
+from sipproxy.net import Clock, Source
 from sipproxy.randomness import stable_tag
 
 __all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
 
 Authenticate = Callable[[Request, str], Response | str | None]
-"""The step 3 hook: ``(request, aor_text) -> Response | username | None``."""
+"""The step 3 hook: ``(request, aor_text) -> Response | username | None``; it may also raise :class:`SipError`."""
 
 _DIGITS = re.compile(r"[0-9]+\Z")
 
@@ -102,10 +113,6 @@ class RegistrarSettings:
             raise ValueError(f"max_contacts {self.max_contacts} is not positive")
 
 
-class _Clock(Protocol):
-    def seconds(self) -> float: ...
-
-
 class _Store(Protocol):
     """The part of :class:`sipproxy.location.LocationStore` the registrar uses."""
 
@@ -114,19 +121,6 @@ class _Store(Protocol):
     def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None: ...
 
     def when_durable(self, callback: Callable[[bool], None]) -> None: ...
-
-
-class _Source(Protocol):
-    """Where the request came from (``sipproxy.transaction.Source``)."""
-
-    @property
-    def transport(self) -> str: ...
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
 
 
 class _Log(Protocol):
@@ -138,16 +132,6 @@ class _Log(Protocol):
 class _NullLog:
     def failure(self, format: str, **kwargs: object) -> None:
         pass
-
-
-class _Rejection(Exception):
-    """A step refuses the request: the response to send instead."""
-
-    def __init__(self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
 
 
 class _Contact(NamedTuple):
@@ -167,13 +151,15 @@ class Registrar:
     def __init__(
         self,
         store: _Store,
-        clock: _Clock,
+        clock: Clock,
         settings: RegistrarSettings,
         authenticate: Authenticate | None = None,
         *,
         log: _Log | None = None,
+        local: LocalAddress | None = None,
     ) -> None:
         self._store = store
+        self._locality = Locality(local, settings.domains)
         self._clock = clock
         self._settings = settings
         self._authenticate = authenticate
@@ -183,14 +169,19 @@ class Registrar:
         self._date_text = ""
 
     def is_for_us(self, request: Request) -> bool:
-        """Step 1: is the Request-URI a SIP or SIPS URI naming one of our domains?"""
+        """Step 1: is the Request-URI a SIP or SIPS URI naming one of our domains or us?
+
+        :meth:`Locality.is_us_or_our_domain`: a domain at any port, our own
+        address on our port (``REGISTER sip:127.0.0.1:5060`` when only
+        ``example.test`` is a domain).
+        """
         try:
             uri = request.uri
         except ParseError:
             return False
-        return isinstance(uri, SipURI) and canonical_host(uri.host) in self._settings.domains
+        return self._locality.is_us_or_our_domain(uri)
 
-    def answer(self, request: Request, source: _Source, send: Callable[[Response], None]) -> None:
+    def answer(self, request: Request, source: Source, send: Callable[[Response], None]) -> None:
         """Process one REGISTER and ``send`` its response once it may go out.
 
         A 200 OK reports bindings, so it waits until the store has made them
@@ -207,12 +198,12 @@ class Registrar:
 
         self._store.when_durable(durable)
 
-    def handle(self, request: Request, source: _Source) -> Response:
+    def handle(self, request: Request, source: Source) -> Response:
         """Process one REGISTER and return the response to send; never raises."""
         try:
             return self._process(request, source)
-        except _Rejection as rejection:
-            return self._respond(request, rejection.status, rejection.reason, rejection.headers)
+        except SipError as refusal:
+            return self._respond(request, refusal.status, refusal.reason, refusal.headers)
         except ParseError as error:
             return self._respond(request, error.status, error.reason)
         except Exception:
@@ -224,43 +215,45 @@ class Registrar:
 
     # -- the steps ---------------------------------------------------------
 
-    def _process(self, request: Request, source: _Source) -> Response:
+    def _process(self, request: Request, source: Source) -> Response:
         if request.method != "REGISTER":
-            raise _Rejection(405, None, [("Allow", "REGISTER")])
+            raise SipError(405, None, [("Allow", "REGISTER")])
         now = self._clock.seconds()
 
         # step 1: the Request-URI names the registrar's domain.
         if not isinstance(request.uri, SipURI):
-            raise _Rejection(416)
+            raise SipError(416)
         if not self.is_for_us(request):
-            raise _Rejection(404, "Not our domain")
+            raise SipError(404, "Not our domain")
 
         # step 2: every extension in Require is one we support.
         unsupported = [t for t in dict.fromkeys(request.option_tags("require")) if t not in self._settings.supported]
         if unsupported:
-            raise _Rejection(420, None, [("Unsupported", ", ".join(unsupported))])
+            raise SipError(420, None, [("Unsupported", ", ".join(unsupported))])
 
         # step 3: authenticate (the hook answers 401/403 itself).
         to_uri = request.to.uri
         aor_uri = to_uri.aor() if isinstance(to_uri, SipURI) else None
-        aor = str(aor_uri) if aor_uri is not None else str(to_uri)
+        aor = canonical_aor(to_uri) if isinstance(to_uri, SipURI) else str(to_uri)
         identity = self._authenticate(request, aor) if self._authenticate is not None else None
         if isinstance(identity, Response):
             return identity
 
         # step 4: authorize: the authenticated user may change only their own address-of-record.
         if identity is not None and (aor_uri is None or aor_uri.user != identity):
-            raise _Rejection(403, "Not your address-of-record")
+            raise SipError(403, "Not your address-of-record")
 
-        # step 5: the address-of-record (To, canonicalised) belongs to one of our domains.
-        if aor_uri is None or canonical_host(aor_uri.host) not in self._settings.domains:
-            raise _Rejection(404)
+        # step 5: the address-of-record (To, canonicalised: no port, no parameters) belongs to one of our domains.
+        if aor_uri is None or not self._locality.is_our_domain(aor_uri.host):
+            raise SipError(404)
         if not aor_uri.user:
-            raise _Rejection(404, "No user part in address-of-record")
+            raise SipError(404, "No user part in address-of-record")
 
         # step 6: read and check the Contacts (wildcard rules, expiry, q, instance).
         contacts = self._contacts(request)
         path = self._path(request)
+        if aor_uri.port is not None:
+            self._adopt_legacy(aor, str(aor_uri))
 
         # step 7: apply every change to the bindings together, or none.
         if contacts:
@@ -285,7 +278,7 @@ class Registrar:
             raise ParseError(reason) from None
         if addresses == "*":
             if header_expires != 0:
-                raise _Rejection(400, "Wildcard Contact requires Expires: 0")
+                raise SipError(400, "Wildcard Contact requires Expires: 0")
             return "*"
         wanted: list[_Contact] = []
         for address in addresses:
@@ -299,7 +292,7 @@ class Registrar:
     def _contact(self, address: NameAddr, header_expires: int | None) -> _Contact:
         uri = address.uri
         if not isinstance(uri, SipURI):
-            raise _Rejection(400, "Contact must be a SIP or SIPS URI")
+            raise SipError(400, "Contact must be a SIP or SIPS URI")
         params = address.params
         q = address.q
         return _Contact(
@@ -321,7 +314,7 @@ class Registrar:
         else:
             expires = settings.default_expires
         if 0 < expires < settings.min_expires:
-            raise _Rejection(423, None, [("Min-Expires", str(settings.min_expires))])
+            raise SipError(423, None, [("Min-Expires", str(settings.min_expires))])
         return min(expires, settings.max_expires)
 
     def _path(self, request: Request) -> tuple[str, ...]:
@@ -344,7 +337,7 @@ class Registrar:
     def _bindings(
         self,
         request: Request,
-        source: _Source,
+        source: Source,
         aor: str,
         contacts: list[_Contact],
         existing: list[Binding],
@@ -395,15 +388,33 @@ class Registrar:
         after = ({b.contact for b in existing} - set(remove)) | kept
         limit = self._settings.max_contacts
         if len(after) > limit and len(after) > len(existing):
-            raise _Rejection(403, f"Too many contacts (max {limit})")
+            raise SipError(403, f"Too many contacts (max {limit})")
         return put, remove
+
+    def _adopt_legacy(self, aor: str, legacy: str) -> None:
+        """Step 5, for a database written before AORs lost their port: move the bindings under ``legacy`` to ``aor``.
+
+        Bindings restored from such a file are keyed by the To URI's AOR with
+        its port (``sip:carol@127.0.0.1:5060``).  The proxy looks that key up
+        too until they are gone; the phone's next REGISTER moves them here,
+        so that it refreshes, replaces or removes them like its other
+        bindings.  A binding already under ``aor`` with the same contact wins.
+        """
+        old = self._store.lookup(legacy)
+        if not old:
+            return
+        have = {b.contact for b in self._store.lookup(aor)}
+        moved = [replace(b, aor=aor) for b in old if b.contact not in have]
+        self._commit(legacy, [], [b.contact for b in old])
+        if moved:
+            self._commit(aor, moved, [])
 
     def _commit(self, aor: str, put: list[Binding], remove: list[str]) -> None:
         try:
             self._store.update(aor, put=put, remove=remove)
         except Exception:
             self._log.failure("Location service update for {aor} failed", aor=aor)
-            raise _Rejection(500, "Location service failure") from None
+            raise SipError(500, "Location service failure") from None
 
     def _listing(self, request: Request, aor: str, path: tuple[str, ...], now: float) -> Response:
         """Step 8: 200 OK with one Contact per current binding and its remaining lifetime."""
@@ -460,7 +471,7 @@ def _instance(params: dict[str, str | None]) -> str | None:
     value = params["+sip.instance"]
     instance = unquote(value) if value is not None else ""
     if not instance:
-        raise _Rejection(400, "Bad +sip.instance parameter in Contact")
+        raise SipError(400, "Bad +sip.instance parameter in Contact")
     return instance
 
 
@@ -470,7 +481,7 @@ def _reg_id(params: dict[str, str | None]) -> int | None:
         return None
     value = params["reg-id"]
     if value is None or not _DIGITS.match(value) or len(value) > 10 or not 1 <= int(value) <= _REG_ID_LIMIT:
-        raise _Rejection(400, "Bad reg-id parameter in Contact")
+        raise SipError(400, "Bad reg-id parameter in Contact")
     return int(value)
 
 
@@ -508,7 +519,7 @@ def _same_uri(text: str, uri: SipURI) -> bool:
 def _check_order(binding: Binding, call_id: str, cseq: int) -> None:
     """Step 7: the same Call-ID must come with a higher CSeq, or the whole request fails."""
     if binding.call_id == call_id and binding.cseq >= cseq:
-        raise _Rejection(500, "Out of order CSeq")
+        raise SipError(500, "Out of order CSeq")
 
 
 def _format_q(q: float) -> str:

@@ -9,6 +9,7 @@ try:
 except ImportError:  # pragma: no cover
     from test_proxy_helpers import ALICE_TCP, Harness, binding, make_request  # type: ignore[no-redef]
 
+from sipproxy.locality import canonical_aor
 from sipproxy.message import Response, parse_uri
 from sipproxy.proxy.targets import TargetURI, group_by_q, next_hop, redirect_targets, target_from_binding
 from sipproxy.transaction import Target
@@ -96,6 +97,26 @@ def test_own_domain_aor_is_canonical() -> None:
     h.register(binding())
     h.send(make_request("INVITE", "sip:bob@EXAMPLE.TEST;user=phone"))
     assert len(h.branches()) == 1
+
+
+@pytest.mark.parametrize("uri", ["sip:bob@192.0.2.1", "sip:bob@192.0.2.1:5060", "sip:bob@example.test:5060"])
+def test_aor_is_looked_up_without_the_port_as_the_registrar_stores_it(uri: str) -> None:
+    """§16.5 with the registrar's canonical AOR: a phone that registered ``To: <sip:bob@192.0.2.1:5060>``."""
+    h = Harness()
+    aor = canonical_aor(parse_uri(uri))  # type: ignore[arg-type]
+    h.register(binding(aor=aor))
+    h.send(make_request("INVITE", uri))
+    (client,) = h.branches()
+    assert client.request.uri_text == "sip:bob@192.0.2.20:5060"
+
+
+def test_binding_restored_under_the_aor_with_its_port_is_still_reached() -> None:
+    """A database from before AORs lost their port: the Request-URI's AOR with its port is looked up next."""
+    h = Harness()
+    h.register(binding(aor="sip:bob@192.0.2.1:5060"))
+    h.send(make_request("INVITE", "sip:bob@192.0.2.1:5060"))
+    (client,) = h.branches()
+    assert client.request.uri_text == "sip:bob@192.0.2.20:5060"
 
 
 def test_nat_binding_target_is_the_source_address() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from sipproxy.locality import canonical_aor
 from sipproxy.message import NameAddr, ParseError, Response, SipURI, parse_uri
 from sipproxy.transaction import Target, is_reliable
 
@@ -105,11 +106,16 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
 
 
 def location_targets(uri: SipURI, store: Locator, depth: int = 0) -> list[TargetURI]:
-    """§16.5: the location service's contacts for the address-of-record ``uri``, best q first."""
-    aor = uri.aor()
-    keys = [str(aor)]
-    if aor.port is not None:
-        keys.append(str(aor.with_(port=None)))
+    """§16.5: the location service's contacts for the address-of-record ``uri``, best q first.
+
+    Looked up as the registrar stores it (:func:`canonical_aor`: no port, no
+    parameters), then, for a Request-URI with a port, under the AOR with its
+    port: the key of bindings restored from a database written before AORs
+    lost their port (the phone's next REGISTER moves them).
+    """
+    keys = [canonical_aor(uri)]
+    if uri.port is not None:
+        keys.append(str(uri.aor()))
     for key in keys:
         bindings = store.lookup(key)
         if bindings:
