@@ -1,11 +1,14 @@
 # -*- test-case-name: tests.test_locality -*-
 """Who we are: our address, the domains we are responsible for, and the address-of-record as we key it.
 
-One answer to "is this URI us?" (:meth:`Locality.is_us`) for every layer
-above the transactions: the stack (an OPTIONS to the server itself), the
-proxy (§16.4 Route preprocessing, §16.5 "the domain of the proxy") and, for
-the registrar's §10.3 step 1, :meth:`Locality.is_us_or_our_domain` (the
-domain of the Request-URI, whatever its port, or us).
+One object answers "is this URI us?" for every layer above the
+transactions, with two questions:
+
+- :meth:`Locality.is_us`, this server (a host of ours on our port or none):
+  the proxy's §16.4 Route preprocessing and §16.5 "the domain of the proxy";
+- :meth:`Locality.is_us_or_our_domain`, the server or one of its domains
+  whatever the port: the registrar's §10.3 step 1 and the stack's choice of
+  what it answers itself (REGISTER, an OPTIONS to the server).
 
 A URI is us when its host is our advertised host or one of our domains and
 its port is ours or absent.  The port rule matters on a single machine:

@@ -3,8 +3,8 @@
 
 REGISTER for one of our domains goes to the registrar, OPTIONS addressed to
 the server itself is answered here, everything else goes to the proxy.
-"Addressed to us" is :meth:`sipproxy.locality.Locality.is_us`, the same
-answer the registrar and the proxy give.
+"For us" is :class:`sipproxy.locality.Locality`'s answer, the same object
+the registrar and the proxy ask.
 
 This is the answering boundary for the requests the server answers itself:
 a :class:`SipError` or :class:`ParseError` raised on the way becomes the
@@ -130,13 +130,17 @@ class SipStack:
     def is_for_server(self, request: Request) -> bool:
         """Is the Request-URI the server itself?
 
-        Us (:meth:`Locality.is_us`: our address and port, or one of our
-        domains) with no user part, or a user of ours nobody registered (a
-        monitoring ping such as ``sipsak -s sip:ping@proxy``); an OPTIONS to a
+        The question the registrar asks in §10.3 step 1,
+        :meth:`Locality.is_us_or_our_domain`: one of our domains (whatever
+        the port) or us (our address on our port, ``sip:127.0.0.1:5070`` from
+        a load balancer, also when only ``--domain example.test`` is given).
+        With no user part, or a user of ours nobody registered (a monitoring
+        ping such as ``sipsak -s sip:ping@proxy``, whose 0.9.8 release cuts a
+        five-digit port in the Request-URI to four); an OPTIONS to a
         registered user is proxied to the phone.
         """
         uri = request.uri
-        if not isinstance(uri, SipURI) or not self.locality.is_us(uri):
+        if not isinstance(uri, SipURI) or not self.locality.is_us_or_our_domain(uri):
             return False
         return uri.user is None or not self.is_registered(canonical_aor(uri))
 

@@ -116,7 +116,10 @@ class Server:
 # -- OPTIONS to the server itself (RFC 3261 §11.2) -----------------------------------
 
 
-@pytest.mark.parametrize("uri", ["sip:127.0.0.1:5070", "sip:127.0.0.1", "sip:example.test", "sip:ping@127.0.0.1:5070"])
+@pytest.mark.parametrize(
+    "uri",
+    ["sip:127.0.0.1:5070", "sip:127.0.0.1", "sip:example.test", "sip:example.test:5080", "sip:ping@127.0.0.1:5070"],
+)
 def test_options_to_our_address_or_domain_is_answered_200_with_what_we_can_do(uri: str) -> None:
     server = Server()
     stx = server.send(request(uri=uri))
@@ -130,9 +133,9 @@ def test_options_to_our_address_or_domain_is_answered_200_with_what_we_can_do(ur
     assert server.proxied() == []
 
 
-@pytest.mark.parametrize("uri", ["sip:127.0.0.1:5999", "sip:bob@127.0.0.1:5999", "sip:example.test:5080"])
-def test_options_to_another_port_goes_to_the_proxy(uri: str) -> None:
-    """Not us: a user agent or server next to us on this host."""
+@pytest.mark.parametrize("uri", ["sip:127.0.0.1:5999", "sip:bob@127.0.0.1:5999", "sip:elsewhere.test"])
+def test_options_to_another_port_of_our_address_goes_to_the_proxy(uri: str) -> None:
+    """Not us: a user agent or server next to us on this host (127.0.0.1 is no domain here), or another domain."""
     server = Server()
     assert server.send(request(uri=uri)).responses == []
     assert server.proxied() == [uri]
