@@ -6,7 +6,9 @@ and domain checks, Require, several Contact headers), on top of the location
 service.  It is pure: no Twisted, no I/O except the calls to the store, and
 time only from the injected clock's ``seconds()``.
 
-Every step is marked "step N" in the code.  A step that refuses the request
+Every step is marked "step N" in the code; reading the Contacts (step 6)
+and matching them to the existing bindings (step 7) are in
+:mod:`sipproxy.contacts`.  A step that refuses the request
 raises :class:`sipproxy.errors.SipError` carrying the response it implies;
 ``handle`` turns that (also when the authentication hook raises it), a
 :class:`ParseError` (a malformed header read lazily) and any unexpected
@@ -58,17 +60,16 @@ Choices the RFC leaves open, and what we do:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from email.utils import formatdate
-from typing import Literal, NamedTuple, Protocol
+from typing import Protocol
 
+from sipproxy.contacts import Contact, check_order, matching, read_contacts
 from sipproxy.errors import SipError
 from sipproxy.locality import LocalAddress, Locality, canonical_aor
 from sipproxy.location import Binding
-from sipproxy.message import NameAddr, ParseError, Request, Response, SipURI, make_response, parse_uri
-from sipproxy.message.headers import unquote
+from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import canonical_host
 from sipproxy.net import Clock, Source
 from sipproxy.randomness import stable_tag
@@ -77,11 +78,6 @@ __all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
 
 Authenticate = Callable[[Request, str], Response | str | None]
 """The step 3 hook: ``(request, aor_text) -> Response | username | None``; it may also raise :class:`SipError`."""
-
-_DIGITS = re.compile(r"[0-9]+\Z")
-
-_REG_ID_LIMIT = 2**31 - 1
-"""RFC 5626 §4.2: ``reg-id`` is 1 to 2**31-1."""
 
 
 @dataclass(frozen=True)
@@ -132,17 +128,6 @@ class _Log(Protocol):
 class _NullLog:
     def failure(self, format: str, **kwargs: object) -> None:
         pass
-
-
-class _Contact(NamedTuple):
-    """One Contact of the REGISTER, validated (step 6)."""
-
-    contact: str
-    uri: SipURI
-    expires: int
-    q: float
-    instance: str | None
-    reg_id: int | None
 
 
 class Registrar:
@@ -250,7 +235,7 @@ class Registrar:
             raise SipError(404, "No user part in address-of-record")
 
         # step 6: read and check the Contacts (wildcard rules, expiry, q, instance).
-        contacts = self._contacts(request)
+        contacts = read_contacts(request, self._settings)
         path = self._path(request)
         if aor_uri.port is not None:
             self._adopt_legacy(aor, str(aor_uri))
@@ -268,55 +253,6 @@ class Registrar:
         # step 8: 200 OK listing every current binding.
         return self._listing(request, aor, path, now)
 
-    def _contacts(self, request: Request) -> Literal["*"] | list[_Contact]:
-        """Step 6: the Contacts to bind, ``"*"`` to remove them all, ``[]`` for a query."""
-        header_expires = _header_expires(request)
-        try:
-            addresses = request.contacts
-        except ParseError as error:
-            reason = error.reason if "Contact" in error.reason else f"Bad Contact: {error.reason}"
-            raise ParseError(reason) from None
-        if addresses == "*":
-            if header_expires != 0:
-                raise SipError(400, "Wildcard Contact requires Expires: 0")
-            return "*"
-        wanted: list[_Contact] = []
-        for address in addresses:
-            contact = self._contact(address, header_expires)
-            # The same URI, or the same instance and reg-id, twice in one REGISTER: the last one counts.
-            key = _instance_key(contact)
-            wanted = [w for w in wanted if w.uri != contact.uri and (key is None or _instance_key(w) != key)]
-            wanted.append(contact)
-        return wanted
-
-    def _contact(self, address: NameAddr, header_expires: int | None) -> _Contact:
-        uri = address.uri
-        if not isinstance(uri, SipURI):
-            raise SipError(400, "Contact must be a SIP or SIPS URI")
-        params = address.params
-        q = address.q
-        return _Contact(
-            contact=str(uri),
-            uri=uri,
-            expires=self._expires(address.expires, header_expires),
-            q=1.0 if q is None else q,
-            instance=_instance(params),
-            reg_id=_reg_id(params),
-        )
-
-    def _expires(self, param: int | None, header_expires: int | None) -> int:
-        """The expiry a contact asks for (§10.2.1.1), checked against our bounds (§10.3 step 7)."""
-        settings = self._settings
-        if param is not None:
-            expires = param
-        elif header_expires is not None:
-            expires = header_expires
-        else:
-            expires = settings.default_expires
-        if 0 < expires < settings.min_expires:
-            raise SipError(423, None, [("Min-Expires", str(settings.min_expires))])
-        return min(expires, settings.max_expires)
-
     def _path(self, request: Request) -> tuple[str, ...]:
         """RFC 3327: the Path vector to store, only when both sides support ``path``."""
         if "path" not in self._settings.supported or "path" not in request.option_tags("supported"):
@@ -331,7 +267,7 @@ class Registrar:
         """Step 6/7 for ``Contact: *``: remove every binding, unless one is newer than the request."""
         call_id, cseq = request.call_id, request.cseq.seq
         for binding in existing:
-            _check_order(binding, call_id, cseq)
+            check_order(binding, call_id, cseq)
         return [], [b.contact for b in existing]
 
     def _bindings(
@@ -339,14 +275,14 @@ class Registrar:
         request: Request,
         source: Source,
         aor: str,
-        contacts: list[_Contact],
+        contacts: list[Contact],
         existing: list[Binding],
         path: tuple[str, ...],
         now: float,
     ) -> tuple[list[Binding], list[str]]:
         """Step 7: the bindings to put and the contacts to remove for this REGISTER.
 
-        Each contact updates the bindings it matches (see :func:`_matching`):
+        Each contact updates the bindings it matches (see :func:`sipproxy.contacts.matching`):
         those under its own URI and, with ``+sip.instance``, those of the same
         instance and reg-id under another URI, which it replaces (RFC 5626 §6).
         Every matched binding must be older than the request (RFC 3261 §10.3
@@ -357,9 +293,9 @@ class Registrar:
         put: list[Binding] = []
         remove: list[str] = []
         for wanted in contacts:
-            same = _matching(existing, wanted)
+            same = matching(existing, wanted)
             for binding in same:
-                _check_order(binding, call_id, cseq)
+                check_order(binding, call_id, cseq)
             remove.extend(b.contact for b in same if wanted.expires == 0 or b.contact != wanted.contact)
             if wanted.expires == 0:
                 continue
@@ -450,76 +386,6 @@ class Registrar:
         for name, value in headers:
             response.add(name, value)
         return response
-
-
-# -- helpers -----------------------------------------------------------------
-
-
-def _header_expires(request: Request) -> int | None:
-    try:
-        return request.expires
-    except ValueError as error:
-        if isinstance(error, ParseError):
-            raise
-        raise ParseError("Bad Expires") from None  # e.g. non-ASCII digits that int() refuses
-
-
-def _instance(params: dict[str, str | None]) -> str | None:
-    """RFC 5626 ``+sip.instance``, without its quotes."""
-    if "+sip.instance" not in params:
-        return None
-    value = params["+sip.instance"]
-    instance = unquote(value) if value is not None else ""
-    if not instance:
-        raise SipError(400, "Bad +sip.instance parameter in Contact")
-    return instance
-
-
-def _reg_id(params: dict[str, str | None]) -> int | None:
-    """RFC 5626 ``reg-id``: 1 to 2**31-1."""
-    if "reg-id" not in params:
-        return None
-    value = params["reg-id"]
-    if value is None or not _DIGITS.match(value) or len(value) > 10 or not 1 <= int(value) <= _REG_ID_LIMIT:
-        raise SipError(400, "Bad reg-id parameter in Contact")
-    return int(value)
-
-
-def _matching(existing: list[Binding], wanted: _Contact) -> list[Binding]:
-    """Existing bindings the contact updates or replaces, those with its URI first.
-
-    By URI: the same text, else equal by RFC 3261 §19.1.4.  By instance
-    (RFC 5626 §6), when the contact has ``+sip.instance``: the same instance
-    ID and reg-id, whatever the URI.
-    """
-    same_uri = [b for b in existing if b.contact == wanted.contact]
-    if not same_uri:
-        same_uri = [b for b in existing if _same_uri(b.contact, wanted.uri)]
-    key = _instance_key(wanted)
-    if key is None:
-        return same_uri
-    found = {b.contact for b in same_uri}
-    return same_uri + [b for b in existing if b.contact not in found and _instance_key(b) == key]
-
-
-def _instance_key(item: Binding | _Contact) -> tuple[str, int | None] | None:
-    """RFC 5626 §6: ``(instance ID, reg-id)`` naming one registration of a UA instance; None without an instance."""
-    if item.instance is None:
-        return None
-    return item.instance, item.reg_id
-
-
-def _same_uri(text: str, uri: SipURI) -> bool:
-    try:
-        return parse_uri(text) == uri
-    except ParseError:
-        return False
-
-
-def _check_order(binding: Binding, call_id: str, cseq: int) -> None:
-    """Step 7: the same Call-ID must come with a higher CSeq, or the whole request fails."""
-    if binding.call_id == call_id and binding.cseq >= cseq:
-        raise SipError(500, "Out of order CSeq")
 
 
 def _format_q(q: float) -> str:
