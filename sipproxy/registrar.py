@@ -6,17 +6,27 @@ and domain checks, Require, several Contact headers), on top of the location
 service.  It is pure: no Twisted, no I/O except the calls to the store, and
 time only from the injected clock's ``seconds()``.
 
-Every step is marked "step N" in the code.  A step that refuses the request
-raises :class:`_Rejection` carrying the response it implies; ``handle`` turns
-that, a :class:`ParseError` (a malformed header read lazily) and any
-unexpected exception into a response at one place, so ``handle`` never raises.
+Every step is marked "step N" in the code; reading the Contacts (step 6)
+and matching them to the existing bindings (step 7) are in
+:mod:`sipproxy.contacts`.  A step that refuses the request
+raises :class:`sipproxy.errors.SipError` carrying the response it implies;
+``handle`` turns that (also when the authentication hook raises it), a
+:class:`ParseError` (a malformed header read lazily) and any unexpected
+exception into a response at one place, so ``handle`` never raises.
 
 Choices the RFC leaves open, and what we do:
 
-- Step 1 looks at the Request-URI's host only: its port is ignored and a user
-  part (which §10.2 says must not be there) is tolerated.
-- Step 5 refuses an address-of-record without a user part (404): it would
-  name the domain itself.
+- Step 1 asks :meth:`sipproxy.locality.Locality.is_us_or_our_domain`: the
+  Request-URI's host is one of our domains (its port is ignored), or the URI
+  is us as the stack and the proxy see it (our address, our port or none).
+  A user part (which §10.2 says must not be there) is tolerated.
+- Step 5 canonicalises the address-of-record as :func:`canonical_aor` does:
+  no parameters, no port (``sip:carol@127.0.0.1:5060`` is stored as
+  ``sip:carol@127.0.0.1``, as Kamailio and OpenSIPS key user@domain; the
+  proxy looks up the same form, §16.5).  Bindings an older version stored
+  under the AOR with its port are moved to the canonical AOR by the next
+  REGISTER for it (see ``_adopt_legacy``).  An address-of-record without a
+  user part is refused (404): it would name the domain itself.
 - Step 6 accepts only SIP and SIPS contacts (400 otherwise): the proxy can
   route to nothing else.  ``+sip.instance`` is stored without its double
   quotes (the angle brackets stay), ``reg-id`` as an integer.
@@ -50,33 +60,24 @@ Choices the RFC leaves open, and what we do:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from email.utils import formatdate
-from typing import Literal, NamedTuple, Protocol
+from typing import Protocol
 
+from sipproxy.contacts import Contact, check_order, matching, read_contacts
+from sipproxy.errors import SipError
+from sipproxy.locality import LocalAddress, Locality, canonical_aor
 from sipproxy.location import Binding
-from sipproxy.message import NameAddr, ParseError, Request, Response, SipURI, make_response, parse_uri
-from sipproxy.message.headers import unquote
+from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import canonical_host
+from sipproxy.net import Clock, Source
 from sipproxy.randomness import stable_tag
 
 __all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
 
 Authenticate = Callable[[Request, str], Response | str | None]
-"""The step 3 hook: ``(request, aor_text) -> Response | username | None``."""
-
-_QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
-"""RFC 3261 §25.1 ``qvalue``."""
-
-_DIGITS = re.compile(r"[0-9]+\Z")
-
-_DELTA_SECONDS_LIMIT = 2**32 - 1
-"""RFC 3261 §20.19: larger expiry values are taken as this."""
-
-_REG_ID_LIMIT = 2**31 - 1
-"""RFC 5626 §4.2: ``reg-id`` is 1 to 2**31-1."""
+"""The step 3 hook: ``(request, aor_text) -> Response | username | None``; it may also raise :class:`SipError`."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,6 @@ class RegistrarSettings:
             raise ValueError(f"max_contacts {self.max_contacts} is not positive")
 
 
-class _Clock(Protocol):
-    def seconds(self) -> float: ...
-
-
 class _Store(Protocol):
     """The part of :class:`sipproxy.location.LocationStore` the registrar uses."""
 
@@ -120,19 +117,6 @@ class _Store(Protocol):
     def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None: ...
 
     def when_durable(self, callback: Callable[[bool], None]) -> None: ...
-
-
-class _Source(Protocol):
-    """Where the request came from (``sipproxy.transaction.Source``)."""
-
-    @property
-    def transport(self) -> str: ...
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
 
 
 class _Log(Protocol):
@@ -146,40 +130,21 @@ class _NullLog:
         pass
 
 
-class _Rejection(Exception):
-    """A step refuses the request: the response to send instead."""
-
-    def __init__(self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-
-
-class _Contact(NamedTuple):
-    """One Contact of the REGISTER, validated (step 6)."""
-
-    contact: str
-    uri: SipURI
-    expires: int
-    q: float
-    instance: str | None
-    reg_id: int | None
-
-
 class Registrar:
     """RFC 3261 §10.3: turns REGISTER requests into location service updates and 200 OK listings."""
 
     def __init__(
         self,
         store: _Store,
-        clock: _Clock,
+        clock: Clock,
         settings: RegistrarSettings,
         authenticate: Authenticate | None = None,
         *,
         log: _Log | None = None,
+        local: LocalAddress | None = None,
     ) -> None:
         self._store = store
+        self._locality = Locality(local, settings.domains)
         self._clock = clock
         self._settings = settings
         self._authenticate = authenticate
@@ -189,14 +154,19 @@ class Registrar:
         self._date_text = ""
 
     def is_for_us(self, request: Request) -> bool:
-        """Step 1: is the Request-URI a SIP or SIPS URI naming one of our domains?"""
+        """Step 1: is the Request-URI a SIP or SIPS URI naming one of our domains or us?
+
+        :meth:`Locality.is_us_or_our_domain`: a domain at any port, our own
+        address on our port (``REGISTER sip:127.0.0.1:5060`` when only
+        ``example.test`` is a domain).
+        """
         try:
             uri = request.uri
         except ParseError:
             return False
-        return isinstance(uri, SipURI) and canonical_host(uri.host) in self._settings.domains
+        return self._locality.is_us_or_our_domain(uri)
 
-    def answer(self, request: Request, source: _Source, send: Callable[[Response], None]) -> None:
+    def answer(self, request: Request, source: Source, send: Callable[[Response], None]) -> None:
         """Process one REGISTER and ``send`` its response once it may go out.
 
         A 200 OK reports bindings, so it waits until the store has made them
@@ -213,12 +183,12 @@ class Registrar:
 
         self._store.when_durable(durable)
 
-    def handle(self, request: Request, source: _Source) -> Response:
+    def handle(self, request: Request, source: Source) -> Response:
         """Process one REGISTER and return the response to send; never raises."""
         try:
             return self._process(request, source)
-        except _Rejection as rejection:
-            return self._respond(request, rejection.status, rejection.reason, rejection.headers)
+        except SipError as refusal:
+            return self._respond(request, refusal.status, refusal.reason, refusal.headers)
         except ParseError as error:
             return self._respond(request, error.status, error.reason)
         except Exception:
@@ -230,43 +200,45 @@ class Registrar:
 
     # -- the steps ---------------------------------------------------------
 
-    def _process(self, request: Request, source: _Source) -> Response:
+    def _process(self, request: Request, source: Source) -> Response:
         if request.method != "REGISTER":
-            raise _Rejection(405, None, [("Allow", "REGISTER")])
+            raise SipError(405, None, [("Allow", "REGISTER")])
         now = self._clock.seconds()
 
         # step 1: the Request-URI names the registrar's domain.
         if not isinstance(request.uri, SipURI):
-            raise _Rejection(416)
+            raise SipError(416)
         if not self.is_for_us(request):
-            raise _Rejection(404, "Not our domain")
+            raise SipError(404, "Not our domain")
 
         # step 2: every extension in Require is one we support.
         unsupported = [t for t in dict.fromkeys(request.option_tags("require")) if t not in self._settings.supported]
         if unsupported:
-            raise _Rejection(420, None, [("Unsupported", ", ".join(unsupported))])
+            raise SipError(420, None, [("Unsupported", ", ".join(unsupported))])
 
         # step 3: authenticate (the hook answers 401/403 itself).
         to_uri = request.to.uri
         aor_uri = to_uri.aor() if isinstance(to_uri, SipURI) else None
-        aor = str(aor_uri) if aor_uri is not None else str(to_uri)
+        aor = canonical_aor(to_uri) if isinstance(to_uri, SipURI) else str(to_uri)
         identity = self._authenticate(request, aor) if self._authenticate is not None else None
         if isinstance(identity, Response):
             return identity
 
         # step 4: authorize: the authenticated user may change only their own address-of-record.
         if identity is not None and (aor_uri is None or aor_uri.user != identity):
-            raise _Rejection(403, "Not your address-of-record")
+            raise SipError(403, "Not your address-of-record")
 
-        # step 5: the address-of-record (To, canonicalised) belongs to one of our domains.
-        if aor_uri is None or canonical_host(aor_uri.host) not in self._settings.domains:
-            raise _Rejection(404)
+        # step 5: the address-of-record (To, canonicalised: no port, no parameters) belongs to one of our domains.
+        if aor_uri is None or not self._locality.is_our_domain(aor_uri.host):
+            raise SipError(404)
         if not aor_uri.user:
-            raise _Rejection(404, "No user part in address-of-record")
+            raise SipError(404, "No user part in address-of-record")
 
         # step 6: read and check the Contacts (wildcard rules, expiry, q, instance).
-        contacts = self._contacts(request)
+        contacts = read_contacts(request, self._settings)
         path = self._path(request)
+        if aor_uri.port is not None:
+            self._adopt_legacy(aor, str(aor_uri))
 
         # step 7: apply every change to the bindings together, or none.
         if contacts:
@@ -280,57 +252,6 @@ class Registrar:
 
         # step 8: 200 OK listing every current binding.
         return self._listing(request, aor, path, now)
-
-    def _contacts(self, request: Request) -> Literal["*"] | list[_Contact]:
-        """Step 6: the Contacts to bind, ``"*"`` to remove them all, ``[]`` for a query."""
-        header_expires = _header_expires(request)
-        try:
-            addresses = request.contacts
-        except ParseError as error:
-            reason = error.reason if "Contact" in error.reason else f"Bad Contact: {error.reason}"
-            raise ParseError(reason) from None
-        if addresses == "*":
-            if header_expires != 0:
-                raise _Rejection(400, "Wildcard Contact requires Expires: 0")
-            return "*"
-        wanted: list[_Contact] = []
-        for address in addresses:
-            contact = self._contact(address, header_expires)
-            # The same URI, or the same instance and reg-id, twice in one REGISTER: the last one counts.
-            key = _instance_key(contact)
-            wanted = [w for w in wanted if w.uri != contact.uri and (key is None or _instance_key(w) != key)]
-            wanted.append(contact)
-        return wanted
-
-    def _contact(self, address: NameAddr, header_expires: int | None) -> _Contact:
-        uri = address.uri
-        if not isinstance(uri, SipURI):
-            raise _Rejection(400, "Contact must be a SIP or SIPS URI")
-        params = address.params
-        return _Contact(
-            contact=str(uri),
-            uri=uri,
-            expires=self._expires(params, header_expires),
-            q=_qvalue(params),
-            instance=_instance(params),
-            reg_id=_reg_id(params),
-        )
-
-    def _expires(self, params: dict[str, str | None], header_expires: int | None) -> int:
-        """The expiry a contact asks for (§10.2.1.1), checked against our bounds (§10.3 step 7)."""
-        settings = self._settings
-        if "expires" in params:
-            value = params["expires"]
-            if value is None or not _DIGITS.match(value):
-                raise _Rejection(400, "Bad expires parameter in Contact")
-            expires = _delta_seconds(value)
-        elif header_expires is not None:
-            expires = header_expires
-        else:
-            expires = settings.default_expires
-        if 0 < expires < settings.min_expires:
-            raise _Rejection(423, None, [("Min-Expires", str(settings.min_expires))])
-        return min(expires, settings.max_expires)
 
     def _path(self, request: Request) -> tuple[str, ...]:
         """RFC 3327: the Path vector to store, only when both sides support ``path``."""
@@ -346,22 +267,22 @@ class Registrar:
         """Step 6/7 for ``Contact: *``: remove every binding, unless one is newer than the request."""
         call_id, cseq = request.call_id, request.cseq.seq
         for binding in existing:
-            _check_order(binding, call_id, cseq)
+            check_order(binding, call_id, cseq)
         return [], [b.contact for b in existing]
 
     def _bindings(
         self,
         request: Request,
-        source: _Source,
+        source: Source,
         aor: str,
-        contacts: list[_Contact],
+        contacts: list[Contact],
         existing: list[Binding],
         path: tuple[str, ...],
         now: float,
     ) -> tuple[list[Binding], list[str]]:
         """Step 7: the bindings to put and the contacts to remove for this REGISTER.
 
-        Each contact updates the bindings it matches (see :func:`_matching`):
+        Each contact updates the bindings it matches (see :func:`sipproxy.contacts.matching`):
         those under its own URI and, with ``+sip.instance``, those of the same
         instance and reg-id under another URI, which it replaces (RFC 5626 §6).
         Every matched binding must be older than the request (RFC 3261 §10.3
@@ -372,9 +293,9 @@ class Registrar:
         put: list[Binding] = []
         remove: list[str] = []
         for wanted in contacts:
-            same = _matching(existing, wanted)
+            same = matching(existing, wanted)
             for binding in same:
-                _check_order(binding, call_id, cseq)
+                check_order(binding, call_id, cseq)
             remove.extend(b.contact for b in same if wanted.expires == 0 or b.contact != wanted.contact)
             if wanted.expires == 0:
                 continue
@@ -403,15 +324,33 @@ class Registrar:
         after = ({b.contact for b in existing} - set(remove)) | kept
         limit = self._settings.max_contacts
         if len(after) > limit and len(after) > len(existing):
-            raise _Rejection(403, f"Too many contacts (max {limit})")
+            raise SipError(403, f"Too many contacts (max {limit})")
         return put, remove
+
+    def _adopt_legacy(self, aor: str, legacy: str) -> None:
+        """Step 5, for a database written before AORs lost their port: move the bindings under ``legacy`` to ``aor``.
+
+        Bindings restored from such a file are keyed by the To URI's AOR with
+        its port (``sip:carol@127.0.0.1:5060``).  The proxy looks that key up
+        too until they are gone; the phone's next REGISTER moves them here,
+        so that it refreshes, replaces or removes them like its other
+        bindings.  A binding already under ``aor`` with the same contact wins.
+        """
+        old = self._store.lookup(legacy)
+        if not old:
+            return
+        have = {b.contact for b in self._store.lookup(aor)}
+        moved = [replace(b, aor=aor) for b in old if b.contact not in have]
+        self._commit(legacy, [], [b.contact for b in old])
+        if moved:
+            self._commit(aor, moved, [])
 
     def _commit(self, aor: str, put: list[Binding], remove: list[str]) -> None:
         try:
             self._store.update(aor, put=put, remove=remove)
         except Exception:
             self._log.failure("Location service update for {aor} failed", aor=aor)
-            raise _Rejection(500, "Location service failure") from None
+            raise SipError(500, "Location service failure") from None
 
     def _listing(self, request: Request, aor: str, path: tuple[str, ...], now: float) -> Response:
         """Step 8: 200 OK with one Contact per current binding and its remaining lifetime."""
@@ -447,91 +386,6 @@ class Registrar:
         for name, value in headers:
             response.add(name, value)
         return response
-
-
-# -- helpers -----------------------------------------------------------------
-
-
-def _header_expires(request: Request) -> int | None:
-    try:
-        return request.expires
-    except ValueError as error:
-        if isinstance(error, ParseError):
-            raise
-        raise ParseError("Bad Expires") from None  # e.g. non-ASCII digits that int() refuses
-
-
-def _delta_seconds(value: str) -> int:
-    if len(value) > 10:
-        return _DELTA_SECONDS_LIMIT
-    return min(int(value), _DELTA_SECONDS_LIMIT)
-
-
-def _qvalue(params: dict[str, str | None]) -> float:
-    if "q" not in params:
-        return 1.0
-    value = params["q"]
-    if value is None or not _QVALUE.match(value):
-        raise _Rejection(400, "Bad q parameter in Contact (must be 0 to 1)")
-    return float(value)
-
-
-def _instance(params: dict[str, str | None]) -> str | None:
-    """RFC 5626 ``+sip.instance``, without its quotes."""
-    if "+sip.instance" not in params:
-        return None
-    value = params["+sip.instance"]
-    instance = unquote(value) if value is not None else ""
-    if not instance:
-        raise _Rejection(400, "Bad +sip.instance parameter in Contact")
-    return instance
-
-
-def _reg_id(params: dict[str, str | None]) -> int | None:
-    """RFC 5626 ``reg-id``: 1 to 2**31-1."""
-    if "reg-id" not in params:
-        return None
-    value = params["reg-id"]
-    if value is None or not _DIGITS.match(value) or len(value) > 10 or not 1 <= int(value) <= _REG_ID_LIMIT:
-        raise _Rejection(400, "Bad reg-id parameter in Contact")
-    return int(value)
-
-
-def _matching(existing: list[Binding], wanted: _Contact) -> list[Binding]:
-    """Existing bindings the contact updates or replaces, those with its URI first.
-
-    By URI: the same text, else equal by RFC 3261 §19.1.4.  By instance
-    (RFC 5626 §6), when the contact has ``+sip.instance``: the same instance
-    ID and reg-id, whatever the URI.
-    """
-    same_uri = [b for b in existing if b.contact == wanted.contact]
-    if not same_uri:
-        same_uri = [b for b in existing if _same_uri(b.contact, wanted.uri)]
-    key = _instance_key(wanted)
-    if key is None:
-        return same_uri
-    found = {b.contact for b in same_uri}
-    return same_uri + [b for b in existing if b.contact not in found and _instance_key(b) == key]
-
-
-def _instance_key(item: Binding | _Contact) -> tuple[str, int | None] | None:
-    """RFC 5626 §6: ``(instance ID, reg-id)`` naming one registration of a UA instance; None without an instance."""
-    if item.instance is None:
-        return None
-    return item.instance, item.reg_id
-
-
-def _same_uri(text: str, uri: SipURI) -> bool:
-    try:
-        return parse_uri(text) == uri
-    except ParseError:
-        return False
-
-
-def _check_order(binding: Binding, call_id: str, cseq: int) -> None:
-    """Step 7: the same Call-ID must come with a higher CSeq, or the whole request fails."""
-    if binding.call_id == call_id and binding.cseq >= cseq:
-        raise _Rejection(500, "Out of order CSeq")
 
 
 def _format_q(q: float) -> str:

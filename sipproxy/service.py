@@ -438,9 +438,12 @@ def build_core(
         registrar_settings or RegistrarSettings(domains=frozenset(domains.names)),
         authenticate=security.registrar_hook,
         log=Logger(namespace="sipproxy.registrar"),
+        local=local,
     )
     transport = TransportLayer(connect_tcp, wirelog, metrics)
-    stack = SipStack(domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)))
+    stack = SipStack(
+        domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)), local=local
+    )
     transactions = TransactionLayer(clock, transport, stack)
     transport.transactions = transactions
     transport.guard = security.guard

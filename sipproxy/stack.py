@@ -1,39 +1,32 @@
+# -*- test-case-name: tests.test_stack -*-
 """The seam between the transaction layer and the cores (the tutorial's ``sip.xml``).
 
 REGISTER for one of our domains goes to the registrar, OPTIONS addressed to
 the server itself is answered here, everything else goes to the proxy.
+"For us" is :class:`sipproxy.locality.Locality`'s answer, the same object
+the registrar and the proxy ask.
+
+This is the answering boundary for the requests the server answers itself:
+a :class:`SipError` or :class:`ParseError` raised on the way becomes the
+response here (the registrar's ``handle`` is the boundary for REGISTER).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from twisted.logger import Logger
 
+from sipproxy.errors import SipError
+from sipproxy.locality import Domains, LocalAddress, Locality, canonical_aor
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
-from sipproxy.message.uri import canonical_host
 from sipproxy.metrics import Metrics
-from sipproxy.proxy.validate import ALLOW
+from sipproxy.proxy.validate import ALLOW, SERVER, answer_options, refusal_response
 from sipproxy.randomness import stable_tag
 from sipproxy.transaction import ServerTransaction, Source, TransactionError
 
-__all__ = ["SipStack", "Domains", "Core", "ALLOW", "SUPPORTED"]
-
-SUPPORTED = "path"
-
-
-class Domains:
-    """The host names and addresses we answer for (registrar domains and our own addresses)."""
-
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(canonical_host(n) for n in names if n)
-
-    def __contains__(self, host: object) -> bool:
-        return isinstance(host, str) and canonical_host(host) in self.names
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self.names))
+__all__ = ["SipStack", "Domains", "Core", "ALLOW"]
 
 
 class Core(Protocol):
@@ -47,7 +40,14 @@ class Registrar(Protocol):
 
 
 class SipStack:
-    """Implements the transaction layer's ``TransactionUser``."""
+    """Implements the transaction layer's ``TransactionUser``.
+
+    ``local`` is our address (``None``: only ``domains`` are us, on port
+    5060); ``is_registered(aor)`` tells whether an address-of-record (in
+    :func:`canonical_aor` form) has bindings; ``proxy_extensions`` are the
+    option tags the proxy accepts in Proxy-Require (its
+    ``ProxySettings.extensions``).
+    """
 
     log = Logger()
 
@@ -58,14 +58,19 @@ class SipStack:
         registrar: Registrar | None = None,
         proxy: Core | None = None,
         is_registered: Callable[[str], bool] = lambda aor: False,
-        server_name: str = "sipproxy",
+        server_name: str = SERVER,
+        *,
+        local: LocalAddress | None = None,
+        proxy_extensions: Collection[str] = frozenset(),
     ) -> None:
         self.domains = domains
+        self.locality = Locality(local, domains)
         self.metrics = metrics
         self.registrar = registrar
         self.proxy = proxy
         self.is_registered = is_registered
         self.server_name = server_name
+        self.proxy_extensions = proxy_extensions
 
     # -- TransactionUser ------------------------------------------------
 
@@ -81,6 +86,8 @@ class SipStack:
                 reason=exc.reason,
             )
             self._answer(stx, make_response(request, exc.status, exc.reason))
+        except SipError as refusal:
+            self._answer(stx, refusal_response(request, refusal, stable_tag(request)))
         except Exception:
             self.log.failure("Bug while handling {method} {uri}", method=request.method, uri=request.uri_text)
             self._answer(stx, make_response(request, 500, "Server Internal Error"))
@@ -123,23 +130,23 @@ class SipStack:
     def is_for_server(self, request: Request) -> bool:
         """Is the Request-URI the server itself?
 
-        Our host with no user part, or a user of ours nobody registered (a
-        monitoring ping such as ``sipsak -s sip:ping@proxy``); an OPTIONS to a
+        The question the registrar asks in §10.3 step 1,
+        :meth:`Locality.is_us_or_our_domain`: one of our domains (whatever
+        the port) or us (our address on our port, ``sip:127.0.0.1:5070`` from
+        a load balancer, also when only ``--domain example.test`` is given).
+        With no user part, or a user of ours nobody registered (a monitoring
+        ping such as ``sipsak -s sip:ping@proxy``, whose 0.9.8 release cuts a
+        five-digit port in the Request-URI to four); an OPTIONS to a
         registered user is proxied to the phone.
         """
         uri = request.uri
-        if not isinstance(uri, SipURI) or uri.host not in self.domains:
+        if not isinstance(uri, SipURI) or not self.locality.is_us_or_our_domain(uri):
             return False
-        return uri.user is None or not self.is_registered(str(uri.aor()))
+        return uri.user is None or not self.is_registered(canonical_aor(uri))
 
     def options_response(self, request: Request) -> Response:
-        """RFC 3261 §11.2: what we can do."""
-        response = make_response(request, 200, "OK", to_tag=stable_tag(request))
-        response.add("Allow", ALLOW)
-        response.add("Accept", "application/sdp")
-        response.add("Supported", SUPPORTED)
-        response.add("Server", self.server_name)
-        return response
+        """RFC 3261 §11.2 what we can do, or §8.2.2.3 420 (raised as :class:`SipError`) for an unknown Require."""
+        return answer_options(request, stable_tag(request), self.proxy_extensions, self.server_name)
 
     def _answer(self, stx: ServerTransaction | None, response: Response) -> None:
         if stx is None:

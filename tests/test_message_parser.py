@@ -19,7 +19,6 @@ from sipproxy.message import (
     make_response,
     parse_message,
     parse_uri,
-    split_commas,
 )
 from sipproxy.message.parser import MAX_HEADERS
 
@@ -482,32 +481,6 @@ def test_comma_separated_and_separate_lines_are_the_same_list() -> None:
     two = parse_request(make_request(extra=("Route: <sip:p1.example.test;lr>", "Route: <sip:p2.example.test;lr>")))
     assert one.get_all("route") == two.get_all("route") == ["<sip:p1.example.test;lr>", "<sip:p2.example.test;lr>"]
     assert [a.uri for a in one.addresses("route")] == [a.uri for a in two.addresses("route")]
-
-
-@pytest.mark.parametrize(
-    ("value", "parts"),
-    [
-        ("a, b,c", ["a", "b", "c"]),
-        (
-            '"Doe, John" <sip:j@example.test>, <sip:k@example.test>',
-            ['"Doe, John" <sip:j@example.test>', "<sip:k@example.test>"],
-        ),
-        (
-            '"a \\" , b" <sip:x@example.test>, <sip:y@example.test>',
-            ['"a \\" , b" <sip:x@example.test>', "<sip:y@example.test>"],
-        ),
-        ("<sip:x@example.test?h=1,2>, <sip:y@example.test>", ["<sip:x@example.test?h=1,2>", "<sip:y@example.test>"]),
-        (" , a ,, b , ", ["a", "b"]),
-        ("", []),
-    ],
-)
-def test_split_commas_respects_quotes_and_angle_brackets(value: str, parts: list[str]) -> None:
-    assert split_commas(value) == parts
-
-
-def test_unterminated_quote_in_list_is_an_error() -> None:
-    with pytest.raises(ParseError, match="Unterminated quoted string"):
-        split_commas('"a, b')
 
 
 def test_non_list_headers_are_not_split() -> None:

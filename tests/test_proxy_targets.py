@@ -9,8 +9,9 @@ try:
 except ImportError:  # pragma: no cover
     from test_proxy_helpers import ALICE_TCP, Harness, binding, make_request  # type: ignore[no-redef]
 
-from sipproxy.message import parse_uri
-from sipproxy.proxy.targets import TargetURI, group_by_q, next_hop, target_from_binding
+from sipproxy.locality import canonical_aor
+from sipproxy.message import Response, parse_uri
+from sipproxy.proxy.targets import TargetURI, group_by_q, next_hop, redirect_targets, target_from_binding
 from sipproxy.transaction import Target
 
 
@@ -66,6 +67,22 @@ def test_group_by_q() -> None:
     assert [[t.q for t in g] for g in group_by_q(targets)] == [[1.0], [0.5, 0.5], [0.1]]
 
 
+def test_redirect_targets_take_q_from_the_contact_and_keep_a_contact_with_a_bad_q() -> None:
+    """§16.5: a 3xx's Contacts by q (parsed by ``NameAddr.q``); a q that is no qvalue counts as 1.0."""
+    response = Response(302, "Moved Temporarily")
+    response.add("Contact", "<sip:low@192.0.2.40>;q=0.2, <sip:high@192.0.2.41>;q=0.9, <sip:odd@192.0.2.42>;q=high")
+    response.add("Contact", "<sip:wide@192.0.2.43>;q=1.5, tel:+15551234567, <sip:plain@192.0.2.44>")
+    targets = redirect_targets(response, depth=1)
+    assert [(t.uri.user, t.q) for t in targets] == [
+        ("odd", 1.0),
+        ("wide", 1.0),
+        ("plain", 1.0),
+        ("high", 0.9),
+        ("low", 0.2),
+    ]
+    assert {t.depth for t in targets} == {1}
+
+
 def test_own_domain_goes_to_the_registered_contacts() -> None:
     h = Harness()
     h.register(binding(contact="sip:bob@192.0.2.20:5062", source=("192.0.2.20", 5062)))
@@ -80,6 +97,26 @@ def test_own_domain_aor_is_canonical() -> None:
     h.register(binding())
     h.send(make_request("INVITE", "sip:bob@EXAMPLE.TEST;user=phone"))
     assert len(h.branches()) == 1
+
+
+@pytest.mark.parametrize("uri", ["sip:bob@192.0.2.1", "sip:bob@192.0.2.1:5060", "sip:bob@example.test:5060"])
+def test_aor_is_looked_up_without_the_port_as_the_registrar_stores_it(uri: str) -> None:
+    """§16.5 with the registrar's canonical AOR: a phone that registered ``To: <sip:bob@192.0.2.1:5060>``."""
+    h = Harness()
+    aor = canonical_aor(parse_uri(uri))  # type: ignore[arg-type]
+    h.register(binding(aor=aor))
+    h.send(make_request("INVITE", uri))
+    (client,) = h.branches()
+    assert client.request.uri_text == "sip:bob@192.0.2.20:5060"
+
+
+def test_binding_restored_under_the_aor_with_its_port_is_still_reached() -> None:
+    """A database from before AORs lost their port: the Request-URI's AOR with its port is looked up next."""
+    h = Harness()
+    h.register(binding(aor="sip:bob@192.0.2.1:5060"))
+    h.send(make_request("INVITE", "sip:bob@192.0.2.1:5060"))
+    (client,) = h.branches()
+    assert client.request.uri_text == "sip:bob@192.0.2.20:5060"
 
 
 def test_nat_binding_target_is_the_source_address() -> None:

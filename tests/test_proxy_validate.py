@@ -9,9 +9,10 @@ try:
 except ImportError:  # pragma: no cover - pytest's rootdir-less import mode
     from test_proxy_helpers import LOCAL, Harness, binding, make_request  # type: ignore[no-redef]
 
+from sipproxy.errors import SipError
 from sipproxy.proxy import ALLOW, ProxySettings
 from sipproxy.proxy.routing import Locality
-from sipproxy.proxy.validate import loop_part, make_branch, split_branch, validate_request
+from sipproxy.proxy.validate import check_request, loop_part, make_branch, split_branch, validate_request
 
 
 def test_unsupported_scheme_is_416() -> None:
@@ -45,6 +46,45 @@ def test_options_with_max_forwards_zero_is_answered_200_by_the_proxy() -> None:
     assert response.get("Allow") == ALLOW
     assert response.to.tag
     assert h.tx.sent == []
+
+
+def test_options_with_max_forwards_zero_is_the_same_200_as_the_servers_own() -> None:
+    """§11.2 built once: the proxy's answer carries Supported and Server like the stack's."""
+    h = Harness()
+    stx = h.send(make_request("OPTIONS", "sip:carol@192.0.2.30", max_forwards=0))
+    (response,) = stx.responses
+    assert response.get("Accept") == "application/sdp"
+    assert response.get("Supported") == "path"
+    assert response.get("Server") == "sipproxy"
+
+
+def test_options_with_max_forwards_zero_and_unknown_require_is_420() -> None:
+    """As the final recipient the proxy is the OPTIONS's UAS (§8.2.2.3)."""
+    h = Harness()
+    stx = h.send(make_request("OPTIONS", "sip:carol@192.0.2.30", max_forwards=0, headers=("Require: foo",)))
+    (response,) = stx.responses
+    assert (response.status, response.get("Unsupported")) == (420, "foo")
+    assert h.tx.sent == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "max_forwards", "headers", "status"),
+    [
+        ("tel:+15551234567", 70, (), 416),
+        ("sip:carol@192.0.2.30", 0, (), 483),
+        ("sip:carol@192.0.2.30", 70, ("Proxy-Require: foo",), 420),
+    ],
+)
+def test_check_request_refuses_by_raising_sip_error(
+    uri: str, max_forwards: int, headers: tuple[str, ...], status: int
+) -> None:
+    locality = Locality(LOCAL, {"example.test"})
+    request = make_request("INVITE", uri, max_forwards=max_forwards, headers=headers)
+    with pytest.raises(SipError) as raised:
+        check_request(request, locality, frozenset())
+    assert raised.value.status == status
+    assert check_request(make_request("OPTIONS", "sip:carol@192.0.2.30", max_forwards=0), locality, ()) is True
+    assert check_request(make_request("INVITE", "sip:carol@192.0.2.30"), locality, ()) is False
 
 
 def test_max_forwards_is_decremented() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from sipproxy.errors import SipError
+from sipproxy.locality import LocalAddress
 from sipproxy.location import Binding, LocationStore, SQLitePersistence
 from sipproxy.message import Request, Response, make_response, parse_message
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -221,6 +223,18 @@ def test_step1_ipv6_domain(clock: Clock, store: LocationStore) -> None:
     assert not registrar.is_for_us(register(ruri="sip:[2001:db8::2]"))
 
 
+def test_step1_our_address_and_port_is_us_even_when_it_is_not_a_domain(clock: Clock, store: LocationStore) -> None:
+    """``REGISTER sip:127.0.0.1:5070`` to a server on 127.0.0.1:5070 started with ``--domain example.test``."""
+    settings = RegistrarSettings(domains=frozenset({"example.test"}))
+    registrar = Registrar(store, clock, settings, local=LocalAddress("127.0.0.1", 5070))
+    for ruri in ("sip:127.0.0.1:5070", "sip:127.0.0.1"):
+        assert registrar.is_for_us(register(ruri=ruri))
+    assert registrar.handle(register(ruri="sip:127.0.0.1:5070"), SOURCE).status == 200
+    assert contacts_of(store) == {PHONE}
+    other = wire(registrar.handle(register(ruri="sip:127.0.0.1:5060", cseq=2), SOURCE))
+    assert (other.status, other.reason) == (404, "Not our domain")  # another server on this host
+
+
 # -- step 2: Require ------------------------------------------------------------------
 
 
@@ -265,6 +279,17 @@ def test_step3_hook_runs_after_steps_1_and_2(clock: Clock, spy: SpyStore) -> Non
     assert registrar.handle(register(ruri="sip:elsewhere.test"), SOURCE).status == 404
     assert registrar.handle(register(headers=[("Require", "foo")]), SOURCE).status == 420
     assert calls == []
+
+
+def test_step3_hook_may_refuse_by_raising_sip_error(clock: Clock, spy: SpyStore) -> None:
+    def blocked(request: Request, aor: str) -> None:
+        raise SipError(403, "Blocked", [("Retry-After", "120")])
+
+    registrar = make_registrar(spy, clock, blocked)
+    response = wire(registrar.handle(register(), SOURCE))
+    assert (response.status, response.reason, response.get("retry-after")) == (403, "Blocked", "120")
+    assert response.to.tag is not None
+    assert spy.updates == []
 
 
 def test_step3_hook_that_raises_gives_500(clock: Clock, spy: SpyStore) -> None:
@@ -323,6 +348,58 @@ def test_step5_aor_is_canonicalised(clock: Clock, spy: SpyStore, store: Location
     assert store.lookup(ALICE) == []  # the user part keeps its case
     # The query under another spelling of the same AOR sees the binding.
     assert set(listed(registrar.handle(register((), to="sip:Alice@example.TEST", cseq=2), SOURCE))) == {PHONE}
+
+
+def test_step5_aor_is_stored_without_the_port(clock: Clock, spy: SpyStore, store: LocationStore) -> None:
+    """§10.3 step 5, as Kamailio and OpenSIPS key AORs: a To with our port is the same address-of-record."""
+    seen: list[str] = []
+    registrar = make_registrar(spy, clock, lambda request, aor: seen.append(aor))
+    assert registrar.handle(register(to="sip:alice@example.test:5060"), SOURCE).status == 200
+    assert seen == [ALICE]
+    assert [b.aor for b in store.lookup(ALICE)] == [ALICE]
+    assert store.lookup("sip:alice@example.test:5060") == []
+    assert set(listed(registrar.handle(register((), cseq=2), SOURCE))) == {PHONE}
+
+
+def legacy_binding(contact: str, aor: str = "sip:alice@example.test:5060") -> Binding:
+    """A binding as an older version stored it, from a To with a port: keyed by the AOR with its port."""
+    return Binding(
+        aor=aor,
+        contact=contact,
+        call_id="older-call-id",
+        cseq=9,
+        expires_at=START + 600,
+        transport="UDP",
+        source_host="192.0.2.8",
+        source_port=5060,
+        registered_at=START - 100,
+        refreshed_at=START - 100,
+    )
+
+
+def test_step5_bindings_stored_under_the_aor_with_its_port_move_to_the_canonical_aor(
+    registrar: Registrar, store: LocationStore
+) -> None:
+    legacy = "sip:alice@example.test:5060"
+    store.update(legacy, put=[legacy_binding(LAPTOP)])
+    response = registrar.handle(register(to=legacy), SOURCE)
+    assert response.status == 200
+    assert store.lookup(legacy) == []
+    assert contacts_of(store) == {PHONE, LAPTOP}
+    assert {b.aor for b in store.lookup(ALICE)} == {ALICE}
+    assert listed(response)[LAPTOP] == {"expires": "600"}
+    # moved, the old binding is the phone's like any other: Contact: * removes it too
+    assert registrar.handle(register(["*"], to=legacy, cseq=2, expires=0), SOURCE).status == 200
+    assert contacts_of(store) == set()
+
+
+def test_step5_a_moved_binding_does_not_overwrite_a_canonical_one(registrar: Registrar, store: LocationStore) -> None:
+    assert registrar.handle(register(), SOURCE).status == 200
+    store.update("sip:alice@example.test:5060", put=[legacy_binding(PHONE)])
+    assert registrar.handle(register((), to="sip:alice@example.test:5060", cseq=2), SOURCE).status == 200
+    [binding] = store.lookup(ALICE)
+    assert (binding.call_id, binding.cseq) == (CALL_ID, 1)
+    assert store.lookup("sip:alice@example.test:5060") == []
 
 
 # -- step 6: Contacts ------------------------------------------------------------------

@@ -202,16 +202,6 @@ class Message:
             cache.pop(key, None)
             cache.pop("list:" + key, None)
 
-    def forget_parsed(self) -> None:
-        """Drop the cached typed values (Via, From, To, CSeq, Contact...): they are parsed again if read.
-
-        For messages that must be kept but are unlikely to be read again,
-        such as the request and response a finished transaction holds for 32 s
-        to answer retransmissions: fewer live objects, less memory and less
-        work for the garbage collector.
-        """
-        self._cache.clear()
-
     def replace_top_via(self, via: Via) -> None:
         """Write ``via`` over the top Via value (§18.2.1 ``received``, RFC 3581 ``rport``).
 

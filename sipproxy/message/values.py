@@ -35,7 +35,10 @@ _NAME_ADDR_COMMON = re.compile(
 _VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) (" + DOMAIN + r")(?::([0-9]{1,5}))?" + _PLAIN_PARAMS)
 _CSEQ_COMMON = re.compile(r"([0-9]{1,10}) (" + TOKEN + r")\Z")
 _SENT_BY_COLON = re.compile(r"[ \t]*:[ \t]*")
+#: RFC 3261 §25.1 ``qvalue``: "0" to "1", at most three decimals.
 _QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
+#: RFC 3261 §20.19 and §20.10: a larger ``delta-seconds`` is taken as this.
+_DELTA_SECONDS_LIMIT = 2**32 - 1
 
 
 @dataclass(slots=True)
@@ -56,22 +59,31 @@ class NameAddr:
 
     @property
     def expires(self) -> int | None:
-        """The Contact ``expires`` parameter (§20.10 delta-seconds, capped at 2**32-1), ``None`` when absent."""
+        """The Contact ``expires`` parameter (§20.10 delta-seconds, capped at 2**32-1), ``None`` when absent.
+
+        The one parser of it: the registrar (§10.2.1.1) reads it here.  A
+        value that is not delta-seconds raises ``ParseError`` (400) naming it.
+        """
         if "expires" not in self.params:
             return None
         value = self.params["expires"]
         if value is None or not _is_digits(value):
             raise ParseError("Bad expires parameter in Contact")
-        return 2**32 - 1 if len(value) > 10 else min(int(value), 2**32 - 1)
+        return _DELTA_SECONDS_LIMIT if len(value) > 10 else min(int(value), _DELTA_SECONDS_LIMIT)
 
     @property
     def q(self) -> float | None:
-        """The Contact ``q`` parameter (§20.10 qvalue, 0 to 1), ``None`` when absent."""
+        """The Contact ``q`` parameter (§20.10, a §25.1 qvalue), ``None`` when absent.
+
+        The one parser of it: the registrar (§10.2.1.2) and the proxy's 3xx
+        recursion (§16.5) read it here.  Anything but a qvalue raises
+        ``ParseError`` (400) naming the problem.
+        """
         if "q" not in self.params:
             return None
         value = self.params["q"]
         if value is None or not _QVALUE.match(value):
-            raise ParseError("Bad q parameter in Contact")
+            raise ParseError("Bad q parameter in Contact (must be 0 to 1)")
         return float(value)
 
     def __str__(self) -> str:
@@ -244,16 +256,6 @@ def parse_via(text: str) -> Via:
             via.protocol = "SIP/2.0"
             return via
     return _parse_via(text)
-
-
-def _plain_params(text: str) -> dict[str, str | None]:
-    """``;a=b;c`` already matched by ``_PLAIN_PARAMS``: what :func:`split_params` would return."""
-    params: dict[str, str | None] = {}
-    if text:
-        for part in text[1:].split(";"):
-            name, eq, value = part.partition("=")
-            params[name.lower()] = value if eq else None
-    return params
 
 
 def _parse_via(text: str) -> Via:

@@ -1,19 +1,14 @@
 # -*- test-case-name: tests.test_proxy_routing -*-
-"""Who we are, Route preprocessing (RFC 3261 §16.4) and Record-Route (§16.6 step 4, RFC 5658).
+"""Route preprocessing (RFC 3261 §16.4) and Record-Route (§16.6 step 4, RFC 5658).
 
-A URI "is us" when its host is our advertised host or one of the domains we
-are responsible for, and its port is ours or absent.  The port rule matters
-on a single machine: ``sip:bob@127.0.0.1:5070`` is a user agent next to us,
-not our domain, even though ``127.0.0.1`` is one of our addresses.
+Whether a URI "is us" is :class:`sipproxy.locality.Locality`'s answer, the
+same for the stack, the registrar and the proxy (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
-from dataclasses import dataclass
-
-from sipproxy.message import ParseError, Request, SipURI, Via, format_host
-from sipproxy.message.uri import canonical_host
+from sipproxy.locality import LocalAddress, Locality
+from sipproxy.message import ParseError, Request, SipURI
 
 __all__ = [
     "LocalAddress",
@@ -24,44 +19,6 @@ __all__ = [
     "record_route_values",
     "top_route",
 ]
-
-
-@dataclass(frozen=True)
-class LocalAddress:
-    """Who we are on the wire: the host we advertise in Via and Record-Route, and our SIP port."""
-
-    host: str
-    """Advertised host or IP address, e.g. ``"127.0.0.1"`` (IPv6 without brackets or with, both work)."""
-    port: int
-    """Our SIP port; UDP and TCP share it."""
-
-    @property
-    def hostport(self) -> str:
-        return f"{format_host(self.host.strip('[]'))}:{self.port}"
-
-
-class Locality:
-    """Our address plus the domains we are responsible for: answers "is this us?"."""
-
-    def __init__(self, local: LocalAddress, domains: Container[str]) -> None:
-        self.local = local
-        self.domains = domains
-        self._host = canonical_host(local.host)
-
-    def is_our_host(self, host: str) -> bool:
-        return canonical_host(host) == self._host or host in self.domains or canonical_host(host) in self.domains
-
-    def is_us(self, uri: object) -> bool:
-        """Does ``uri`` name this proxy or one of its domains (our port, or no port)?"""
-        if not isinstance(uri, SipURI):
-            return False
-        if uri.port is not None and uri.port != self.local.port:
-            return False
-        return self.is_our_host(uri.host)
-
-    def is_our_via(self, via: Via) -> bool:
-        """Is ``via`` one we put there (§16.3 step 4: "a sent-by value ... placed by the proxy")?"""
-        return canonical_host(via.host) == self._host and (via.port or 5060) == self.local.port
 
 
 # -- §16.4 Route information preprocessing ----------------------------------
@@ -91,7 +48,7 @@ def preprocess_routing(request: Request, locality: Locality) -> None:
         isinstance(uri, SipURI)
         and uri.maddr is not None
         and locality.is_our_host(uri.maddr)
-        and (uri.port or 5060) == locality.local.port
+        and (uri.port or 5060) == locality.port
     ):
         params = {k: v for k, v in uri.params.items() if k not in ("maddr", "transport")}
         request.uri = uri.with_(params=params, port=None)
@@ -104,7 +61,7 @@ def preprocess_routing(request: Request, locality: Locality) -> None:
 
 def _placed_by_us(uri: SipURI, locality: Locality) -> bool:
     """Could ``uri`` be one of our Record-Route URIs? No user part, us, and ``lr`` or our explicit port."""
-    return uri.user is None and locality.is_us(uri) and (uri.lr or uri.port == locality.local.port)
+    return uri.user is None and locality.is_us(uri) and (uri.lr or uri.port == locality.port)
 
 
 def _remove_last_route(request: Request) -> None:

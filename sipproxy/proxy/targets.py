@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sipproxy.message import ParseError, Response, SipURI, parse_uri
+from sipproxy.locality import canonical_aor
+from sipproxy.message import NameAddr, ParseError, Response, SipURI, parse_uri
 from sipproxy.transaction import Target, is_reliable
 
 if TYPE_CHECKING:
@@ -105,11 +106,16 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
 
 
 def location_targets(uri: SipURI, store: Locator, depth: int = 0) -> list[TargetURI]:
-    """§16.5: the location service's contacts for the address-of-record ``uri``, best q first."""
-    aor = uri.aor()
-    keys = [str(aor)]
-    if aor.port is not None:
-        keys.append(str(aor.with_(port=None)))
+    """§16.5: the location service's contacts for the address-of-record ``uri``, best q first.
+
+    Looked up as the registrar stores it (:func:`canonical_aor`: no port, no
+    parameters), then, for a Request-URI with a port, under the AOR with its
+    port: the key of bindings restored from a database written before AORs
+    lost their port (the phone's next REGISTER moves them).
+    """
+    keys = [canonical_aor(uri)]
+    if uri.port is not None:
+        keys.append(str(uri.aor()))
     for key in keys:
         bindings = store.lookup(key)
         if bindings:
@@ -146,18 +152,17 @@ def redirect_targets(response: Response, depth: int) -> list[TargetURI]:
     for contact in contacts:
         if not isinstance(contact.uri, SipURI):
             continue
-        out.append(TargetURI(uri=contact.uri, q=_q(contact.params.get("q")), depth=depth))
+        out.append(TargetURI(uri=contact.uri, q=_q(contact), depth=depth))
     return sorted(out, key=lambda t: -t.q)
 
 
-def _q(value: str | None) -> float:
-    if value is None:
-        return 1.0
+def _q(contact: NameAddr) -> float:
+    """The Contact's q (§20.10), 1.0 when absent or not a qvalue: a bad q in a 3xx does not lose the target."""
     try:
-        q = float(value)
-    except ValueError:
+        q = contact.q
+    except ParseError:
         return 1.0
-    return q if 0.0 <= q <= 1.0 else 1.0
+    return 1.0 if q is None else q
 
 
 def unique(targets: Sequence[TargetURI], tried: list[SipURI]) -> list[TargetURI]:

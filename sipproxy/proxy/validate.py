@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.test_proxy_validate -*-
-"""Request validation (RFC 3261 §16.3) and the loop-detection part of our branch (§16.6 step 8).
+"""Request validation (RFC 3261 §16.3), the server's own OPTIONS answer (§11.2), and loop detection (§16.6 step 8).
 
-``validate_request`` returns the response to send instead of forwarding, or
-``None`` when the request may go on.  It never raises: a malformed header
-surfaces as a ``ParseError`` and becomes the 400 it carries.
+The checks refuse by raising :class:`sipproxy.errors.SipError` (or the
+:class:`ParseError` of a malformed header); :func:`validate_request` is the
+proxy's boundary that turns either into the response to send.
+
+:func:`answer_options` builds the 200 to an OPTIONS the server answers
+itself, for the stack (an OPTIONS addressed to us) and for the proxy (one
+that reached us with Max-Forwards 0, §16.3 step 3): one place, so both carry
+Allow, Accept, Supported and Server.
 """
 
 from __future__ import annotations
@@ -11,22 +16,35 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 
+from sipproxy.errors import SipError
 from sipproxy.message import MAGIC_COOKIE, ParseError, Request, Response, make_response
 from sipproxy.proxy.routing import Locality
 
 __all__ = [
     "ALLOW",
+    "SERVER",
+    "SUPPORTED",
     "SUPPORTED_SCHEMES",
-    "loop_part",
-    "make_branch",
-    "split_branch",
-    "validate_request",
+    "answer_options",
+    "check_extensions",
+    "check_request",
     "check_syntax",
     "is_looped",
+    "loop_part",
+    "make_branch",
+    "refusal_response",
+    "split_branch",
+    "validate_request",
 ]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH"
-"""What we answer an OPTIONS with when Max-Forwards reached 0 (§16.3 step 3, §11.2)."""
+"""The methods we handle, for the Allow of an OPTIONS we answer (§11.2)."""
+
+SUPPORTED = frozenset({"path"})
+"""The option tags we support as the final recipient (§11.2 Supported, §8.2.2.3 Require): RFC 3327 Path."""
+
+SERVER = "sipproxy"
+"""The Server header of the responses we originate as a UAS (§20.35)."""
 
 SUPPORTED_SCHEMES = frozenset({"sip", "sips"})
 """§16.3 step 2: we route ``sip:`` and ``sips:``; ``tel:`` and the rest get 416 (we map no tel: numbers)."""
@@ -47,43 +65,95 @@ def check_syntax(request: Request) -> None:
     request.option_tags("proxy-require")
 
 
+def check_request(request: Request, locality: Locality, extensions: Collection[str]) -> bool:
+    """RFC 3261 §16.3 steps 1-5 (step 6, Proxy-Authorization, is the ``authorize`` hook).
+
+    1. Reasonable syntax: a ``ParseError`` from any header we use (400 and
+       its reason).
+    2. URI scheme: not ``sip``/``sips`` -> 416.
+    3. Max-Forwards: 0 -> 483, except OPTIONS: then we are the final
+       recipient and the result is ``True`` (answer with :func:`answer_options`).
+    4. Loop detection: one of our Vias carrying this request's loop part
+       -> 482 (our Via with another loop part is a spiral, and fine).
+    5. Proxy-Require: tags outside ``extensions`` -> 420 with Unsupported.
+
+    A refusal is raised as :class:`SipError`; ``False``: forward the request.
+    """
+    check_syntax(request)  # step 1
+    if request.uri.scheme not in SUPPORTED_SCHEMES:  # step 2
+        raise SipError(416)
+    if request.max_forwards == 0:  # step 3
+        if request.method == "OPTIONS":
+            return True
+        raise SipError(483)
+    if is_looped(request, locality):  # step 4
+        raise SipError(482)
+    check_extensions(request, ("proxy-require", extensions))  # step 5
+    return False
+
+
+def check_extensions(request: Request, *checks: tuple[str, Collection[str]]) -> None:
+    """§8.2.2.3 (Require) and §16.3 step 5 (Proxy-Require): 420 with Unsupported listing every unknown tag.
+
+    Each check is ``(header, supported tags)``, e.g. ``("require", SUPPORTED)``.
+    """
+    unsupported: dict[str, None] = {}
+    for header, supported in checks:
+        unsupported.update((tag, None) for tag in request.option_tags(header) if tag not in supported)
+    if unsupported:
+        raise SipError(420, None, [("Unsupported", ", ".join(unsupported))])
+
+
 def validate_request(
     request: Request,
     locality: Locality,
     extensions: Collection[str],
     to_tag: str,
 ) -> Response | None:
-    """RFC 3261 §16.3 steps 1-5 (step 6, Proxy-Authorization, is the ``authorize`` hook).
+    """:func:`check_request` as the proxy uses it: the response to send instead of forwarding, or ``None``.
 
-    1. Reasonable syntax: a ``ParseError`` from any header we use -> its
-       status (400) and reason.
-    2. URI scheme: not ``sip``/``sips`` -> 416.
-    3. Max-Forwards: 0 -> 483, except OPTIONS, which we answer 200 ourselves.
-    4. Loop detection: one of our Vias carrying this request's loop part
-       -> 482 (our Via with another loop part is a spiral, and fine).
-    5. Proxy-Require: tags outside ``extensions`` -> 420 with Unsupported.
+    Never raises: a refusal or a malformed header becomes its response; an
+    OPTIONS with Max-Forwards 0 gets our own 200 (or the 420 of
+    :func:`answer_options`).
     """
     try:
-        check_syntax(request)  # step 1
-        if request.uri.scheme not in SUPPORTED_SCHEMES:  # step 2
-            return make_response(request, 416, to_tag=to_tag)
-        if request.max_forwards == 0:  # step 3
-            if request.method == "OPTIONS":
-                response = make_response(request, 200, to_tag=to_tag)
-                response.add("Allow", ALLOW)
-                response.add("Accept", "application/sdp")
-                return response
-            return make_response(request, 483, to_tag=to_tag)
-        if is_looped(request, locality):  # step 4
-            return make_response(request, 482, to_tag=to_tag)
-        unsupported = [tag for tag in request.option_tags("proxy-require") if tag not in extensions]  # step 5
-        if unsupported:
-            response = make_response(request, 420, to_tag=to_tag)
-            response.add("Unsupported", ", ".join(dict.fromkeys(unsupported)))
-            return response
+        if check_request(request, locality, extensions):
+            return answer_options(request, to_tag, extensions)
+    except SipError as refusal:
+        return refusal_response(request, refusal, to_tag)
     except ParseError as error:
         return make_response(request, error.status, error.reason, to_tag=to_tag)
     return None
+
+
+def answer_options(
+    request: Request, to_tag: str, extensions: Collection[str] = frozenset(), server: str = SERVER
+) -> Response:
+    """RFC 3261 §11.2: the 200 to an OPTIONS of which the server is the final recipient.
+
+    Being that recipient, the server is the request's UAS: an option tag in
+    Require that is not in :data:`SUPPORTED` (§8.2.2.3), or in Proxy-Require
+    that is not in ``extensions`` (the proxy's, §16.3 step 5: the request
+    reached us as a proxy first), raises :class:`SipError` 420 with
+    Unsupported listing all of them (RFC 4475 ``bext01``: "listing these
+    features from either the Require or Proxy-Require", so the sender can
+    drop every one in one retry).
+    """
+    check_extensions(request, ("proxy-require", extensions), ("require", SUPPORTED))
+    response = make_response(request, 200, "OK", to_tag=to_tag)
+    response.add("Allow", ALLOW)
+    response.add("Accept", "application/sdp")
+    response.add("Supported", ", ".join(sorted(SUPPORTED)))
+    response.add("Server", server)
+    return response
+
+
+def refusal_response(request: Request, refusal: SipError, to_tag: str) -> Response:
+    """The response a :class:`SipError` stands for: its status, reason and headers, with our To tag."""
+    response = make_response(request, refusal.status, refusal.reason, to_tag=to_tag)
+    for name, value in refusal.headers:
+        response.add(name, value)
+    return response
 
 
 # -- §16.3 step 4 and §16.6 step 8: loop detection through the branch -------

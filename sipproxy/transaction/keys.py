@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transaction_layer -*-
+# -*- test-case-name: tests.test_transaction_keys,tests.test_transaction_layer -*-
 """Transaction matching as dictionary keys (RFC 3261 §17.1.3, §17.2.3, §9.2).
 
 Every rule is turned into a hashable key, so that matching is one dict

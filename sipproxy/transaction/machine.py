@@ -121,9 +121,9 @@ class Environment:
     add_ack_key: Callable[[Machine, tuple[Any, ...]], None] = lambda tx, key: None
     """Server side: index an RFC 2543 INVITE transaction by the key its ACK will have."""
     server_timed_out: Callable[[Machine], None] = lambda tx: None
+    """Server side: Timer H fired, no ACK came (§17.2.1: inform the TU)."""
     lingering: LingerQueues | None = None
     """Where the timers of finished transactions (:data:`LINGER_TIMERS`) run; ``None``: on ``clock``."""
-    """Server side: Timer H fired, no ACK came (§17.2.1: inform the TU)."""
 
 
 class Machine:
@@ -225,7 +225,3 @@ class Machine:
             interval if interval is not None else self.env.settings.next_interval(self._interval, cap=self.CAPPED)
         )
         self._start_timer(timer)
-
-    def running_timers(self) -> frozenset[Input]:
-        """The timers currently armed (for tests and introspection)."""
-        return frozenset(self._timers)

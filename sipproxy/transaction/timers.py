@@ -22,10 +22,10 @@ __all__ = ["Clock", "DelayedCall", "LingerQueues", "Lingering", "TimerSettings"]
 class TimerSettings:
     """T1, T2, T4 and the 100 Trying delay; every other timer is derived from them (RFC 3261 Table 4).
 
-    A timer whose method returns ``None`` is not started at all (the
-    retransmission timers A, E and G on a reliable transport); ``0.0`` means
-    "fire at once" (D, I, J and K on a reliable transport), which the
-    transactions implement by taking the transition immediately.
+    The retransmission timers A, E and G start at T1 and double (see
+    :meth:`next_interval`); they do not run on a reliable transport.  A value
+    of ``0.0`` means "fire at once" (D, I, J and K on a reliable transport),
+    which the transactions implement by taking the transition immediately.
     """
 
     t1: float = 0.5
@@ -47,10 +47,6 @@ class TimerSettings:
         """64*T1: Timers B, F, H, J (unreliable), L and M."""
         return 64 * self.t1
 
-    def a(self, reliable: bool) -> float | None:
-        """Timer A, the first INVITE retransmission interval: T1, doubling (§17.1.1.2); UDP only."""
-        return None if reliable else self.t1
-
     def b(self) -> float:
         """Timer B, INVITE transaction timeout: 64*T1 (§17.1.1.2)."""
         return self.timeout()
@@ -62,17 +58,9 @@ class TimerSettings:
         """
         return 0.0 if reliable else max(32.0, self.timeout())
 
-    def e(self, reliable: bool) -> float | None:
-        """Timer E, the first non-INVITE retransmission interval: T1, doubling up to T2 (§17.1.2.2); UDP only."""
-        return None if reliable else self.t1
-
     def f(self) -> float:
         """Timer F, non-INVITE transaction timeout: 64*T1 (§17.1.2.2)."""
         return self.timeout()
-
-    def g(self, reliable: bool) -> float | None:
-        """Timer G, the first INVITE final response retransmission interval: T1, doubling up to T2 (§17.2.1)."""
-        return None if reliable else self.t1
 
     def h(self) -> float:
         """Timer H, wait time for ACK receipt: 64*T1 (§17.2.1)."""
