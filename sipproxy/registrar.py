@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Literal, NamedTuple, Protocol
 
-from sipproxy.location import Binding
+from sipproxy.location import Binding, LocationService
 from sipproxy.message import NameAddr, ParseError, Request, Response, SipURI, make_response, parse_uri
 from sipproxy.message.headers import unquote
 from sipproxy.message.uri import canonical_host
@@ -112,16 +112,6 @@ class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class _Store(Protocol):
-    """The part of :class:`sipproxy.location.LocationStore` the registrar uses."""
-
-    def lookup(self, aor: str) -> list[Binding]: ...
-
-    def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None: ...
-
-    def when_durable(self, callback: Callable[[bool], None]) -> None: ...
-
-
 class _Source(Protocol):
     """Where the request came from (``sipproxy.transaction.Source``)."""
 
@@ -172,7 +162,7 @@ class Registrar:
 
     def __init__(
         self,
-        store: _Store,
+        store: LocationService,
         clock: _Clock,
         settings: RegistrarSettings,
         authenticate: Authenticate | None = None,
