@@ -66,9 +66,11 @@ class LocationService(Protocol):
         """The live binding of ``contact`` under ``aor``, if any."""
 
     def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None:
-        """Apply the outcome of one REGISTER to ``aor`` atomically (§10.3 step 7); raises if it cannot be stored.
+        """Apply the outcome of one REGISTER to ``aor`` atomically (§10.3 step 7).
 
-        The events say why each binding went (``unregistered``, ``replaced``,
+        Raises if the backend refuses the change at once (nothing changes
+        then); a loss found later reaches :meth:`when_durable`. The events
+        say why each binding went (``unregistered``, ``replaced``,
         ``expired``), read from the change itself.
         """
 
