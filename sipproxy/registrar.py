@@ -68,7 +68,7 @@ from typing import Protocol
 from sipproxy.contacts import Contact, check_order, matching, read_contacts
 from sipproxy.errors import SipError
 from sipproxy.locality import LocalAddress, Locality, canonical_aor
-from sipproxy.location import Binding
+from sipproxy.location import Binding, LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import canonical_host
 from sipproxy.net import Clock, Source
@@ -109,14 +109,6 @@ class RegistrarSettings:
             raise ValueError(f"max_contacts {self.max_contacts} is not positive")
 
 
-class _Store(Protocol):
-    """The part of :class:`sipproxy.location.LocationStore` the registrar uses."""
-
-    def lookup(self, aor: str) -> list[Binding]: ...
-
-    def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None: ...
-
-    def when_durable(self, callback: Callable[[bool], None]) -> None: ...
 
 
 class _Log(Protocol):
@@ -135,7 +127,7 @@ class Registrar:
 
     def __init__(
         self,
-        store: _Store,
+        store: LocationService,
         clock: Clock,
         settings: RegistrarSettings,
         authenticate: Authenticate | None = None,

@@ -13,12 +13,12 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from sipproxy.location import BindingEvent, LocationStore, SQLitePersistence
+from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
+from sipproxy.location.log import BindingLog
+from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
@@ -42,7 +42,6 @@ __all__ = [
     "SipCore",
     "SipProxyService",
     "SipListeners",
-    "StoreService",
     "default_domains",
     "advertised_host",
 ]
@@ -229,109 +228,6 @@ class Resolver:
         client.getHostByName(host).addCallbacks(found, failed)
 
 
-class BindingLog:
-    """Logs the location service's changes: registrations, removals and expiries at info.
-
-    Refreshes (most REGISTERs) are logged at debug, and only with ``--debug``:
-    emitting an event per refresh costs throughput even when it is filtered.
-    """
-
-    log = Logger(namespace="sipproxy.location")
-
-    def __init__(self, clock: Any, refreshes: bool = False) -> None:
-        self.clock = clock
-        self.refreshes = refreshes
-
-    def __call__(self, event: BindingEvent) -> None:
-        b = event.binding
-        if event.kind == "added":
-            self.log.info(
-                "Registered {aor} -> {contact} for {expires} s from {source}",
-                aor=b.aor,
-                contact=b.contact,
-                expires=b.expires_in(self.clock.seconds()),
-                source=b.source(),
-            )
-        elif event.kind == "refreshed":
-            if self.refreshes:
-                self.log.debug(
-                    "Refreshed {aor} -> {contact} for {expires} s",
-                    aor=b.aor,
-                    contact=b.contact,
-                    expires=b.expires_in(self.clock.seconds()),
-                )
-        else:
-            self.log.info("Binding {kind}: {aor} -> {contact}", kind=event.kind, aor=b.aor, contact=b.contact)
-
-
-class WalCheckpointer(TimerService):
-    """Checkpoints the SQLite write-ahead log every ``interval`` seconds in a worker thread.
-
-    Left to the commits (SQLite's default), a checkpoint copies a thousand
-    pages and ``fsync``s in the middle of a reactor turn: p99 REGISTER
-    latency 32 ms at 4 000/s instead of 8 ms.  ``run`` is how the call gets
-    to a thread (``deferToThread``; tests pass their own).
-    """
-
-    def __init__(
-        self,
-        persistence: SQLitePersistence,
-        interval: float = 1.0,
-        run: Callable[[Callable[[], object]], Deferred[object]] = deferToThread,
-    ) -> None:
-        super().__init__(interval, self.checkpoint)
-        self.persistence = persistence
-        self._run = run
-        self._running: Deferred[object] | None = None
-
-    def checkpoint(self) -> None:
-        """Start one checkpoint, unless the previous one is still running."""
-        if self._running is not None:
-            return
-        running = self._run(self.persistence.checkpoint)
-        self._running = running
-        running.addErrback(lambda failure: log.failure("Checkpointing the SQLite log failed", failure))
-        running.addBoth(self._finished)
-
-    def _finished(self, _result: object) -> None:
-        self._running = None
-
-    def stopService(self) -> Deferred[object]:
-        """Stop the timer; the Deferred fires once a checkpoint still running has finished."""
-        stopped = maybeDeferred(super().stopService)
-        running = self._running
-        if running is None:
-            return stopped
-        done: Deferred[object] = Deferred()
-        running.addBoth(lambda _: done.callback(None))
-        return stopped.addCallback(lambda _: done)
-
-
-class StoreService(MultiService):
-    """Restores the bindings at start-up; closes the store at shutdown, once its children have stopped.
-
-    The children are what use the store's database besides the reactor (the
-    :class:`WalCheckpointer`).
-    """
-
-    def __init__(self, store: LocationStore, where: str) -> None:
-        super().__init__()
-        self.store = store
-        self.where = where
-
-    def startService(self) -> None:
-        restored = self.store.restore()
-        log.info("Restored {count} bindings from {where}", count=restored, where=self.where)
-        super().startService()
-
-    def stopService(self) -> Deferred[object]:
-        def close(result: object) -> object:
-            self.store.close()
-            return result
-
-        return maybeDeferred(super().stopService).addBoth(close)
-
-
 def _tune_garbage_collector() -> None:
     """Keep the cyclic collector from stalling the reactor under load.
 
@@ -494,10 +390,10 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     local = LocalAddress(advertised, options["sip-port"])
 
     db = options["db"]
-    persistence = None if db == ":memory:" else SQLitePersistence(db, autocheckpoint=False)
-    store = LocationStore(reactor, persistence)
+    store = MemoryLocation(reactor) if db == ":memory:" else SQLiteLocation(reactor, db, autocheckpoint=False)
+    persistence = store.persistence if isinstance(store, SQLiteLocation) else None
     store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
-    store_service = StoreService(store, "memory" if persistence is None else db)
+    store_service = StoreService(store, store.where)
     store_service.setServiceParent(top)
     if persistence is not None:
         WalCheckpointer(persistence).setServiceParent(store_service)
@@ -539,6 +435,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         healthy=lambda: bool(top.running) and transport.listening > 0 and not store.last_commit_failed,
         password=options.get("web-password"),
         public=not is_loopback_description(web),
+        debug=bool(options.get("debug")),
     )
     site = QuietSite(resource)
     strports.service(web, site).setServiceParent(top)

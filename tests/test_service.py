@@ -7,37 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
-
-from sipproxy.location import Binding, LocationStore
-from sipproxy.service import BindingLog
-
-
-def binding(expires_at: float) -> Binding:
-    return Binding(
-        aor="sip:alice@example.test",
-        contact="sip:alice@192.0.2.7:5062",
-        call_id="c1",
-        cseq=1,
-        expires_at=expires_at,
-        source_host="192.0.2.7",
-        source_port=5062,
-    )
-
-
-def test_registration_and_expiry_are_logged_at_info() -> None:
-    clock = Clock()
-    clock.advance(1000)
-    store = LocationStore(clock)
-    store.subscribe(BindingLog(clock))
-    with capturedLogs() as events:
-        store.update("sip:alice@example.test", put=[binding(1060)])
-        clock.advance(60)
-    info = [e for e in events if e["log_level"] == LogLevel.info]
-    assert [e["log_format"].split(" ")[0] for e in info] == ["Registered", "Binding"]
-    assert info[0]["expires"] == 60 and info[0]["source"] == "UDP 192.0.2.7:5062"
-    assert info[1]["kind"] == "expired" and info[1]["contact"] == "sip:alice@192.0.2.7:5062"
 
 
 def _service(db: str, *extra: str):  # type: ignore[no-untyped-def]
@@ -80,37 +50,6 @@ def test_udp_sockets_ask_for_a_large_receive_buffer() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * min(UDP_RECEIVE_BUFFER, allowed)
     finally:
         sock.close()
-
-
-def test_checkpointer_runs_one_at_a_time_and_the_store_closes_after_it(tmp_path: Path) -> None:
-    from twisted.internet.defer import Deferred
-
-    from sipproxy.location import SQLitePersistence
-    from sipproxy.service import StoreService, WalCheckpointer
-
-    persistence = SQLitePersistence(str(tmp_path / "s.sqlite"), autocheckpoint=False)
-    store = LocationStore(Clock(), persistence)
-    started: list[Deferred[object]] = []
-
-    def run(call: object) -> Deferred[object]:
-        started.append(Deferred())
-        return started[-1]
-
-    service = StoreService(store, "test")
-    checkpointer = WalCheckpointer(persistence, run=run)
-    checkpointer.clock = Clock()
-    checkpointer.setServiceParent(service)
-    service.startService()
-    checkpointer.clock.advance(5)  # five ticks while the first checkpoint is still running
-    assert len(started) == 1
-
-    stopping = service.stopService()
-    assert not stopping.called
-    store.update("sip:alice@example.test", put=[binding(3600)])  # the store is still open
-    started[0].callback((0, 0))
-    assert stopping.called
-    with pytest.raises(RuntimeError, match="closed"):
-        store.update("sip:alice@example.test", put=[binding(3600)])
 
 
 def test_a_receive_buffer_capped_by_the_kernel_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, capturedLogs
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from sipproxy.location import Binding, LocationStore
@@ -35,6 +35,7 @@ from sipproxy.web.render import (
     format_utc,
     iso_utc,
     make_loader,
+    readable,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +69,9 @@ def make_binding(
 class Web:
     """One page over a real in-memory store, driven through StubTreq on a fake clock."""
 
-    def __init__(self, *, password: str | None = None, public: bool = False, persistence: Any = None) -> None:
+    def __init__(
+        self, *, password: str | None = None, public: bool = False, persistence: Any = None, debug: bool = False
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.store = LocationStore(self.clock, persistence)
@@ -83,6 +86,7 @@ class Web:
             lambda: self.healthy,
             password=password,
             public=public,
+            debug=debug,
         )
         self.stub = StubTreq(self.page.app.resource())
 
@@ -357,7 +361,45 @@ def test_delete_removes_every_binding_of_an_aor(web: Web) -> None:
     assert json.loads(body) == {"removed": 2, "aor": ALICE, "contact": None}
     assert web.store.lookup(ALICE) == []
     assert len(web.store.lookup(BOB)) == 1
-    assert_logged(events, "Web removed {count} bindings of {aor}", count=2, aor=ALICE)
+    assert_logged(events, "Web removed {count} {bindings} of {aor}", count=2, bindings="bindings", aor=ALICE)
+
+
+def test_removing_the_one_binding_of_an_aor_says_binding(web: Web) -> None:
+    web.put(make_binding())
+    with capturedLogs() as events:
+        web.request("DELETE", "/api/bindings/" + ALICE)
+    assert "Web removed 1 binding of sip:alice@example.test" in [formatEvent(e) for e in events]
+
+
+def test_text_that_is_not_utf8_shows_readably_on_the_page_and_in_the_api(web: Web) -> None:
+    """A Latin-1 phone's ``T\\xe9l\\xe9phone`` (kept by the parser as surrogate escapes) shows as Téléphone."""
+    latin_1 = "T\udce9l\udce9phone"
+    web.put(
+        make_binding(
+            user_agent=latin_1,
+            call_id=f"{latin_1}@192.0.2.7",
+            instance=f"<urn:{latin_1}>",
+            path=(f"<sip:{latin_1}@edge.example.test;lr>",),
+        )
+    )
+    stream = Stream(web)
+    response, body = web.request("GET", "/")
+    assert response.code == 200
+    page = body.decode("utf-8")
+    for shown in ("Téléphone@192.0.2.7", "&lt;urn:Téléphone&gt;", "&lt;sip:Téléphone@edge.example.test;lr&gt;"):
+        assert shown in page
+    [binding] = web.get_json("/api/bindings")["bindings"]
+    assert (binding["user_agent"], binding["call_id"], binding["instance"], binding["path"]) == (
+        "Téléphone", "Téléphone@192.0.2.7", "<urn:Téléphone>", ["<sip:Téléphone@edge.example.test;lr>"],
+    )  # fmt: skip
+    [(_, snapshot)] = stream.events()
+    assert snapshot["bindings"][0]["user_agent"] == "Téléphone"
+    assert web.store.lookup(ALICE)[0].user_agent == latin_1  # only shown so: the store keeps what the phone sent
+
+
+def test_readable_reads_stray_bytes_as_windows_1252() -> None:
+    assert readable("plain") == "plain" and readable("Ünïcode") == "Ünïcode"
+    assert readable("\udc80 \udce9 \udc81") == "€ é \ufffd"
 
 
 def test_delete_one_contact(web: Web) -> None:
@@ -567,6 +609,28 @@ def test_every_change_is_one_event_on_every_open_stream(web: Web) -> None:
         assert {name for name, _ in events} == {"binding"}
         assert events[1][1]["binding"]["expires_in"] == 3690
         assert events[1][1]["binding"]["cseq"] == 2
+
+
+def test_events_say_why_a_binding_went(web: Web) -> None:
+    stream = Stream(web)
+    web.put(make_binding(), make_binding(BOB, "sip:bob@192.0.2.9", ttl=30))
+    web.request("DELETE", "/api/bindings/" + ALICE)
+    web.clock.advance(30)
+    assert [(e["kind"], e["reason"], e["binding"]["aor"]) for _, e in stream.events()[1:]] == [
+        ("added", "registered", ALICE), ("added", "registered", BOB), ("removed", "web", ALICE), ("expired", "expired", BOB),
+    ]  # fmt: skip
+
+
+def test_event_streams_opening_and_closing_are_logged_only_with_debug() -> None:
+    for debug in (False, True):
+        web = Web(debug=debug)
+        with capturedLogs() as events:
+            Stream(web).close()
+        said = [(e["log_level"], e["log_format"].split(";")[0]) for e in events if "Event stream" in e["log_format"]]
+        if debug:
+            assert said == [(LogLevel.debug, "Event stream opened for {client}"), (LogLevel.debug, "Event stream closed")]
+        else:
+            assert said == []  # twistd prints every level: a debug line not emitted is the only one not shown
 
 
 def test_the_changes_of_one_reactor_turn_go_out_in_one_write(web: Web) -> None:

@@ -1,11 +1,20 @@
-"""SQLite persistence for the location service, so a restart loses no registration.
+# -*- test-case-name: tests.test_location_sqlite -*-
+"""The SQLite backend (the default), so a restart loses no registration.
 
-Each change the store makes is written atomically: on its own as one
-transaction, or inside a batch the store opened with ``begin()`` and ends
-with ``commit()`` (group commit: one commit for all the REGISTERs of a
-reactor turn). The database runs in WAL journal mode with
-``synchronous=NORMAL``: a committed transaction survives the process being
-killed (it may be lost only on an operating-system crash or power failure).
+:class:`SQLitePersistence` is the journal: each change the store makes is
+written atomically, on its own as one transaction, or inside a batch the
+store opened with ``begin()`` and ends with ``commit()`` (group commit: one
+commit for all the REGISTERs of a reactor turn). The database runs in WAL
+journal mode with ``synchronous=NORMAL``: a committed transaction survives
+the process being killed (it may be lost only on an operating-system crash
+or power failure). :class:`SQLiteLocation` is the location service over it.
+
+Header values are text as the parser decoded them: UTF-8, with the bytes
+that are not valid UTF-8 kept as surrogate escapes (``User-Agent:
+Téléphone`` sent in Latin-1 arrives as ``"T\\udce9l\\udce9phone"``).
+SQLite text must be valid UTF-8, so such a value is stored as a BLOB of the
+bytes the phone sent, and read back into the same string: nothing is lost,
+and nothing is refused.
 """
 
 from __future__ import annotations
@@ -17,15 +26,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from sipproxy.location.binding import Binding
+from sipproxy.location.interface import BindingEvent
+from sipproxy.location.store import LocationStore
+from sipproxy.net import Clock
 
-__all__ = ["SCHEMA_VERSION", "SQLitePersistence"]
+__all__ = ["SCHEMA_VERSION", "SQLiteLocation", "SQLitePersistence"]
 
 SCHEMA_VERSION = 2
 """Stored in ``PRAGMA user_version``.
 
 1: ``bindings`` as a rowid table.  2: ``bindings`` ``WITHOUT ROWID`` (one
 B-tree, keyed by aor and contact: an upsert writes about a third less) and
-``server_secret``.
+``server_secret``.  In either, a text column holds a BLOB (the raw bytes)
+where the value is not valid UTF-8.
 """
 
 _COLUMNS = (
@@ -78,14 +91,37 @@ _UPSERT = "INSERT OR REPLACE INTO bindings ({}) VALUES ({})".format(", ".join(_C
 _DELETE = "DELETE FROM bindings WHERE aor = ? AND contact = ?"
 _SELECT = "SELECT {} FROM bindings ORDER BY aor, contact".format(", ".join(_COLUMNS))
 
-_Row = tuple[str, str, str, int, float, float, str, str, int, str, str, str | None, int | None, float, float]
+_Text = str | bytes
+"""A text column's value: text, or the raw bytes of a value that is not valid UTF-8."""
+
+_Row = tuple[_Text, _Text, _Text, int, float, float, str, str, int, str, _Text, _Text | None, int | None, float, float]
+
+
+def _text(value: str) -> _Text:
+    """``value`` as SQLite can store it: itself when it is valid UTF-8, else the bytes it escapes."""
+    if value.isascii():  # nearly always: a flag check, no scan
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def _str(value: _Text) -> str:
+    """The inverse of :func:`_text`."""
+    return value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogateescape")
+
+
+def _key(aor: str, contact: str) -> tuple[_Text, _Text]:
+    return _text(aor), _text(contact)
 
 
 def _to_row(binding: Binding) -> _Row:
     return (
-        binding.aor,
-        binding.contact,
-        binding.call_id,
+        _text(binding.aor),
+        _text(binding.contact),
+        _text(binding.call_id),
         binding.cseq,
         binding.expires_at,
         binding.q,
@@ -93,8 +129,8 @@ def _to_row(binding: Binding) -> _Row:
         binding.source_host,
         binding.source_port,
         json.dumps(list(binding.path)) if binding.path else "[]",
-        binding.user_agent,
-        binding.instance,
+        _text(binding.user_agent),
+        None if binding.instance is None else _text(binding.instance),
         binding.reg_id,
         binding.registered_at,
         binding.refreshed_at,
@@ -102,10 +138,11 @@ def _to_row(binding: Binding) -> _Row:
 
 
 def _from_row(row: _Row) -> Binding:
+    instance = row[11]
     return Binding(
-        aor=row[0],
-        contact=row[1],
-        call_id=row[2],
+        aor=_str(row[0]),
+        contact=_str(row[1]),
+        call_id=_str(row[2]),
         cseq=row[3],
         expires_at=row[4],
         q=row[5],
@@ -113,8 +150,8 @@ def _from_row(row: _Row) -> Binding:
         source_host=row[7],
         source_port=row[8],
         path=tuple(json.loads(row[9])),
-        user_agent=row[10],
-        instance=row[11],
+        user_agent=_str(row[10]),
+        instance=None if instance is None else _str(instance),
         reg_id=row[12],
         registered_at=row[13],
         refreshed_at=row[14],
@@ -217,16 +254,16 @@ class SQLitePersistence:
             if put:
                 connection.execute(_UPSERT, _to_row(put[0]))
             else:
-                connection.execute(_DELETE, remove[0])
+                connection.execute(_DELETE, _key(*remove[0]))
             return
         if not connection.in_transaction:
             with _transaction(connection):
-                connection.executemany(_DELETE, remove)
+                connection.executemany(_DELETE, [_key(*k) for k in remove])
                 connection.executemany(_UPSERT, [_to_row(b) for b in put])
             return
         connection.execute("SAVEPOINT write")
         try:
-            connection.executemany(_DELETE, remove)
+            connection.executemany(_DELETE, [_key(*k) for k in remove])
             connection.executemany(_UPSERT, [_to_row(b) for b in put])
         except BaseException:
             if connection.in_transaction:
@@ -286,3 +323,26 @@ class SQLitePersistence:
         except sqlite3.Error:
             pass  # closing is what matters; the next open replays the log
         self._connection.close()
+
+
+class SQLiteLocation(LocationStore):
+    """The location service over an SQLite file: ``twistd sipproxy --db PATH`` (the default).
+
+    A REGISTER is answered 200 only once its change is committed (group
+    commit, one per reactor turn), so ``kill -9`` loses nothing acknowledged.
+    ``persistence`` is the file, for the WAL checkpointer and the server
+    secret.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        path: str,
+        *,
+        autocheckpoint: bool = True,
+        max_batch: int = 16,
+        on_callback_error: Callable[[BindingEvent, Exception], None] | None = None,
+    ) -> None:
+        """Open (creating if needed) the database at ``path``; see :class:`SQLitePersistence` for the arguments."""
+        self.persistence = SQLitePersistence(path, autocheckpoint=autocheckpoint)
+        super().__init__(clock, self.persistence, on_callback_error=on_callback_error, max_batch=max_batch)

@@ -29,12 +29,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import is_ip_address
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
 from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
-from sipproxy.proxy.targets import Locator, TargetURI, group_by_q, location_targets
+from sipproxy.proxy.targets import TargetURI, group_by_q, location_targets
 from sipproxy.proxy.validate import SUPPORTED_SCHEMES, check_syntax, is_looped, loop_part, make_branch, validate_request
 from sipproxy.randomness import random_hex
 from sipproxy.transaction import Source, Target, TransactionError, is_reliable
@@ -113,7 +114,7 @@ class Proxy:
         self,
         clock: Clock,
         transactions: Transactions,
-        store: Locator,
+        store: LocationService,
         domains: Container[str],
         local: LocalAddress,
         send_stateless: SendStateless,

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from sipproxy.locality import canonical_aor
 from sipproxy.message import NameAddr, ParseError, Response, SipURI, parse_uri
 from sipproxy.transaction import Target, is_reliable
 
 if TYPE_CHECKING:
-    from sipproxy.location import Binding
+    from sipproxy.location import Binding, LocationService
 
 __all__ = [
-    "Locator",
     "TargetURI",
     "group_by_q",
     "location_targets",
@@ -37,12 +36,6 @@ __all__ = [
     "target_from_binding",
     "unique",
 ]
-
-
-class Locator(Protocol):
-    """The part of :class:`sipproxy.location.LocationStore` the proxy uses."""
-
-    def lookup(self, aor: str) -> list[Binding]: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
     return TargetURI(uri=uri, q=binding.q, path=tuple(binding.path), flow=flow, depth=depth)
 
 
-def location_targets(uri: SipURI, store: Locator, depth: int = 0) -> list[TargetURI]:
+def location_targets(uri: SipURI, store: LocationService, depth: int = 0) -> list[TargetURI]:
     """§16.5: the location service's contacts for the address-of-record ``uri``, best q first.
 
     Looked up as the registrar stores it (:func:`canonical_aor`: no port, no

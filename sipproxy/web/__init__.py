@@ -10,9 +10,9 @@ from typing import cast
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from sipproxy.location import LocationStore
-from sipproxy.location.store import Clock
+from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
+from sipproxy.net import Clock
 from sipproxy.web.app import BindingsPage
 from sipproxy.web.render import make_environment
 
@@ -39,20 +39,24 @@ class QuietSite(Site):
 
 
 def make_web_resource(
-    store: LocationStore,
+    store: LocationService,
     clock: Clock,
     metrics: Metrics,
     healthy: Callable[[], bool],
     password: str | None = None,
     public: bool = False,
+    debug: bool = False,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
     ``public`` says the listener is reachable beyond loopback (see
     :func:`is_loopback_description`); then removing bindings needs
-    ``password``, and without one the page is read-only.
+    ``password``, and without one the page is read-only. ``debug``
+    (``--debug``) logs event streams opening and closing.
     """
-    page = BindingsPage(store, clock, metrics, make_environment(), healthy, password=password, public=public)
+    page = BindingsPage(
+        store, clock, metrics, make_environment(), healthy, password=password, public=public, debug=debug
+    )
     return cast(IResource, page.app.resource())
 
 

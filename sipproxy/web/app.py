@@ -7,7 +7,8 @@ Routes (a Klein app on :class:`BindingsPage`):
 - ``GET /static/<name>``: the page's script and style sheet.
 - ``GET /api/bindings``: the bindings as JSON; ``?aor=`` selects one AOR.
 - ``GET /api/events``: Server-Sent Events, a ``snapshot`` event first and
-  then one ``binding`` event per change of the location service.
+  then one ``binding`` event per change of the location service, with its
+  ``kind`` and ``reason`` (:data:`sipproxy.location.Reason`).
 - ``DELETE /api/bindings/<aor>`` (``?contact=`` for one contact): removes bindings.
 - ``GET /healthz`` and ``GET /metrics``.
 
@@ -30,10 +31,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from sipproxy.location import BindingEvent, LocationStore
-from sipproxy.location.store import Clock, DelayedCall
+from sipproxy.location import BindingEvent, LocationService
 from sipproxy.metrics import Metrics
-from sipproxy.web.render import EMPTY_BINDING, binding_json
+from sipproxy.net import Clock, DelayedCall
+from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
 __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_message"]
 
@@ -104,15 +105,21 @@ class BindingsPage:
 
     def __init__(
         self,
-        store: LocationStore,
+        store: LocationService,
         clock: Clock,
         metrics: Metrics,
         env: jinja2.Environment,
         healthy: Callable[[], bool],
         password: str | None = None,
         public: bool = False,
+        debug: bool = False,
     ) -> None:
-        """Serve ``store``; ``public`` says the listener is reachable beyond loopback."""
+        """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
+
+        ``debug`` logs every event stream opening and closing (at debug
+        level: ``twistd`` prints every level, so without ``--debug`` these
+        lines are not emitted at all).
+        """
         self.store = store
         self.clock = clock
         self.metrics = metrics
@@ -120,6 +127,7 @@ class BindingsPage:
         self.healthy = healthy
         self.password = password
         self.public = public
+        self.debug = debug
         self.streams: set[EventStream] = set()
         self._outgoing: list[bytes] = []
         """Event messages of this reactor turn, written to every stream together by ``_flush``."""
@@ -144,7 +152,9 @@ class BindingsPage:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         now = self.clock.seconds()
-        groups = [(aor, [binding_json(b, now) for b in self.store.lookup(aor)]) for aor in self.store.aors()]
+        groups = [
+            (readable(aor), [binding_json(b, now) for b in self.store.lookup(aor)]) for aor in self.store.aors()
+        ]
         page = self.env.get_template("bindings.html").render(
             groups=groups,
             aor_count=len(groups),
@@ -187,15 +197,21 @@ class BindingsPage:
             return refusal
         contact = _query(request, "contact")
         if contact is None:
-            count = self.store.remove_aor(aor)
+            count = self.store.remove_aor(aor, reason="web")
         else:
-            count = 1 if self.store.remove(aor, contact) else 0
+            count = 1 if self.store.remove(aor, contact, reason="web") else 0
         if count == 0:
             what = f"binding {contact} of {aor}" if contact is not None else f"bindings of {aor}"
             return self._json(request, 404, {"error": f"no {what}"})
         client = _client(request)
         if contact is None:
-            self.log.info("Web removed {count} bindings of {aor}", count=count, aor=aor, client=client)
+            self.log.info(
+                "Web removed {count} {bindings} of {aor}",
+                count=count,
+                bindings="binding" if count == 1 else "bindings",
+                aor=aor,
+                client=client,
+            )
         else:
             self.log.info("Web removed binding {contact} of {aor}", contact=contact, aor=aor, client=client)
         answered: Deferred[bytes] = Deferred()
@@ -239,7 +255,11 @@ class BindingsPage:
         """
         if not self.streams:
             return
-        payload = {"kind": event.kind, "binding": binding_json(event.binding, self.clock.seconds())}
+        payload = {
+            "kind": event.kind,
+            "reason": event.reason,
+            "binding": binding_json(event.binding, self.clock.seconds()),
+        }
         self._outgoing.append(sse_message("binding", payload))
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
@@ -260,9 +280,12 @@ class BindingsPage:
             self._unsubscribe = self.store.subscribe(self.on_binding_event)
             self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
         self.streams.add(stream)
-        self.log.debug(
-            "Event stream opened for {client}; {count} open", client=_client(stream.request), count=len(self.streams)
-        )
+        if self.debug:
+            self.log.debug(
+                "Event stream opened for {client}; {count} open",
+                client=_client(stream.request),
+                count=len(self.streams),
+            )
 
     def _closed(self, result: object, stream: EventStream) -> None:
         """``notifyFinish`` callback: forget the stream; the last one stops the subscription and pings.
@@ -270,7 +293,8 @@ class BindingsPage:
         Returns None, so a dropped connection's failure ends here.
         """
         self.streams.discard(stream)
-        self.log.debug("Event stream closed; {count} open", count=len(self.streams))
+        if self.debug:
+            self.log.debug("Event stream closed; {count} open", count=len(self.streams))
         if self.streams:
             return
         if self._unsubscribe is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "iso_utc",
     "make_environment",
     "make_loader",
+    "readable",
 ]
 
 SOURCE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -127,23 +128,46 @@ def format_duration(seconds: int) -> str:
     return f"{secs} s"
 
 
+def _byte_as_text(byte: int) -> str:
+    try:
+        return bytes([byte]).decode("cp1252")
+    except UnicodeDecodeError:  # the five bytes Windows-1252 leaves undefined
+        return "\ufffd"
+
+
+_READABLE = {0xDC00 + byte: _byte_as_text(byte) for byte in range(0x80, 0x100)}
+"""Surrogate escape (``U+DC80``..``U+DCFF``, one per byte) -> the byte read as Windows-1252."""
+
+
+def readable(text: str) -> str:
+    """Text a phone sent, as the page and the API show it.
+
+    The parser keeps the bytes of a header that are not valid UTF-8 as
+    surrogate escapes, which the store keeps as they are; here each one is
+    read as Windows-1252 (Latin-1 with the printable 0x80..0x9F), what
+    phones that do not send UTF-8 usually mean: ``User-Agent: Téléphone``
+    sent in Latin-1 shows as ``Téléphone``. Valid text is returned as it is.
+    """
+    return text if text.isascii() else text.translate(_READABLE)
+
+
 def binding_json(binding: Binding, now: float) -> dict[str, Any]:
-    """One binding as the JSON API, the event stream and the page show it at ``now``."""
+    """One binding as the JSON API, the event stream and the page show it at ``now`` (text as :func:`readable`)."""
     return {
-        "aor": binding.aor,
-        "contact": binding.contact,
+        "aor": readable(binding.aor),
+        "contact": readable(binding.contact),
         "expires_in": binding.expires_in(now),
         "expires_at": iso_utc(binding.expires_at),
         "q": binding.q,
-        "call_id": binding.call_id,
+        "call_id": readable(binding.call_id),
         "cseq": binding.cseq,
-        "user_agent": binding.user_agent,
+        "user_agent": readable(binding.user_agent),
         "source": binding.source(),
         "transport": binding.transport,
         "source_host": binding.source_host,
         "source_port": binding.source_port,
-        "path": list(binding.path),
-        "instance": binding.instance,
+        "path": [readable(hop) for hop in binding.path],
+        "instance": None if binding.instance is None else readable(binding.instance),
         "reg_id": binding.reg_id,
         "registered_at": iso_utc(binding.registered_at),
         "refreshed_at": iso_utc(binding.refreshed_at),

@@ -341,7 +341,9 @@ def test_bindings_page_in_a_real_browser(server, browser: Chromium, tmp_path: Pa
     browser.wait_for(lambda: aor("carol") not in aors_shown(browser), "carol's row to go", timeout=5)
     assert browser.evaluate("document.getElementById('message').textContent") == f"Removed 1 binding of {aor('carol')}."
     assert aor("carol") not in {b["aor"] for b in api_bindings(server)["bindings"]}
-    assert f"Web removed 1 bindings of {aor('carol')}" in server.log_text()
+    assert f"Web removed 1 binding of {aor('carol')}" in server.log_text()
+    assert f"Binding removed: {aor('carol')} -> " in server.log_text()
+    assert "(removed through the web page/API)" in server.log_text()
 
     browser.screenshot(tmp_path / "bindings.png")
     if os.environ.get("SIPPROXY_SCREENSHOT"):  # refresh the README's picture on request only
@@ -353,6 +355,8 @@ def test_bindings_page_in_a_real_browser(server, browser: Chromium, tmp_path: Pa
     unregistered = time.monotonic()
     browser.wait_for(lambda: aor("bob") not in aors_shown(browser), "bob's row to go", timeout=LIVE_DEADLINE)
     assert time.monotonic() - unregistered <= LIVE_DEADLINE
+    assert f"Binding removed: {aor('bob')} -> " in server.log_text()
+    assert "(unregistered by the phone)" in server.log_text()
 
     # The per-contact Remove button.
     click(browser, f'tbody[data-aor="{aor("dave")}"] .remove-contact')

@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_location_log -*-
+"""The operator's log of the location service: one info line per registration change, saying why."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from sipproxy.location.interface import BindingEvent, Reason
+from sipproxy.net import Clock
+
+__all__ = ["BindingLog", "WHY"]
+
+WHY: dict[Reason, str] = {
+    "registered": "registered",
+    "refreshed": "refreshed",
+    "replaced": "replaced by the phone's new registration",
+    "unregistered": "unregistered by the phone",
+    "expired": "not refreshed in time",
+    "web": "removed through the web page/API",
+    "removed": "removed",
+    "reloaded": "back to what the database holds: the last commit failed",
+}
+"""How the log says each :data:`~sipproxy.location.interface.Reason`."""
+
+
+class BindingLog:
+    """Logs the location service's changes: registrations, removals and expiries at info, each with its reason.
+
+    Refreshes (most REGISTERs) are logged at debug, and only with ``--debug``:
+    emitting an event per refresh costs throughput even when it is filtered.
+    A refresh under a new Call-ID (the phone restarted) is a registration
+    change and is logged at info.
+    """
+
+    log = Logger(namespace="sipproxy.location")
+
+    def __init__(self, clock: Clock, refreshes: bool = False) -> None:
+        self.clock = clock
+        self.refreshes = refreshes
+
+    def __call__(self, event: BindingEvent) -> None:
+        b, kind, reason = event.binding, event.kind, event.reason
+        if kind == "added" and reason == "registered":
+            self.log.info(
+                "Registered {aor} -> {contact} for {expires} s from {source}",
+                aor=b.aor,
+                contact=b.contact,
+                expires=b.expires_in(self.clock.seconds()),
+                source=b.source(),
+            )
+        elif kind == "refreshed" and reason == "refreshed":
+            if self.refreshes:
+                self.log.debug(
+                    "Refreshed {aor} -> {contact} for {expires} s",
+                    aor=b.aor,
+                    contact=b.contact,
+                    expires=b.expires_in(self.clock.seconds()),
+                )
+        elif kind == "refreshed" and reason == "replaced":
+            self.log.info(
+                "Registered {aor} -> {contact} for {expires} s from {source}, "
+                "replacing its registration under an earlier Call-ID",
+                aor=b.aor,
+                contact=b.contact,
+                expires=b.expires_in(self.clock.seconds()),
+                source=b.source(),
+                reason=reason,
+            )
+        else:
+            self.log.info(
+                "Binding {kind}: {aor} -> {contact} ({why})",
+                kind=kind,
+                aor=b.aor,
+                contact=b.contact,
+                reason=reason,
+                why=WHY[reason],
+            )

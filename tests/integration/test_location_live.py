@@ -1,0 +1,80 @@
+"""The location service in the real ``twistd -n sipproxy``: values that are not UTF-8, and why bindings go.
+
+Issue "Hardening" item 7: a REGISTER whose User-Agent, Call-ID or
+``+sip.instance`` is Latin-1 (``T\\xe9l\\xe9phone``) got ``500 Location
+service failure`` and a critical traceback every time, because SQLite text
+must be UTF-8. Now it gets 200, the binding survives a restart byte for
+byte, and the page's API shows it readably.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import pytest
+from harness import LOOPBACK, Server, register_query
+
+from sipproxy.message import Response, parse_message
+
+LATIN_1 = b"T\xe9l\xe9phone"
+
+
+def register(server: Server, header: bytes, *, expires: int = 3600) -> Response:
+    """One REGISTER over UDP from a raw socket; the final response."""
+    lines = {
+        b"Call-ID": b"Call-ID: latin1-test@127.0.0.1",
+        b"Contact": b"Contact: <sip:carol@127.0.0.1:5999>",
+        b"User-Agent": b"User-Agent: Phone/1",
+    }
+    lines[header.split(b":")[0]] = header
+    data = (
+        f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {LOOPBACK}:9;branch=z9hG4bK-l1-{expires};rport\r\n"
+        "Max-Forwards: 70\r\nTo: <sip:carol@example.test>\r\nFrom: <sip:carol@example.test>;tag=l1\r\n"
+        f"CSeq: {2 if expires == 0 else 1} REGISTER\r\nExpires: {expires}\r\n"
+    ).encode() + b"\r\n".join(lines.values()) + b"\r\nContent-Length: 0\r\n\r\n"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(data, (LOOPBACK, server.sip_port))
+        while True:
+            response = parse_message(s.recvfrom(65535)[0])
+            assert isinstance(response, Response)
+            if response.status >= 200:
+                return response
+
+
+def api_bindings(server: Server) -> list[dict[str, object]]:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{server.web_port}/api/bindings", timeout=5) as answer:
+        return json.loads(answer.read())["bindings"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("header", "field", "shown"),
+    [
+        (b"User-Agent: " + LATIN_1, "user_agent", "Téléphone"),
+        (b"Call-ID: " + LATIN_1 + b"@127.0.0.1", "call_id", "Téléphone@127.0.0.1"),
+        (b'Contact: <sip:carol@127.0.0.1:5999>;+sip.instance="<urn:' + LATIN_1 + b'>"', "instance", "<urn:Téléphone>"),
+    ],
+    ids=["user-agent", "call-id", "instance"],
+)
+def test_latin_1_register_gets_200_and_survives_a_restart(server: Server, header: bytes, field: str, shown: str) -> None:
+    response = register(server, header)
+    assert (response.status, response.reason) == (200, "OK")
+    [binding] = api_bindings(server)
+    assert binding[field] == shown
+
+    server.stop()
+    server.start()
+    assert "Restored 1 binding from" in server.log_text()
+    [contact] = register_query(server.sip_port, "carol")
+    assert contact.startswith("<sip:carol@127.0.0.1:5999>;expires=")
+    [binding] = api_bindings(server)
+    assert binding[field] == shown
+    assert "Location service failure" not in server.log_text()
+    assert "Traceback" not in server.log_text()
+
+    response = register(server, header, expires=0)  # the same Call-ID with a higher CSeq: matched byte for byte
+    assert response.status == 200
+    assert api_bindings(server) == []
+    assert "(unregistered by the phone)" in server.log_text()
