@@ -10,8 +10,15 @@ from twisted.logger import LogLevel, capturedLogs
 from sipproxy.message import parse_message
 from sipproxy.metrics import Metrics
 from sipproxy.stack import Domains, SipStack
-from sipproxy.transaction import TransactionLayer
-from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, TransportLimits
+from sipproxy.transaction import TransactionLayer, TransactionSink
+from sipproxy.transport import (
+    DatagramSender,
+    SipDatagramProtocol,
+    SipStreamFactory,
+    StreamSender,
+    TransportLayer,
+    TransportLimits,
+)
 
 try:
     from tests.fakes import Connector, FakeUDP
@@ -23,9 +30,11 @@ def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLa
     clock = Clock()
     connector = Connector()
     metrics = Metrics()
-    transport = TransportLayer(connector, metrics=metrics, limits=limits)
+    transport = TransportLayer(metrics=metrics, limits=limits)
+    transport.register(DatagramSender(transport))
+    transport.register(StreamSender(transport, "TCP", connector))
     stack = SipStack(Domains(["example.test", "192.0.2.1"]), metrics)
-    transport.transactions = TransactionLayer(clock, transport, stack)
+    transport.sink = TransactionSink(TransactionLayer(clock, transport, stack), metrics)
     udp = FakeUDP()
     proto = SipDatagramProtocol(transport, 4)
     proto.transport = udp  # type: ignore[assignment]
@@ -198,7 +207,7 @@ def test_tcp_endless_header_is_cut_off() -> None:
 def test_tcp_idle_connection_closed() -> None:
     transport, _, clock, _ = make_stack(TransportLimits(idle_timeout=30))
     proto, wire = tcp_connection(transport, clock)
-    assert ("192.0.2.9", 40400) in transport.connections
+    assert ("TCP", "192.0.2.9", 40400) in transport.connections
     clock.advance(31)
     assert wire.disconnecting
 
@@ -232,7 +241,7 @@ def test_tcp_connect_failure_reaches_the_sender() -> None:
     request = parse_message(options(via="SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK-out2"))
     transport.send_request(request, Target("TCP", "192.0.2.50", 5060), errors.append)  # type: ignore[arg-type]
     assert connector.attempts == [("192.0.2.50", 5060)]
-    transport.connect_failed("192.0.2.50", 5060, "Connection refused")
+    transport.connect_failed("TCP", "192.0.2.50", 5060, "Connection refused")
     assert errors and "refused" in errors[0]
 
 
