@@ -277,3 +277,51 @@ def test_response_resent_on_its_connection_or_where_the_via_says_once_it_closed(
     proto.connectionLost(None)  # type: ignore[arg-type]
     transport.resend_response(sent)
     assert connector.attempts == [("192.0.2.9", 5070)]
+
+
+# -- transports by name, one connection table --------------------------------------------
+
+
+def test_a_transport_nobody_registered_fails_the_send_with_its_name() -> None:
+    transport, _, _, _ = make_stack()
+    from sipproxy.transaction import Target
+
+    errors: list[str] = []
+    request = parse_message(options(via="SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK-tls0"))
+    transport.send_request(request, Target("TLS", "192.0.2.9", 5061), errors.append)  # type: ignore[arg-type]
+    assert errors == ["transport TLS is not supported"]
+
+
+def test_a_second_stream_transport_is_one_registration_over_the_same_table() -> None:
+    """What TLS will be: its own name and connector, the stream protocol and the connection table shared."""
+    transport, _, clock, _ = make_stack()
+    tls_connector = Connector()
+    transport.register(StreamSender(transport, "TLS", tls_connector))
+    from sipproxy.transaction import Target
+
+    tcp, tcp_wire = tcp_connection(transport, clock, ("192.0.2.9", 5061))
+    factory = SipStreamFactory(transport, clock, "TLS")
+    tls = factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 5062))
+    tls_wire = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 5062))
+    tls.makeConnection(tls_wire)
+    assert tls.source.transport == "TLS"  # type: ignore[union-attr]
+    assert transport.has_flow(Target("TCP", "192.0.2.9", 5061))
+    assert not transport.has_flow(Target("TLS", "192.0.2.9", 5061))  # same address, other transport
+    assert transport.has_flow(Target("TLS", "192.0.2.9", 5062))
+
+    request = parse_message(options(via="SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK-tls1"))
+    transport.send_request(request, Target("TLS", "192.0.2.9", 5062), lambda reason: None)  # type: ignore[arg-type]
+    assert tls_wire.value().startswith(b"OPTIONS ") and tcp_wire.value() == b""
+    transport.send_request(request, Target("TLS", "192.0.2.50", 5061), lambda reason: None)  # type: ignore[arg-type]
+    assert tls_connector.attempts == [("192.0.2.50", 5061)]
+
+    with capturedLogs() as events:
+        tls.dataReceived(
+            options(via="SIP/2.0/TLS 192.0.2.9:5062;branch=z9hG4bK-t9").replace(b"Content-Length: 0\r\n", b"")
+        )
+    assert [e["transport"] for e in events if e["log_level"] == LogLevel.warn] == ["TLS"]
+    from prometheus_client import generate_latest
+
+    assert 'sip_parse_errors_total{transport="TLS"} 1.0' in generate_latest(transport.metrics.registry).decode()
+    tcp.connectionLost(None)  # type: ignore[arg-type]
+    assert not transport.has_flow(Target("TCP", "192.0.2.9", 5061))
