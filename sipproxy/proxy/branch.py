@@ -201,7 +201,8 @@ class Branch:
         why = ""
         while self.targets:
             hop = self.targets.popleft()
-            request = self.forwarded.copy()
+            # The last address may take the forwarded copy itself: nothing is tried after it.
+            request = self.forwarded.copy() if self.targets else self.forwarded
             branch = make_branch(ctx.loop, env.unique())
             stamp(request, env.local, branch, ctx.source.transport, hop.transport, ctx.record_route, token)
             self.request, self.hop, self.provisional = request, hop, None

@@ -86,6 +86,7 @@ class Resolver:
         return self._names
 
     def __call__(self, hop: Target, found: Found) -> None:
+        """Call ``found`` once with the targets of ``hop``: its A addresses, then its AAAA ones (§4.2)."""
         host = hop.host.strip("[]")
         if is_ip_address(host):
             _deliver(found, [hop._replace(host=host)], host)
