@@ -14,24 +14,27 @@ from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
 
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
 from sipproxy.location.log import BindingLog
 from sipproxy.location.services import StoreService, WalCheckpointer
-from sipproxy.message import Request, Response, _accel
+from sipproxy.message import ParseError, Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
-from sipproxy.security import ReactorLag, Security, build_security
+from sipproxy.security import Guard, ReactorLag, Security, build_security
 from sipproxy.stack import Domains, SipStack
-from sipproxy.transaction import Target, TransactionLayer
+from sipproxy.transaction import Source, Target, TransactionLayer, TransactionSink
 from sipproxy.transport import (
+    DatagramSender,
+    MessageSink,
+    Reply,
+    Resolver,
     SipDatagramProtocol,
     SipStreamFactory,
+    StreamSender,
     TransportLayer,
     WireLog,
-    normalize_host,
     tcp_connector,
 )
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
@@ -212,22 +215,6 @@ class SipListeners(Service):
         self._close_ports()
 
 
-class Resolver:
-    """A and AAAA lookups for the proxy's next hops (``twisted.names``; RFC 3263 NAPTR/SRV not yet)."""
-
-    def __call__(self, host: str, callback: Callable[[str | None], None]) -> None:
-        from twisted.names import client
-
-        def found(address: str) -> None:
-            callback(address)
-
-        def failed(reason: Failure) -> None:
-            log.warn("Could not resolve {host}: {error}", host=host, error=reason.getErrorMessage())
-            callback(None)
-
-        client.getHostByName(host).addCallbacks(found, failed)
-
-
 def _tune_garbage_collector() -> None:
     """Keep the cyclic collector from stalling the reactor under load.
 
@@ -313,6 +300,27 @@ class SipCore:
     proxy: Proxy
 
 
+class GuardSink:
+    """The admission guard as a filter in front of the next message sink (the transaction layer).
+
+    A stand-in until ``sipproxy.security``'s ``Guard`` is a
+    ``MessageSink`` itself: what the guard refuses it answers through
+    ``reply`` (the transport's ``send_to_source``) or drops.
+    """
+
+    def __init__(self, guard: Guard, next: MessageSink, reply: Reply) -> None:
+        self.guard = guard
+        self.next = next
+        self.reply = reply
+
+    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+        if self.guard.admit(message, source, size, self.reply):
+            self.next.message_received(message, source, size)
+
+    def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
+        return self.guard.admit(None, source, size, self.reply) and self.next.unparseable(error, source, size)
+
+
 def build_core(
     clock: Any,
     store: LocationStore,
@@ -322,12 +330,12 @@ def build_core(
     metrics: Metrics,
     *,
     connect_tcp: Callable[[str, int, Any, float], Any],
-    resolve: Callable[[str, Callable[[str | None], None]], None],
+    resolve: Callable[[Target, Callable[[list[Target]], None]], None],
     registrar_settings: RegistrarSettings | None = None,
     proxy_settings: ProxySettings = ProxySettings(),
     wirelog: WireLog | None = None,
 ) -> SipCore:
-    """Transport -> transactions -> stack -> registrar / proxy -> location, with the security hooks."""
+    """Transport -> guard -> transactions -> stack -> registrar / proxy -> location, with the security hooks."""
     registrar = Registrar(
         store,
         clock,
@@ -336,23 +344,20 @@ def build_core(
         log=Logger(namespace="sipproxy.registrar"),
         local=local,
     )
-    transport = TransportLayer(connect_tcp, wirelog, metrics)
+    transport = TransportLayer(wirelog, metrics)
+    transport.register(DatagramSender(transport))
+    transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(
         domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)), local=local
     )
     transactions = TransactionLayer(clock, transport, stack)
-    transport.transactions = transactions
-    transport.guard = security.guard
+    transport.sink = GuardSink(security.guard, TransactionSink(transactions, metrics), transport.send_to_source)
 
     def send_stateless(message: Request | Response, target: Target | None) -> None:
         if isinstance(message, Response):
             transport.send_response(message, None)
         elif target is not None:
             transactions.send_stateless(message, target)
-
-    def flow_open(flow: Target) -> bool:
-        conn = transport.connections.get((normalize_host(flow.host), flow.port))
-        return conn is not None and conn.alive
 
     proxy = Proxy(
         clock,
@@ -365,7 +370,7 @@ def build_core(
         proxy_settings,
         authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
-        flow_open=flow_open,
+        flow_open=transport.has_flow,
         dialog_token=security.dialog_token if security.users is not None else None,
     )
     stack.proxy = proxy
@@ -409,7 +414,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         security,
         metrics,
         connect_tcp=tcp_connector(reactor, reactor),
-        resolve=Resolver(),
+        resolve=Resolver(reactor),
         registrar_settings=RegistrarSettings(
             domains=frozenset(domains.names),
             min_expires=options["min-expires"],

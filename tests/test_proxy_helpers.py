@@ -167,7 +167,7 @@ class Harness:
     def __init__(
         self,
         settings: ProxySettings = ProxySettings(),
-        dns: dict[str, str | None] | None = None,
+        dns: dict[str, str | list[str] | None] | None = None,
         defer_dns: bool = False,
         authorize: Any = None,
     ) -> None:
@@ -193,12 +193,19 @@ class Harness:
             log=self.log,
         )
 
-    def resolve(self, host: str, callback: Any) -> None:
-        self.dns_queries.append(host)
+    def resolve(self, hop: Target, callback: Any) -> None:
+        """The fake DNS: ``dns`` maps a host to its address(es); deferred answers are given as an address too."""
+
+        def answer(addresses: str | list[str] | None) -> None:
+            if isinstance(addresses, str):
+                addresses = [addresses]
+            callback([hop._replace(host=address) for address in addresses or ()])
+
+        self.dns_queries.append(hop.host)
         if self.defer_dns:
-            self.pending_dns.append((host, callback))
+            self.pending_dns.append((hop.host, answer))
         else:
-            callback(self.dns.get(host))
+            answer(self.dns.get(hop.host))
 
     def register(self, *bindings: Binding) -> None:
         for b in bindings:

@@ -27,7 +27,7 @@ from sipproxy.security import DEFAULT_RATE, Guard, Security, SecuritySettings, b
 from sipproxy.service import build_core
 from sipproxy.stack import Domains
 from sipproxy.transaction import Source
-from sipproxy.transport import SipDatagramProtocol, TransportLayer
+from sipproxy.transport import SipDatagramProtocol
 
 try:
     from tests.fakes import Connector, FakeUDP
@@ -775,11 +775,6 @@ def test_the_guard_never_raises() -> None:
     assert any("log_failure" in e for e in events)
 
 
-GUARDED = "guard" in TransportLayer.received.__code__.co_names
-"""Does the transport call ``guard.admit`` (the lead's patch to transport/layer.py)?"""
-
-
-@pytest.mark.skipif(not GUARDED, reason="TransportLayer.received does not call the guard yet")
 def test_the_transport_consults_the_guard_before_any_transaction() -> None:
     server = FakeServer(security_settings=settings(rate=1, burst=3, reply_burst=2))
     statuses = []
@@ -793,7 +788,6 @@ def test_the_transport_consults_the_guard_before_any_transaction() -> None:
     assert server.send(b"NONSENSE\r\n\r\n") == []
 
 
-@pytest.mark.skipif(not GUARDED, reason="TransportLayer.received does not call the guard yet")
 def test_a_blocked_address_is_refused_everything_through_the_transport() -> None:
     server = FakeServer()
     for n in range(3):
@@ -804,7 +798,6 @@ def test_a_blocked_address_is_refused_everything_through_the_transport() -> None
     assert server.final(request("OPTIONS", "sip:example.test", to="sip:example.test"), BOB_ADDR).status == 200
 
 
-@pytest.mark.skipif(not GUARDED, reason="TransportLayer.received does not call the guard yet")
 def test_oversized_request_through_the_transport_gets_513() -> None:
     server = FakeServer(security_settings=settings(max_message_size=600))
     big = request("MESSAGE", headers=("Subject: " + "x" * 600,))

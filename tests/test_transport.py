@@ -10,8 +10,15 @@ from twisted.logger import LogLevel, capturedLogs
 from sipproxy.message import parse_message
 from sipproxy.metrics import Metrics
 from sipproxy.stack import Domains, SipStack
-from sipproxy.transaction import TransactionLayer
-from sipproxy.transport import SipDatagramProtocol, SipStreamFactory, TransportLayer, TransportLimits
+from sipproxy.transaction import TransactionLayer, TransactionSink
+from sipproxy.transport import (
+    DatagramSender,
+    SipDatagramProtocol,
+    SipStreamFactory,
+    StreamSender,
+    TransportLayer,
+    TransportLimits,
+)
 
 try:
     from tests.fakes import Connector, FakeUDP
@@ -23,9 +30,11 @@ def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLa
     clock = Clock()
     connector = Connector()
     metrics = Metrics()
-    transport = TransportLayer(connector, metrics=metrics, limits=limits)
+    transport = TransportLayer(metrics=metrics, limits=limits)
+    transport.register(DatagramSender(transport))
+    transport.register(StreamSender(transport, "TCP", connector))
     stack = SipStack(Domains(["example.test", "192.0.2.1"]), metrics)
-    transport.transactions = TransactionLayer(clock, transport, stack)
+    transport.sink = TransactionSink(TransactionLayer(clock, transport, stack), metrics)
     udp = FakeUDP()
     proto = SipDatagramProtocol(transport, 4)
     proto.transport = udp  # type: ignore[assignment]
@@ -198,7 +207,7 @@ def test_tcp_endless_header_is_cut_off() -> None:
 def test_tcp_idle_connection_closed() -> None:
     transport, _, clock, _ = make_stack(TransportLimits(idle_timeout=30))
     proto, wire = tcp_connection(transport, clock)
-    assert ("192.0.2.9", 40400) in transport.connections
+    assert ("TCP", "192.0.2.9", 40400) in transport.connections
     clock.advance(31)
     assert wire.disconnecting
 
@@ -232,7 +241,7 @@ def test_tcp_connect_failure_reaches_the_sender() -> None:
     request = parse_message(options(via="SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK-out2"))
     transport.send_request(request, Target("TCP", "192.0.2.50", 5060), errors.append)  # type: ignore[arg-type]
     assert connector.attempts == [("192.0.2.50", 5060)]
-    transport.connect_failed("192.0.2.50", 5060, "Connection refused")
+    transport.connect_failed("TCP", "192.0.2.50", 5060, "Connection refused")
     assert errors and "refused" in errors[0]
 
 
@@ -268,3 +277,51 @@ def test_response_resent_on_its_connection_or_where_the_via_says_once_it_closed(
     proto.connectionLost(None)  # type: ignore[arg-type]
     transport.resend_response(sent)
     assert connector.attempts == [("192.0.2.9", 5070)]
+
+
+# -- transports by name, one connection table --------------------------------------------
+
+
+def test_a_transport_nobody_registered_fails_the_send_with_its_name() -> None:
+    transport, _, _, _ = make_stack()
+    from sipproxy.transaction import Target
+
+    errors: list[str] = []
+    request = parse_message(options(via="SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK-tls0"))
+    transport.send_request(request, Target("TLS", "192.0.2.9", 5061), errors.append)  # type: ignore[arg-type]
+    assert errors == ["transport TLS is not supported"]
+
+
+def test_a_second_stream_transport_is_one_registration_over_the_same_table() -> None:
+    """What TLS will be: its own name and connector, the stream protocol and the connection table shared."""
+    transport, _, clock, _ = make_stack()
+    tls_connector = Connector()
+    transport.register(StreamSender(transport, "TLS", tls_connector))
+    from sipproxy.transaction import Target
+
+    tcp, tcp_wire = tcp_connection(transport, clock, ("192.0.2.9", 5061))
+    factory = SipStreamFactory(transport, clock, "TLS")
+    tls = factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 5062))
+    tls_wire = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 5062))
+    tls.makeConnection(tls_wire)
+    assert tls.source.transport == "TLS"  # type: ignore[union-attr]
+    assert transport.has_flow(Target("TCP", "192.0.2.9", 5061))
+    assert not transport.has_flow(Target("TLS", "192.0.2.9", 5061))  # same address, other transport
+    assert transport.has_flow(Target("TLS", "192.0.2.9", 5062))
+
+    request = parse_message(options(via="SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK-tls1"))
+    transport.send_request(request, Target("TLS", "192.0.2.9", 5062), lambda reason: None)  # type: ignore[arg-type]
+    assert tls_wire.value().startswith(b"OPTIONS ") and tcp_wire.value() == b""
+    transport.send_request(request, Target("TLS", "192.0.2.50", 5061), lambda reason: None)  # type: ignore[arg-type]
+    assert tls_connector.attempts == [("192.0.2.50", 5061)]
+
+    with capturedLogs() as events:
+        tls.dataReceived(
+            options(via="SIP/2.0/TLS 192.0.2.9:5062;branch=z9hG4bK-t9").replace(b"Content-Length: 0\r\n", b"")
+        )
+    assert [e["transport"] for e in events if e["log_level"] == LogLevel.warn] == ["TLS"]
+    from prometheus_client import generate_latest
+
+    assert 'sip_parse_errors_total{transport="TLS"} 1.0' in generate_latest(transport.metrics.registry).decode()
+    tcp.connectionLost(None)  # type: ignore[arg-type]
+    assert not transport.has_flow(Target("TCP", "192.0.2.9", 5061))

@@ -4,6 +4,8 @@
 - :mod:`~sipproxy.proxy.routing`: §16.4 Route preprocessing, Record-Route
 - :mod:`~sipproxy.proxy.targets`: §16.5 targets and next hops
 - :mod:`~sipproxy.proxy.forward`: §16.6 the forwarded copy
+- :mod:`~sipproxy.proxy.branch`: §16.6 steps 8-11, §16.8, §16.9 one branch, failover between
+  its next hop's addresses (RFC 3263 §4.3), and the narrow ``Environment`` it sees the proxy through
 - :mod:`~sipproxy.proxy.responses`: §16.7-§16.10 response context, best response, CANCEL
 - :mod:`~sipproxy.proxy.core`: :class:`Proxy`, tying the steps together
 """

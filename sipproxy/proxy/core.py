@@ -17,30 +17,42 @@ Here an own-domain user with no contact gets 480 instead: the location
 service is the authority for our domains (§16.5).
 
 No Twisted here: time comes from the injected clock, DNS from the injected
-``resolve``, sending from the transaction layer and ``send_stateless``.
+``resolve`` (a next hop to its ordered targets, RFC 3263 §4.2), sending from
+the transaction layer and ``send_stateless``.  Response contexts and their
+branches see the proxy only through :class:`~sipproxy.proxy.branch.Environment`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Container, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Container
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import is_ip_address
+from sipproxy.net import Clock, Source, Target
+from sipproxy.proxy.branch import (
+    Environment,
+    FlowOpen,
+    Resolve,
+    SendStateless,
+    Transactions,
+    guarded,
+    reachable,
+)
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
 from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
 from sipproxy.proxy.targets import TargetURI, group_by_q, location_targets
 from sipproxy.proxy.validate import SUPPORTED_SCHEMES, check_syntax, is_looped, loop_part, make_branch, validate_request
 from sipproxy.randomness import random_hex
-from sipproxy.transaction import Source, Target, TransactionError, is_reliable
+from sipproxy.transaction import TransactionError
 
-__all__ = ["Proxy", "ProxySettings", "ProxyLog"]
+__all__ = ["Proxy", "ProxyLog", "ProxySettings"]
 
 
 @dataclass(frozen=True)
@@ -85,26 +97,7 @@ class ServerTransaction(Protocol):
     def respond(self, response: Response) -> None: ...
 
 
-class Clock(Protocol):
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> Any: ...
-
-
-class Transactions(Protocol):
-    """The part of :class:`sipproxy.transaction.TransactionLayer` the proxy uses."""
-
-    def send_request(self, request: Request, target: Target, owner: Any) -> Any: ...
-
-    def find_invite_server_transaction(self, cancel: Request) -> Any: ...
-
-    def build_cancel(self, invite: Request) -> Request: ...
-
-
-SendStateless = Callable[[Request | Response, Target | None], None]
-Resolve = Callable[[str, Callable[[str | None], None]], None]
 Authorize = Callable[[Request, Source], Response | None]
-FlowOpen = Callable[[Target], bool]
 
 
 class Proxy:
@@ -142,6 +135,21 @@ class Proxy:
         """Call-ID -> the token our Record-Route carries (``None``: no token)."""
         self._contexts: dict[int, ResponseContext] = {}
         self._counter = itertools.count(1)
+        self.env = Environment(
+            clock=clock,
+            transactions=transactions,
+            settings=settings,
+            local=local,
+            log=self.log,
+            resolve=self.resolve_hop,
+            send_stateless=send_stateless,
+            unique=self.unique,
+            expand=self.expand,
+            release=self.release,
+            flow_open=flow_open,
+            dialog_token=dialog_token,
+        )
+        """What the response contexts and their branches see of the proxy."""
 
     # -- the stack's Core interface ---------------------------------------
 
@@ -195,7 +203,7 @@ class Proxy:
             self._respond(stx, make_response(received, 480, to_tag=to_tag))
             return
         record_route = self.settings.record_route and request.method in RECORD_ROUTE_METHODS
-        context = ResponseContext(self, request, source, stx, loop, groups, record_route, to_tag)
+        context = ResponseContext(self.env, request, source, stx, loop, groups, record_route, to_tag)
         self._contexts[id(stx)] = context
         try:
             context.start()
@@ -255,48 +263,38 @@ class Proxy:
         groups = self._target_groups(request)
         if not groups:
             return
-        target = self.reachable(groups[0][0])
+        target = reachable(groups[0][0], self.flow_open)
         forwarded, hop = forward_copy(request, target, self.settings.default_max_forwards)
         seed = f"{ack.top_via.branch}\x00{forwarded.uri_text}".encode("utf-8", "surrogateescape")
         add_via(forwarded, self.local, hop.transport, make_branch(loop, hashlib.sha256(seed).hexdigest()[:16]))
 
-        def resolved(target: Target | None) -> None:
-            if target is not None:
-                self.send_stateless(forwarded, target)
+        def resolved(targets: list[Target]) -> None:
+            if targets:  # no transaction, so no failover: the first one (§16.11)
+                self.send_stateless(forwarded, targets[0])
 
         self.resolve_hop(hop, resolved)
 
     # -- helpers ----------------------------------------------------------
 
-    def reachable(self, target: TargetURI) -> TargetURI:
-        """``target``, or its Contact alone when it came with a TCP/TLS flow whose connection is closed.
+    def resolve_hop(self, hop: Target, callback: Callable[[list[Target]], None]) -> None:
+        """The targets of ``hop`` through the injected ``resolve``; an IP literal is its own target.
 
-        Reusing the connection a REGISTER came on is right while it is open;
-        once it is closed, its source port was the client's ephemeral port,
-        where nothing listens, and the Contact is where the user agent said
-        it can be reached.
+        Never raises: a resolver that fails gives no target.
         """
-        flow = target.flow
-        if flow is None or self.flow_open is None or not is_reliable(flow.transport) or self.flow_open(flow):
-            return target
-        return replace(target, flow=None)
-
-    def resolve_hop(self, hop: Target, callback: Callable[[Target | None], None]) -> None:
-        """Resolve the host of ``hop`` through the injected ``resolve``; IP literals are passed as they are."""
         host = hop.host.strip("[]")
         if is_ip_address(host):
-            callback(hop._replace(host=host))
+            callback([hop._replace(host=host)])
             return
 
-        def done(address: str | None) -> None:
+        def done(targets: list[Target] | None) -> None:
             with self.guard("DNS answer"):
-                callback(hop._replace(host=address.strip("[]")) if address else None)
+                callback([t._replace(host=t.host.strip("[]")) for t in targets or ()])
 
         try:
-            self.resolve(host, done)
+            self.resolve(hop, done)
         except Exception:
             self.log.failure("Resolving {host} failed", host=host)
-            callback(None)
+            callback([])
 
     def unique(self) -> str:
         """The per-branch unique part of our Via branch: a counter, and 32 random bits against forged responses."""
@@ -306,13 +304,9 @@ class Proxy:
     def new_tag() -> str:
         return random_hex(4)
 
-    @contextmanager
-    def guard(self, what: str) -> Iterator[None]:
+    def guard(self, what: str) -> AbstractContextManager[None]:
         """Nothing raised by the proxy escapes into the transaction layer or the reactor."""
-        try:
-            yield
-        except Exception:
-            self.log.failure("Bug in the proxy: {what}", what=what)
+        return guarded(self.log, what)
 
     def _respond(self, stx: Any, response: Response) -> None:
         if stx is None:

@@ -9,9 +9,9 @@ strict routing), and add Record-Route and our Via.
 from __future__ import annotations
 
 from sipproxy.message import Request
+from sipproxy.net import Target
 from sipproxy.proxy.routing import LocalAddress, add_record_route, top_route
 from sipproxy.proxy.targets import TargetURI, next_hop
-from sipproxy.transaction import Target
 
 __all__ = [
     "RECORD_ROUTE_METHODS",

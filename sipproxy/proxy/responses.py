@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_proxy_responses -*-
-"""The response context (RFC 3261 §16.7), its branches (§16.6 steps 9-11, §16.8, §16.9) and CANCEL (§16.10).
+"""The response context (RFC 3261 §16.7): the target set, the best response, and CANCEL (§16.10).
 
 One :class:`ResponseContext` per proxied request.  It owns the target set,
 split into groups of equal q tried one after the other; the branches of a
-group run in parallel.  Each :class:`Branch` is the ``ClientTransactionUser``
-of one client transaction.
+group run in parallel.  Each :class:`~sipproxy.proxy.branch.Branch` is the
+``ClientTransactionUser`` of the client transactions of one target
+(§16.6 steps 8-11, §16.8, §16.9, RFC 3263 §4.3, in ``branch.py``).
 
 Decisions made here, with their RFC basis:
 
@@ -31,16 +32,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sipproxy.message import ParseError, Request, Response, SipURI, make_response
-from sipproxy.proxy.forward import forward_copy, stamp
+from sipproxy.message import Request, Response, SipURI, make_response
+from sipproxy.net import Source
+from sipproxy.proxy.branch import Branch, Environment
 from sipproxy.proxy.targets import TargetURI, redirect_targets, unique
-from sipproxy.proxy.validate import make_branch
-from sipproxy.transaction import Source, Target, TransactionError
-
-if TYPE_CHECKING:
-    from sipproxy.proxy.core import Proxy
+from sipproxy.transaction import TransactionError
 
 __all__ = ["Branch", "ResponseContext", "choose_best", "strip_our_via"]
 
@@ -110,217 +108,12 @@ def _best_4xx(candidates: list[Response]) -> Response:
     return candidates[0]
 
 
-class _CancelUser:
-    """The client transaction user of a CANCEL we send: its response tells us nothing we need (§9.1)."""
-
-    def response_received(self, ctx: Any, response: Response) -> None:
-        pass
-
-    def timed_out(self, ctx: Any) -> None:
-        pass
-
-    def transport_failed(self, ctx: Any, reason: str) -> None:
-        pass
-
-
-class Branch:
-    """One target being tried: the client transaction user of one forwarded request (§16.6-§16.9).
-
-    ``settled`` means the response context no longer waits for this branch
-    (it answered, failed, timed out, or was given up after a CANCEL);
-    ``final`` is the first final response the transaction really received.
-    """
-
-    def __init__(self, context: ResponseContext, target: TargetURI) -> None:
-        self.context = context
-        self.target = target
-        self.request: Request | None = None
-        self.hop: Target | None = None
-        self.client: Any = None
-        self.provisional: Response | None = None
-        self.final: Response | None = None
-        self.settled = False
-        self.cancel_wanted = False
-        self.cancel_sent = False
-        self.timer_c: Any = None
-        self.cancel_timer: Any = None
-
-    def __repr__(self) -> str:
-        return f"<Branch {self.target.uri} settled={self.settled}>"
-
-    @property
-    def proxy(self) -> Proxy:
-        return self.context.proxy
-
-    @property
-    def is_invite(self) -> bool:
-        return self.context.is_invite
-
-    # -- sending (§16.6) -----------------------------------------------
-
-    def start(self) -> None:
-        """§16.6 steps 1-8, then resolve the next hop and hand the request to a client transaction."""
-        ctx = self.context
-        proxy = self.proxy
-        try:
-            request, hop = forward_copy(ctx.request, proxy.reachable(self.target), proxy.settings.default_max_forwards)
-        except ParseError as error:
-            self._fail(error.status, error.reason)
-            return
-        branch = make_branch(ctx.loop, proxy.unique())
-        token = proxy.dialog_token(request.call_id) if proxy.dialog_token and ctx.record_route else None
-        stamp(request, proxy.local, branch, ctx.source.transport, hop.transport, ctx.record_route, token)
-        self.request = request
-        proxy.resolve_hop(hop, self._resolved)
-
-    def _resolved(self, hop: Target | None) -> None:
-        if self.settled or self.request is None:
-            return  # cancelled while the name was being looked up
-        if hop is None:
-            self._fail(503, "Next hop not found in DNS")
-            return
-        self.hop = hop
-        try:
-            self.client = self.proxy.transactions.send_request(self.request, hop, self)
-        except TransactionError as error:
-            self._fail(503, f"Not sent: {error}")
-            return
-        if self.is_invite and self.final is None and not self.settled:
-            self._start_timer_c()  # §16.6 step 11
-
-    def _fail(self, status: int, reason: str) -> None:
-        self._stop_timers()
-        self.context.on_failure(self, status, reason)
-
-    # -- ClientTransactionUser (§16.7 steps 1-2) -------------------------
-
-    def response_received(self, ctx: Any, response: Response) -> None:
-        with self.proxy.guard("response to a branch"):
-            if len(response.vias) < 2:
-                # §16.7 step 3: no Via left once ours is gone -> meant for us, never forwarded.
-                self.proxy.log.warn(
-                    "Dropped a {status} from {host}:{port} without the caller's Via",
-                    status=response.status,
-                    host=ctx.target.host,
-                    port=ctx.target.port,
-                )
-                if response.status >= 200 and self.final is None:
-                    self._stop_timers()
-                    self.context.on_failure(self, 502, "Bad Gateway")
-                return
-            if response.status < 200:
-                self._provisional(response)
-            else:
-                self._final(response)
-
-    def timed_out(self, ctx: Any) -> None:
-        """§16.8: a timeout is a 408 for the response context."""
-        with self.proxy.guard("branch timeout"):
-            if self.final is None:
-                self._stop_timers()
-                self.context.on_failure(self, 408, "Request Timeout")
-
-    def transport_failed(self, ctx: Any, reason: str) -> None:
-        """§16.9: a transport error is a 503 for the response context."""
-        with self.proxy.guard("branch transport failure"):
-            if self.final is None:
-                self._stop_timers()
-                self.context.on_failure(self, 503, "Service Unavailable")
-
-    def _provisional(self, response: Response) -> None:
-        if self.final is not None:
-            return
-        self.provisional = response
-        if self.is_invite and response.status > 100 and self.timer_c is not None:
-            self._start_timer_c()  # §16.7 step 2: 101-199 reset Timer C
-        if self.cancel_wanted:
-            self.send_cancel()  # §9.1: the CANCEL we held back until a provisional arrived
-            return
-        if not self.settled:
-            self.context.on_provisional(self, response)
-
-    def _final(self, response: Response) -> None:
-        if self.final is None:
-            self.final = response
-            self._stop_timers()
-        self.context.on_final(self, response)
-
-    # -- Timer C (§16.8) and CANCEL (§16.10, §9.1) -----------------------
-
-    def _start_timer_c(self) -> None:
-        if self.timer_c is not None and self.timer_c.active():
-            self.timer_c.cancel()
-        self.timer_c = self.proxy.clock.callLater(self.proxy.settings.timer_c, self._timer_c_fired)
-
-    def _timer_c_fired(self) -> None:
-        """§16.8: with a provisional, CANCEL the branch; without one, act as if it answered 408."""
-        with self.proxy.guard("Timer C"):
-            self.timer_c = None
-            if self.final is not None:
-                return
-            if self.provisional is not None:
-                self.send_cancel()
-            elif not self.settled:
-                self.cancel_wanted = True
-                self.context.on_failure(self, 408, "Request Timeout")
-            else:
-                self.cancel_wanted = False  # given up long ago and still silent: stop caring
-
-    def cancel(self) -> None:
-        """Cancel this branch for the response context (§16.10, §16.7 step 10).
-
-        Not yet sent: dropped.  A non-INVITE: no longer waited for (CANCEL
-        does nothing useful there).  An INVITE with a provisional: CANCEL
-        now and wait for its final response (normally 487).  Without one:
-        the CANCEL waits for the first provisional (§9.1), and the context
-        stops waiting for this branch.
-        """
-        if self.final is not None or self.settled:
-            return
-        if not self.is_invite or self.client is None:
-            self.settled = True
-            self._stop_timers()
-            return
-        if self.provisional is not None:
-            self.send_cancel()
-        else:
-            self.cancel_wanted = True
-            self.settled = True
-
-    def send_cancel(self) -> None:
-        """§9.1: a CANCEL for this branch's INVITE, to the same hop, once."""
-        if self.cancel_sent or self.final is not None or self.request is None or self.hop is None:
-            return
-        self.cancel_sent = True
-        proxy = self.proxy
-        try:
-            cancel = proxy.transactions.build_cancel(self.request)
-            proxy.transactions.send_request(cancel, self.hop, _CancelUser())
-        except TransactionError as error:
-            proxy.log.warn("Could not CANCEL {uri}: {error}", uri=self.request.uri_text, error=str(error))
-        self.cancel_timer = proxy.clock.callLater(proxy.settings.cancel_wait, self._cancel_expired)
-
-    def _cancel_expired(self) -> None:
-        """§9.1: no final response 64*T1 after our CANCEL: consider the INVITE cancelled (a 408 here)."""
-        with self.proxy.guard("CANCEL wait"):
-            self.cancel_timer = None
-            if self.final is None:
-                self._stop_timers()
-                self.context.on_failure(self, 408, "Request Timeout")
-
-    def _stop_timers(self) -> None:
-        for timer in (self.timer_c, self.cancel_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self.timer_c = self.cancel_timer = None
-
-
 class ResponseContext:
     """§16.7: the target set, the branches, the responses collected, and the final response we send."""
 
     def __init__(
         self,
-        proxy: Proxy,
+        env: Environment,
         request: Request,
         source: Source,
         stx: Any,
@@ -329,7 +122,7 @@ class ResponseContext:
         record_route: bool,
         to_tag: str,
     ) -> None:
-        self.proxy = proxy
+        self.env = env
         self.request = request
         """The request after §16.4: what every branch copies."""
         self.source = source
@@ -374,7 +167,7 @@ class ResponseContext:
             if self.final is None:
                 self._send_final(forwarded)
             elif self.is_invite:
-                self.proxy.send_stateless(forwarded, None)  # §16.7 step 10: every INVITE 2xx reaches the caller
+                self.env.send_stateless(forwarded, None)  # §16.7 step 10: every INVITE 2xx reaches the caller
             branch.settled = True
             self._close()
             self._advance()
@@ -419,14 +212,14 @@ class ResponseContext:
 
     def _recurse(self, branch: Branch, response: Response) -> bool:
         """§16.5/§16.7 step 4: add a 3xx's Contacts to the target set; True if any was started."""
-        if self.closed or branch.target.depth >= self.proxy.settings.max_recursion:
+        if self.closed or branch.target.depth >= self.env.settings.max_recursion:
             return False
-        found = self.proxy.expand(redirect_targets(response, branch.target.depth + 1))
+        found = self.env.expand(redirect_targets(response, branch.target.depth + 1))
         return self._start_group(found) > 0
 
     def _start_group(self, targets: Sequence[TargetURI]) -> int:
         """Start one branch per new target, within ``max_branches``; return how many were started."""
-        budget = self.proxy.settings.max_branches - len(self.branches)
+        budget = self.env.settings.max_branches - len(self.branches)
         fresh = unique(targets, self.tried)[: max(budget, 0)]
         new = []
         for target in fresh:
@@ -471,12 +264,12 @@ class ResponseContext:
         self.final = response
         self._respond(response)
         self._close()
-        self.proxy.release(self)
+        self.env.release(self)
 
     def _respond(self, response: Response) -> None:
         try:
             self.stx.respond(response)
         except TransactionError as error:
-            self.proxy.log.warn(
+            self.env.log.warn(
                 "Could not forward {status} to the caller: {error}", status=response.status, error=str(error)
             )

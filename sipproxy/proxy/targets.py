@@ -51,6 +51,8 @@ class TargetURI:
     """Send here instead of the URI's address: the source of the REGISTER (NAT, TCP connection)."""
     depth: int = 0
     """How many 3xx responses led to this target (0 for the original target set)."""
+    aor: str | None = None
+    """The address-of-record of the binding this target came from (``None`` for any other target)."""
 
 
 def _bare(host: str) -> str:
@@ -95,7 +97,7 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
         behind_nat = _bare(hop.host) != _bare(binding.source_host)
         if behind_nat or is_reliable(binding.transport):
             flow = Target(binding.transport, _bare(binding.source_host), binding.source_port)
-    return TargetURI(uri=uri, q=binding.q, path=tuple(binding.path), flow=flow, depth=depth)
+    return TargetURI(uri=uri, q=binding.q, path=tuple(binding.path), flow=flow, depth=depth, aor=binding.aor)
 
 
 def location_targets(uri: SipURI, store: LocationService, depth: int = 0) -> list[TargetURI]:

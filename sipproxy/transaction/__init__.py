@@ -9,6 +9,7 @@ messages go out only through an injected :class:`Transport`.
 - ``server.py``, ``client.py``: the four state machines as tables
 - ``builders.py``: CANCEL (§9.1) and ACK for a non-2xx (§17.1.1.3)
 - ``layer.py``: :class:`TransactionLayer`, the tables of transactions
+- ``sink.py``: :class:`TransactionSink`, the layer as the transport's message sink
 - ``testing.py``: a recording Transport, TU and owner, and ``make_request``, for tests of code above the layer
 """
 
@@ -27,6 +28,7 @@ from sipproxy.transaction.interfaces import (
 from sipproxy.transaction.layer import TransactionLayer
 from sipproxy.transaction.machine import Input, State
 from sipproxy.transaction.server import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
+from sipproxy.transaction.sink import TransactionSink
 from sipproxy.transaction.timers import Clock, DelayedCall, TimerSettings
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "TimerSettings",
     "TransactionError",
     "TransactionLayer",
+    "TransactionSink",
     "TransactionUser",
     "Transport",
     "build_ack",

@@ -1,16 +1,42 @@
-"""Sockets: SIP over UDP and TCP (RFC 3261 §18, RFC 3581). The only package that touches the network."""
+"""Sockets: SIP over UDP and TCP (RFC 3261 §18, RFC 3581, RFC 3263 §4.2). The only package that touches the network.
+
+A leaf above ``sipproxy.message`` and ``sipproxy.net``: it knows nothing of
+transactions, the proxy or security.  What it receives goes to a
+:class:`MessageSink`; what it sends goes out through the :class:`Sender`
+registered under the transport's name.
+
+- ``layer.py``: :class:`TransportLayer`, §18 in and out, the senders and the connection table
+- ``sink.py``: :class:`MessageSink`, what received messages are handed to
+- ``udp.py``, ``stream.py``: UDP and the stream transports (TCP), each a protocol and a sender
+- ``resolve.py``: :class:`Resolver`, next hops to ordered targets (RFC 3263 §4.2, A/AAAA)
+- ``wirelog.py``: the SIP trace
+"""
 
 from sipproxy.transport.address import normalize_host
-from sipproxy.transport.layer import TransportLayer, TransportLimits
-from sipproxy.transport.stream import SipClientFactory, SipStreamFactory, SipStreamProtocol, tcp_connector
-from sipproxy.transport.udp import SipDatagramProtocol
+from sipproxy.transport.layer import Sender, TransportLayer, TransportLimits
+from sipproxy.transport.resolve import Resolver
+from sipproxy.transport.sink import MessageSink, Reply
+from sipproxy.transport.stream import (
+    SipClientFactory,
+    SipStreamFactory,
+    SipStreamProtocol,
+    StreamSender,
+    tcp_connector,
+)
+from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol
 from sipproxy.transport.wirelog import WireLog
 
 __all__ = [
+    "DatagramSender",
+    "MessageSink",
+    "Reply",
+    "Resolver",
+    "Sender",
     "SipClientFactory",
     "SipDatagramProtocol",
     "SipStreamFactory",
     "SipStreamProtocol",
+    "StreamSender",
     "TransportLayer",
     "TransportLimits",
     "WireLog",

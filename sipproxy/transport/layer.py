@@ -1,32 +1,38 @@
-"""The transport layer (RFC 3261 §18, RFC 3581): bytes in and out, on UDP and TCP.
+# -*- test-case-name: tests.test_transport -*-
+"""The transport layer (RFC 3261 §18, RFC 3581): bytes in and out, on every transport registered by name.
 
-Incoming bytes are parsed and stamped (``received``/``rport``) before they
-reach the transaction layer; outgoing messages go where §18.2.2 says.  This
-is the one boundary where errors from the network stop: nothing raised here
-escapes into the reactor.
+Incoming bytes are parsed, a request's top Via is stamped with
+``received``/``rport`` (§18.2.1, RFC 3581), and the message goes to the
+:class:`~sipproxy.transport.sink.MessageSink` (the admission guard, then
+the transaction layer).  Outgoing messages go where §18.2.2 says, through
+the :class:`Sender` registered under the transport's name: UDP
+(``udp.DatagramSender``) and TCP (``stream.StreamSender``) today; TLS,
+WS and WSS are one more registration each, over the same connection table,
+keyed by (transport, host, port).
+
+This is the one boundary where errors from the network stop: nothing
+raised here escapes into the reactor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
 from sipproxy.message import ParseError, Request, Response, make_response, parse_message
 from sipproxy.message.uri import is_ip_address
 from sipproxy.metrics import Metrics
-from sipproxy.transaction import Source, Target, is_reliable
+from sipproxy.net import Connection, Source, Target, is_reliable
 from sipproxy.transport.address import normalize_host
+from sipproxy.transport.sink import MessageSink
 from sipproxy.transport.wirelog import WireLog
 
-if TYPE_CHECKING:
-    from sipproxy.security import Guard
-    from sipproxy.transaction import TransactionLayer
-    from sipproxy.transport.stream import SipStreamProtocol
+__all__ = ["Sender", "SentResponse", "StreamConnection", "TransportLayer", "TransportLimits"]
 
-__all__ = ["TransportLayer", "TransportLimits", "normalize_host"]
+OnError = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,28 @@ class TransportLimits:
     connect_timeout: float = 10.0
     max_head: int = 65536
     max_body: int = 1 << 20
+
+
+class Sender(Protocol):
+    """One transport's way out (§18.1.1, §18.2.2), registered with :meth:`TransportLayer.register`."""
+
+    @property
+    def name(self) -> str:
+        """The transport's name as Via and :class:`~sipproxy.net.Target` spell it: ``"UDP"``, ``"TCP"``."""
+
+    def send(self, host: str, port: int, data: bytes, on_error: OnError) -> None:
+        """Send one whole message to ``host`` (a bare IP address) and ``port``; failures raise or go to ``on_error``."""
+
+
+class StreamConnection(Connection, Protocol):
+    """A connection in the table: a :class:`~sipproxy.net.Connection` that knows its key."""
+
+    transport_name: str
+    host: str
+    port: int
+
+    def close(self) -> None:
+        """Close the connection (what is queued is still written)."""
 
 
 class SentResponse(NamedTuple):
@@ -60,52 +88,53 @@ class DatagramWriter(Protocol):
 
 
 class TransportLayer:
-    """Implements the transaction layer's ``Transport``; owns the UDP ports and TCP connections."""
+    """Implements the transaction layer's ``Transport``; owns the UDP sockets and the connection table."""
 
     log = Logger()
 
     def __init__(
         self,
-        connect_tcp: Callable[[str, int, Any, float], Any],
         wirelog: WireLog | None = None,
         metrics: Metrics | None = None,
         limits: TransportLimits = TransportLimits(),
+        sink: MessageSink | None = None,
     ) -> None:
-        self.connect_tcp = connect_tcp
         self.wire = wirelog if wirelog is not None else WireLog()
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits
-        self.transactions: TransactionLayer | None = None
-        self.guard: Guard | None = None
-        """Checks every message before the transaction layer (``sipproxy.security.Guard``)."""
+        self.sink = sink
+        """Where every message received goes (the guard in front of the transaction layer)."""
+        self.senders: dict[str, Sender] = {}
+        """The transports we send on, by name (:meth:`register`)."""
         self.udp: dict[int, DatagramWriter] = {}
-        self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
-        self._pending: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
+        """The UDP sockets by address family (4, 6), filled by the listening ``SipDatagramProtocol``s."""
+        self.connections: dict[tuple[str, str, int], StreamConnection] = {}
+        """Open stream connections by (transport, host, port), inbound and outbound alike."""
+        self._pending: dict[tuple[str, str, int], list[tuple[bytes, OnError]]] = {}
         self.listening = 0
+
+    def register(self, sender: Sender) -> None:
+        """Send on ``sender.name`` through ``sender`` (one registration per transport)."""
+        self.senders[sender.name.upper()] = sender
 
     # -- incoming -------------------------------------------------------
 
     def received(self, data: bytes, source: Source) -> None:
         """One whole message from the network.  Never raises."""
         self.wire.incoming(source.transport, source.host, source.port, data)
+        message: Request | Response | None = None
         try:
-            message = parse_message(data)
-        except ParseError as exc:
-            if self.guard is None or self.guard.admit(None, source, len(data), self._send_to_source):
-                self._parse_error(exc, source)
-            return
-        if self.guard is not None and not self.guard.admit(message, source, len(data), self._send_to_source):
-            return  # refused (blocked, over the rate, too large, overloaded): answered statelessly or dropped
-        try:
+            try:
+                message = parse_message(data)
+            except ParseError as exc:
+                assert self.sink is not None
+                if self.sink.unparseable(exc, source, len(data)):
+                    self._parse_error(exc, source)
+                return
             if isinstance(message, Request):
                 self._stamp_via(message, source)
-                self.metrics.method(self.metrics.requests_in, message.method)
-                assert self.transactions is not None
-                self.transactions.receive_request(message, source)
-            else:
-                self.metrics.status(self.metrics.responses_in, message.status)
-                assert self.transactions is not None
-                self.transactions.receive_response(message, source)
+            assert self.sink is not None
+            self.sink.message_received(message, source, len(data))
         except ParseError as exc:
             partial = message if isinstance(message, Request) else None
             self._parse_error(exc.with_partial(partial), source)
@@ -140,7 +169,7 @@ class TransportLayer:
         )
         response = make_response(partial, exc.status, exc.reason)
         # The Via may be what was broken: answer the packet's source directly.
-        self._send_to_source(response, source)
+        self.send_to_source(response, source)
 
     def _stamp_via(self, request: Request, source: Source) -> None:
         """§18.2.1 and RFC 3581: add ``received``, fill ``rport``."""
@@ -155,7 +184,7 @@ class TransportLayer:
 
     # -- outgoing -------------------------------------------------------
 
-    def send_request(self, request: Request, target: Target, on_error: Callable[[str], None]) -> None:
+    def send_request(self, request: Request, target: Target, on_error: OnError) -> None:
         self.metrics.method(self.metrics.requests_out, request.method)
         self._send(target.transport, target.host, target.port, request.to_bytes(), on_error)
 
@@ -181,6 +210,16 @@ class TransportLayer:
             return
         self._send(sent.transport, sent.host, sent.port, sent.data, self._response_failed)
 
+    def send_to_source(self, response: Response, source: Source) -> None:
+        """Straight back where the request came from, whatever its Via says (its connection, else its address).
+
+        For answers given before any transaction exists: a 400 for what did
+        not parse, and the admission guard's stateless 403/503/513.
+        """
+        self.metrics.status(self.metrics.responses_out, response.status)
+        data = response.to_bytes()
+        self.resend_response(SentResponse(data, source.transport, source.host, source.port, source.connection))
+
     def _response_route(self, response: Response, source: Source | None) -> SentResponse | None:
         data = response.to_bytes()
         conn = source.connection if source is not None else None
@@ -191,7 +230,7 @@ class TransportLayer:
             if source is None:
                 return None
             return SentResponse(data, source.transport, source.host, source.port, conn if reliable else None)
-        transport = via.transport if via.transport in ("UDP", "TCP") else (source.transport if source else "UDP")
+        transport = via.transport if via.transport in self.senders else (source.transport if source else "UDP")
         if via.maddr and is_ip_address(via.maddr):
             host, port = normalize_host(via.maddr), via.port or 5060
         elif via.received:
@@ -208,74 +247,78 @@ class TransportLayer:
         # and if it is gone by then, where the Via says.
         return SentResponse(data, transport, host, port, conn if reliable else None)
 
-    def _send_to_source(self, response: Response, source: Source) -> None:
-        """Straight back where the request came from, whatever its Via says (its connection, else its address)."""
-        self.metrics.status(self.metrics.responses_out, response.status)
-        data = response.to_bytes()
-        self.resend_response(SentResponse(data, source.transport, source.host, source.port, source.connection))
-
     def _response_failed(self, reason: str) -> None:
         self.log.warn("Could not send a response: {reason}", reason=reason)
 
-    def _send(self, transport: str, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
-        host = normalize_host(host)
+    def _send(self, transport: str, host: str, port: int, data: bytes, on_error: OnError) -> None:
+        sender = self.senders.get(transport.upper())
+        if sender is None:
+            on_error(f"transport {transport} is not supported")
+            return
         try:
-            if transport == "UDP":
-                self._send_udp(host, port, data)
-            elif transport == "TCP":
-                self._send_tcp(host, port, data, on_error)
-            else:
-                on_error(f"transport {transport} is not supported")
+            sender.send(normalize_host(host), port, data, on_error)
         except Exception as exc:  # the socket said no: tell the transaction, not the reactor
             on_error(f"{type(exc).__name__}: {exc}")
 
-    def _send_udp(self, host: str, port: int, data: bytes) -> None:
-        family = 6 if ":" in host else 4
-        writer = self.udp.get(family)
-        if writer is None:
-            raise OSError(f"no IPv{family} UDP socket to send from")
-        if len(data) > self.limits.max_datagram:
-            raise OSError("message too large for UDP")
-        self.wire.outgoing("UDP", host, port, data)
-        writer.write(data, (host, port))
+    # -- the connection table (the stream protocols and senders) ------------
 
-    def _send_tcp(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
-        key = (host, port)
-        conn = self.connections.get(key)
-        if conn is not None and conn.alive:
-            conn.send(data)
-            return
+    def connection(self, transport: str, host: str, port: int) -> StreamConnection | None:
+        """The open connection to (``transport``, ``host``, ``port``), if there is one."""
+        conn = self.connections.get((transport.upper(), normalize_host(host), port))
+        return conn if conn is not None and conn.alive else None
+
+    def has_flow(self, target: Target) -> bool:
+        """Is a connection open to ``target`` (its transport, host and port)?  A flow a REGISTER came on, say."""
+        return self.connection(target.transport, target.host, target.port) is not None
+
+    def await_connection(self, transport: str, host: str, port: int, data: bytes, on_error: OnError) -> bool:
+        """Queue ``data`` for the connection being opened to (transport, host, port).
+
+        True when nothing was queued there yet: the caller opens the
+        connection, and :meth:`connection_made` or :meth:`connect_failed`
+        then empties the queue.
+        """
+        key = (transport.upper(), host, port)
         pending = self._pending.get(key)
         if pending is not None:
             pending.append((data, on_error))
-            return
+            return False
         self._pending[key] = [(data, on_error)]
-        self.connect_tcp(host, port, self, self.limits.connect_timeout)
+        return True
 
-    # -- connection table (called by the stream protocols) ---------------
+    def close_connections(self) -> None:
+        """Close every connection in the table (at shutdown)."""
+        for conn in list(self.connections.values()):
+            conn.close()
 
     def admit(self, host: str) -> bool:
         """May one more connection from ``host`` be accepted?"""
         if len(self.connections) >= self.limits.max_connections:
             return False
-        same = sum(1 for h, _ in self.connections if h == host)
+        same = sum(1 for _, h, _ in self.connections if h == host)
         return same < self.limits.max_connections_per_address
 
-    def connection_made(self, conn: SipStreamProtocol) -> None:
-        key = (conn.host, conn.port)
+    def connection_made(self, conn: StreamConnection) -> None:
+        key = (conn.transport_name, conn.host, conn.port)
         self.connections[key] = conn
         for data, _ in self._pending.pop(key, []):
             conn.send(data)
 
-    def connection_lost(self, conn: SipStreamProtocol) -> None:
-        key = (conn.host, conn.port)
+    def connection_lost(self, conn: StreamConnection) -> None:
+        key = (conn.transport_name, conn.host, conn.port)
         if self.connections.get(key) is conn:
             del self.connections[key]
 
-    def connect_failed(self, host: str, port: int, reason: str) -> None:
-        self.log.warn("TCP connection to {host}:{port} failed: {reason}", host=host, port=port, reason=reason)
-        for _, on_error in self._pending.pop((host, port), []):
+    def connect_failed(self, transport: str, host: str, port: int, reason: str) -> None:
+        self.log.warn(
+            "{transport} connection to {host}:{port} failed: {reason}",
+            transport=transport,
+            host=host,
+            port=port,
+            reason=reason,
+        )
+        for _, on_error in self._pending.pop((transport.upper(), host, port), []):
             try:
-                on_error(f"TCP connection to {host}:{port} failed: {reason}")
+                on_error(f"{transport} connection to {host}:{port} failed: {reason}")
             except Exception:
                 self.log.failure("Bug in a transport error callback")

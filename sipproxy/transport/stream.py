@@ -1,7 +1,18 @@
-"""SIP over TCP: framing by Content-Length, CRLF keep-alives, idle timeout (RFC 3261 §18.3, RFC 5626 §3.5.1)."""
+# -*- test-case-name: tests.test_transport -*-
+"""SIP over a stream: framing by Content-Length, CRLF keep-alives, idle timeout (RFC 3261 §18.3, RFC 5626 §3.5.1).
+
+One protocol for every stream transport; its name (``"TCP"`` today,
+``"TLS"`` next) comes from the factory that built it, and goes into its
+:class:`~sipproxy.net.Source`, its key in the connection table, its log
+lines and its metrics labels.  :class:`StreamSender` is a stream
+transport's entry in the transport layer's table of senders: it reuses an
+open connection to the destination, else opens one through its connector
+(``tcp_connector`` here; a TLS module brings its own).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress
@@ -11,23 +22,33 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from sipproxy.message import KEEPALIVE, FramingError, ParseError, Request, StreamFramer, make_response, parse_message
-from sipproxy.transaction import Source
+from sipproxy.net import Source
 from sipproxy.transport.address import normalize_host
 
 if TYPE_CHECKING:
     from sipproxy.transport.layer import TransportLayer
 
-__all__ = ["SipStreamProtocol", "SipStreamFactory", "SipClientFactory", "tcp_connector"]
+__all__ = [
+    "Connect",
+    "SipClientFactory",
+    "SipStreamFactory",
+    "SipStreamProtocol",
+    "StreamSender",
+    "tcp_connector",
+]
 
 _PONG = b"\r\n"
 
+Connect = Callable[[str, int, "TransportLayer", float], Any]
+"""``connect(host, port, layer, timeout)``: open an outbound connection whose protocol reports to ``layer``."""
+
 
 class SipStreamProtocol(Protocol, TimeoutMixin):
-    """One TCP connection, inbound or outbound; registered in the transport's connection table."""
+    """One stream connection, inbound or outbound; registered in the transport's connection table."""
 
     log = Logger()
 
-    def __init__(self, layer: TransportLayer, transport_name: str = "TCP") -> None:
+    def __init__(self, layer: TransportLayer, transport_name: str) -> None:
         self.layer = layer
         self.transport_name = transport_name
         self.framer = StreamFramer(layer.limits.max_head, layer.limits.max_body)
@@ -64,7 +85,11 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
     def _framing_error(self, exc: FramingError) -> None:
         assert self.source is not None
         self.log.warn(
-            "Closing TCP connection from {host}:{port}: {reason}", host=self.host, port=self.port, reason=exc.reason
+            "Closing {transport} connection from {host}:{port}: {reason}",
+            transport=self.transport_name,
+            host=self.host,
+            port=self.port,
+            reason=exc.reason,
         )
         self.layer.metrics.parse_errors.labels(self.transport_name).inc()
         if exc.head:
@@ -75,18 +100,26 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
                 message = inner.partial
             if isinstance(message, Request) and message.method != "ACK":
                 self.send(make_response(message, 400, exc.reason).to_bytes())
-        self.alive = False
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.close()
 
     def send(self, data: bytes) -> None:
         """Write one message (or keep-alive answer) on this connection, with the SIP trace."""
         self.layer.wire.outgoing(self.transport_name, self.host, self.port, data)
         self.transport.write(data)  # type: ignore[union-attr]
 
-    def timeoutConnection(self) -> None:
-        self.log.info("Closing idle TCP connection {host}:{port}", host=self.host, port=self.port)
+    def close(self) -> None:
+        """Close this connection; what was written is still sent."""
         self.alive = False
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def timeoutConnection(self) -> None:
+        self.log.info(
+            "Closing idle {transport} connection {host}:{port}",
+            transport=self.transport_name,
+            host=self.host,
+            port=self.port,
+        )
+        self.close()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.alive = False
@@ -95,22 +128,25 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
 
 
 class SipStreamFactory(Factory):
-    """Accepts inbound connections, within the transport's limits."""
+    """Accepts inbound connections of one stream transport (``name``), within the transport's limits."""
 
     log = Logger()
     noisy = False
 
-    def __init__(self, layer: TransportLayer, clock: Any) -> None:
+    def __init__(self, layer: TransportLayer, clock: Any, name: str = "TCP") -> None:
         self.layer = layer
         self.clock = clock
+        self.name = name
 
     def buildProtocol(self, addr: IAddress) -> SipStreamProtocol | None:  # type: ignore[override]
         host = normalize_host(addr.host)  # type: ignore[attr-defined]
         if not self.layer.admit(host):
-            self.log.warn("Refused TCP connection from {host}: connection limit", host=host)
-            self.layer.metrics.blocked.labels("tcp-connections").inc()
+            self.log.warn(
+                "Refused {transport} connection from {host}: connection limit", transport=self.name, host=host
+            )
+            self.layer.metrics.blocked.labels(f"{self.name.lower()}-connections").inc()
             return None
-        proto = SipStreamProtocol(self.layer)
+        proto = SipStreamProtocol(self.layer, self.name)
         proto.callLater = self.clock.callLater  # type: ignore[method-assign]
         return proto
 
@@ -120,25 +156,47 @@ class SipClientFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, layer: TransportLayer, clock: Any, host: str, port: int) -> None:
+    def __init__(self, layer: TransportLayer, clock: Any, host: str, port: int, name: str) -> None:
         self.layer = layer
         self.clock = clock
         self.host = host
         self.port = port
+        self.name = name
 
     def buildProtocol(self, addr: IAddress) -> SipStreamProtocol:  # type: ignore[override]
-        proto = SipStreamProtocol(self.layer)
+        proto = SipStreamProtocol(self.layer, self.name)
         proto.callLater = self.clock.callLater  # type: ignore[method-assign]
         return proto
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.layer.connect_failed(self.host, self.port, reason.getErrorMessage())
+        self.layer.connect_failed(self.name, self.host, self.port, reason.getErrorMessage())
 
 
-def tcp_connector(reactor: Any, clock: Any) -> Any:
-    """The ``connect_tcp`` callable for :class:`TransportLayer`, over ``reactor.connectTCP``."""
+class StreamSender:
+    """A stream transport in the transport's table: the open connection to the destination, else a new one (§18.1.1).
+
+    Messages sent while the connection is being opened wait for it; if it
+    cannot be opened, each one's ``on_error`` hears why.
+    """
+
+    def __init__(self, layer: TransportLayer, name: str, connect: Connect) -> None:
+        self.layer = layer
+        self.name = name
+        self.connect = connect
+
+    def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
+        layer = self.layer
+        conn = layer.connection(self.name, host, port)
+        if conn is not None:
+            conn.send(data)
+        elif layer.await_connection(self.name, host, port, data, on_error):
+            self.connect(host, port, layer, layer.limits.connect_timeout)
+
+
+def tcp_connector(reactor: Any, clock: Any) -> Connect:
+    """The :data:`Connect` of TCP, over ``reactor.connectTCP``."""
 
     def connect(host: str, port: int, layer: TransportLayer, timeout: float) -> None:
-        reactor.connectTCP(host, port, SipClientFactory(layer, clock, host, port), timeout=timeout)
+        reactor.connectTCP(host, port, SipClientFactory(layer, clock, host, port, "TCP"), timeout=timeout)
 
     return connect

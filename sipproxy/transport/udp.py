@@ -1,19 +1,26 @@
-"""SIP over UDP (RFC 3261 §18.1, §18.2): one datagram, one message."""
+# -*- test-case-name: tests.test_transport -*-
+"""SIP over UDP (RFC 3261 §18.1.1, §18.2.1, §18.2.2): one datagram, one message.
+
+:class:`SipDatagramProtocol` is what the UDP listeners run (one per address
+family); :class:`DatagramSender` is UDP's entry in the transport layer's
+table of senders, writing from those same sockets.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from sipproxy.transaction import Source
+from sipproxy.net import Source
 from sipproxy.transport.address import normalize_host
 
 if TYPE_CHECKING:
     from sipproxy.transport.layer import TransportLayer
 
-__all__ = ["SipDatagramProtocol"]
+__all__ = ["DatagramSender", "SipDatagramProtocol"]
 
 
 class SipDatagramProtocol(DatagramProtocol):
@@ -39,3 +46,22 @@ class SipDatagramProtocol(DatagramProtocol):
             self.log.warn("Dropped oversized datagram from {host}:{port}", host=host, port=port)
             return
         self.layer.received(datagram, Source("UDP", host, port))
+
+
+class DatagramSender:
+    """UDP in the transport's table: a datagram from our socket of the destination's address family."""
+
+    name = "UDP"
+
+    def __init__(self, layer: TransportLayer) -> None:
+        self.layer = layer
+
+    def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
+        family = 6 if ":" in host else 4
+        writer = self.layer.udp.get(family)
+        if writer is None:
+            raise OSError(f"no IPv{family} UDP socket to send from")
+        if len(data) > self.layer.limits.max_datagram:
+            raise OSError("message too large for UDP")
+        self.layer.wire.outgoing(self.name, host, port, data)
+        writer.write(data, (host, port))

@@ -407,6 +407,20 @@ def test_tcp_callee_whose_registration_connection_closed_is_reached_at_its_conta
     assert [m.method for m in kate.messages()] == ["INVITE", "ACK", "BYE"]
 
 
+def test_tcp_callee_whose_connection_closed_and_whose_contact_is_dead_gets_480(server: Server, peers: Peers) -> None:
+    # Issue 13 item 5: a phone registered over TCP, its Contact the port of that connection, which
+    # then closes: nothing listens there any more.  The caller gets 480 (not 500), and the log
+    # names the address-of-record and the contact.
+    ephemeral = free_port()
+    peers.register("liam", ephemeral, "tcp")
+    uac = peers.call("call_rejected.xml", keys={"callee": "liam", "target": DOMAIN, "max_forwards": "70"})
+    succeeded(uac)
+    [final] = [m for m in uac.messages() if m.status is not None and m.status >= 200]
+    assert final.start == "SIP/2.0 480 Flow to the phone is gone", uac.report()
+    [line] = [line for line in server.log_text().splitlines() if "Cannot reach" in line]
+    assert f"sip:liam@{DOMAIN}" in line and f"sip:liam@{LOOPBACK}:{ephemeral};transport=tcp" in line, line
+
+
 # -- (b) nobody registered --------------------------------------------------------------
 
 

@@ -1,0 +1,370 @@
+# -*- test-case-name: tests.test_proxy_branch -*-
+"""One branch of a response context (RFC 3261 §16.6 steps 7-11, §16.8, §16.9, §9.1; RFC 3263 §4.3).
+
+A :class:`Branch` forwards the request to one target of the target set:
+§16.6 steps 1-7 once (:func:`~sipproxy.proxy.forward.forward_copy`), then
+the next hop is resolved into an ordered list of addresses (RFC 3263 §4.2)
+and tried one after the other: each attempt is a new client transaction
+with a new branch id in our Via (§16.6 step 8), and a transport error
+(§16.9) or a timeout with no response at all (Timer B/F, §16.8) moves on to
+the next address (RFC 3263 §4.3).  The response context hears of the branch
+once: its responses, or one failure when no address is left.
+
+A binding reached over the TCP/TLS flow its REGISTER came on is sent there
+while the connection is open; once it has closed, the Contact is tried
+instead, and if that fails too the phone is out of reach: 480, with one
+warning that names the address-of-record and the contact (RFC 5626 §5.3
+would say 430 once outbound is supported).
+
+What a branch and its response context use of the proxy is one narrow
+value, :class:`Environment`, not the proxy itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sipproxy.message import ParseError, Request, Response
+from sipproxy.net import Clock, Target, is_reliable
+from sipproxy.proxy.forward import forward_copy, stamp
+from sipproxy.proxy.targets import TargetURI
+from sipproxy.proxy.validate import make_branch
+from sipproxy.transaction import TransactionError
+
+if TYPE_CHECKING:
+    from sipproxy.proxy.core import ProxyLog, ProxySettings
+    from sipproxy.proxy.responses import ResponseContext
+    from sipproxy.proxy.routing import LocalAddress
+
+__all__ = [
+    "FLOW_GONE",
+    "Branch",
+    "Environment",
+    "FlowOpen",
+    "Resolve",
+    "SendStateless",
+    "Transactions",
+    "guarded",
+    "reachable",
+]
+
+SendStateless = Callable[[Request | Response, Target | None], None]
+Resolve = Callable[[Target, Callable[[list[Target]], None]], None]
+"""A next hop to its targets, best first (RFC 3263 §4.2); an empty list when nothing resolves."""
+FlowOpen = Callable[[Target], bool]
+"""Is the connection of this flow (transport, host, port) still open?"""
+
+FLOW_GONE = "Flow to the phone is gone"
+"""The reason phrase of the 480 for a phone whose flow closed and whose Contact does not answer."""
+
+
+class Transactions(Protocol):
+    """The part of :class:`sipproxy.transaction.TransactionLayer` the proxy uses."""
+
+    def send_request(self, request: Request, target: Target, owner: Any) -> Any: ...
+
+    def find_invite_server_transaction(self, cancel: Request) -> Any: ...
+
+    def build_cancel(self, invite: Request) -> Request: ...
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a response context and its branches use of the proxy, and nothing else (h2's configuration value)."""
+
+    clock: Clock
+    transactions: Transactions
+    settings: ProxySettings
+    local: LocalAddress
+    log: ProxyLog
+    resolve: Resolve
+    """Never raises; IP literals answered at once (``Proxy.resolve_hop``)."""
+    send_stateless: SendStateless
+    unique: Callable[[], str]
+    """The per-branch unique part of a Via branch."""
+    expand: Callable[[list[TargetURI]], list[TargetURI]]
+    """Targets from a 3xx: our own addresses-of-record become their contacts."""
+    release: Callable[[ResponseContext], None]
+    """The context has sent its final response."""
+    flow_open: FlowOpen | None = None
+    """``None``: every flow is taken as open."""
+    dialog_token: Callable[[str], str] | None = None
+    """Call-ID -> the token our Record-Route carries (``None``: no token)."""
+
+
+@contextmanager
+def guarded(log: ProxyLog, what: str) -> Iterator[None]:
+    """Nothing raised by the proxy escapes into the transaction layer or the reactor."""
+    try:
+        yield
+    except Exception:
+        log.failure("Bug in the proxy: {what}", what=what)
+
+
+def reachable(target: TargetURI, flow_open: FlowOpen | None) -> TargetURI:
+    """``target``, or its Contact alone when it came with a TCP/TLS flow whose connection is closed.
+
+    Reusing the connection a REGISTER came on is right while it is open;
+    once it is closed, its source port was the client's ephemeral port,
+    where nothing listens, and the Contact is where the user agent said
+    it can be reached.
+    """
+    flow = target.flow
+    if flow is None or flow_open is None or not is_reliable(flow.transport) or flow_open(flow):
+        return target
+    return replace(target, flow=None)
+
+
+class _CancelUser:
+    """The client transaction user of a CANCEL we send: its response tells us nothing we need (§9.1)."""
+
+    def response_received(self, ctx: Any, response: Response) -> None:
+        pass
+
+    def timed_out(self, ctx: Any) -> None:
+        pass
+
+    def transport_failed(self, ctx: Any, reason: str) -> None:
+        pass
+
+
+class Branch:
+    """One target being tried: the client transaction user of one forwarded request (§16.6-§16.9).
+
+    ``settled`` means the response context no longer waits for this branch
+    (it answered, failed, timed out, or was given up after a CANCEL);
+    ``final`` is the first final response the transaction really received.
+    ``request``, ``hop`` and ``client`` are those of the current attempt;
+    ``targets`` the addresses of the next hop not tried yet.
+    """
+
+    def __init__(self, context: ResponseContext, target: TargetURI) -> None:
+        self.context = context
+        self.env: Environment = context.env
+        self.target = target
+        self.forwarded: Request | None = None
+        """§16.6 steps 1-7 done; every attempt stamps a copy (steps 4 and 8)."""
+        self.gone_flow: Target | None = None
+        """The closed flow this binding came on, when its Contact is tried instead."""
+        self.targets: deque[Target] = deque()
+        self.request: Request | None = None
+        self.hop: Target | None = None
+        self.client: Any = None
+        self.provisional: Response | None = None
+        self.final: Response | None = None
+        self.settled = False
+        self.cancel_wanted = False
+        self.cancel_sent = False
+        self.timer_c: Any = None
+        self.cancel_timer: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.target.uri} settled={self.settled}>"
+
+    @property
+    def is_invite(self) -> bool:
+        return self.context.is_invite
+
+    # -- sending (§16.6) -----------------------------------------------
+
+    def start(self) -> None:
+        """§16.6 steps 1-7, then resolve the next hop (RFC 3263 §4.2) and try its targets."""
+        env = self.env
+        target = reachable(self.target, env.flow_open)
+        if target.flow is None and self.target.flow is not None:
+            self.gone_flow = self.target.flow
+        try:
+            self.forwarded, hop = forward_copy(self.context.request, target, env.settings.default_max_forwards)
+        except ParseError as error:
+            self._fail(error.status, error.reason)
+            return
+        env.resolve(hop, self._resolved)
+
+    def _resolved(self, targets: list[Target] | None) -> None:
+        if self.settled or self.forwarded is None:
+            return  # cancelled while the name was being looked up
+        if not targets:
+            self._give_up(503, "Next hop not found in DNS", "its host does not resolve")
+            return
+        self.targets = deque(targets)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        """§16.6 steps 4, 8, 10 and 11 for the next target: a new branch id, a new client transaction."""
+        env, ctx = self.env, self.context
+        assert self.forwarded is not None
+        token = env.dialog_token(self.forwarded.call_id) if env.dialog_token and ctx.record_route else None
+        why = ""
+        while self.targets:
+            hop = self.targets.popleft()
+            # The last address may take the forwarded copy itself: nothing is tried after it.
+            request = self.forwarded.copy() if self.targets else self.forwarded
+            branch = make_branch(ctx.loop, env.unique())
+            stamp(request, env.local, branch, ctx.source.transport, hop.transport, ctx.record_route, token)
+            self.request, self.hop, self.provisional = request, hop, None
+            try:
+                self.client = env.transactions.send_request(request, hop, self)
+            except TransactionError as error:
+                why = f"Not sent: {error}"
+                continue
+            if self.is_invite and self.final is None and not self.settled:
+                self._start_timer_c()  # §16.6 step 11
+            return
+        self._give_up(503, why, why)
+
+    def _next_target(self) -> bool:
+        """RFC 3263 §4.3: after a transport error or a timeout, the next address, if there is one and we still care."""
+        if self.settled or self.final is not None or self.provisional is not None or not self.targets:
+            return False
+        self._stop_timers()
+        self._attempt()
+        return True
+
+    def _give_up(self, status: int, reason: str, why: str) -> None:
+        """No target of the next hop was reached: the failure for the response context (§16.8, §16.9)."""
+        flow = self.gone_flow
+        if flow is not None and not self.settled:
+            self.env.log.warn(
+                "Cannot reach {aor} at {contact}: the {transport} connection its REGISTER came on "
+                "({host}:{port}) is closed, and the Contact is out of reach ({why}); answering 480",
+                aor=self.target.aor or str(self.target.uri),
+                contact=str(self.target.uri),
+                transport=flow.transport,
+                host=flow.host,
+                port=flow.port,
+                why=why,
+            )
+            status, reason = 480, FLOW_GONE  # RFC 5626 §5.3: 430 (Flow Failed) once outbound is supported
+        self._fail(status, reason)
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._stop_timers()
+        self.context.on_failure(self, status, reason)
+
+    # -- ClientTransactionUser (§16.7 steps 1-2) -------------------------
+
+    def response_received(self, ctx: Any, response: Response) -> None:
+        with guarded(self.env.log, "response to a branch"):
+            if len(response.vias) < 2:
+                # §16.7 step 3: no Via left once ours is gone -> meant for us, never forwarded.
+                self.env.log.warn(
+                    "Dropped a {status} from {host}:{port} without the caller's Via",
+                    status=response.status,
+                    host=ctx.target.host,
+                    port=ctx.target.port,
+                )
+                if response.status >= 200 and self.final is None:
+                    self._stop_timers()
+                    self.context.on_failure(self, 502, "Bad Gateway")
+                return
+            if response.status < 200:
+                self._provisional(response)
+            else:
+                # RFC 3263 §4.3 fails over on a 503 as well (honouring Retry-After, RFC 3261 §21.5.4):
+                # that belongs here, before _final, and comes with its own issue.
+                self._final(response)
+
+    def timed_out(self, ctx: Any) -> None:
+        """§16.8: a timeout is a 408 for the response context, once no other address is left."""
+        with guarded(self.env.log, "branch timeout"):
+            if self.final is None and not self._next_target():
+                self._stop_timers()
+                self._give_up(408, "Request Timeout", "no answer")
+
+    def transport_failed(self, ctx: Any, reason: str) -> None:
+        """§16.9: a transport error is a 503 for the response context, once no other address is left."""
+        with guarded(self.env.log, "branch transport failure"):
+            if self.final is None and not self._next_target():
+                self._stop_timers()
+                self._give_up(503, "Service Unavailable", reason)
+
+    def _provisional(self, response: Response) -> None:
+        if self.final is not None:
+            return
+        self.provisional = response
+        if self.is_invite and response.status > 100 and self.timer_c is not None:
+            self._start_timer_c()  # §16.7 step 2: 101-199 reset Timer C
+        if self.cancel_wanted:
+            self.send_cancel()  # §9.1: the CANCEL we held back until a provisional arrived
+            return
+        if not self.settled:
+            self.context.on_provisional(self, response)
+
+    def _final(self, response: Response) -> None:
+        if self.final is None:
+            self.final = response
+            self._stop_timers()
+        self.context.on_final(self, response)
+
+    # -- Timer C (§16.8) and CANCEL (§16.10, §9.1) -----------------------
+
+    def _start_timer_c(self) -> None:
+        if self.timer_c is not None and self.timer_c.active():
+            self.timer_c.cancel()
+        self.timer_c = self.env.clock.callLater(self.env.settings.timer_c, self._timer_c_fired)
+
+    def _timer_c_fired(self) -> None:
+        """§16.8: with a provisional, CANCEL the branch; without one, act as if it answered 408."""
+        with guarded(self.env.log, "Timer C"):
+            self.timer_c = None
+            if self.final is not None:
+                return
+            if self.provisional is not None:
+                self.send_cancel()
+            elif not self.settled:
+                self.cancel_wanted = True
+                self.context.on_failure(self, 408, "Request Timeout")
+            else:
+                self.cancel_wanted = False  # given up long ago and still silent: stop caring
+
+    def cancel(self) -> None:
+        """Cancel this branch for the response context (§16.10, §16.7 step 10).
+
+        Not yet sent: dropped.  A non-INVITE: no longer waited for (CANCEL
+        does nothing useful there).  An INVITE with a provisional: CANCEL
+        now and wait for its final response (normally 487).  Without one:
+        the CANCEL waits for the first provisional (§9.1), and the context
+        stops waiting for this branch.
+        """
+        if self.final is not None or self.settled:
+            return
+        if not self.is_invite or self.client is None:
+            self.settled = True
+            self._stop_timers()
+            return
+        if self.provisional is not None:
+            self.send_cancel()
+        else:
+            self.cancel_wanted = True
+            self.settled = True
+
+    def send_cancel(self) -> None:
+        """§9.1: a CANCEL for this branch's INVITE, to the same hop, once."""
+        if self.cancel_sent or self.final is not None or self.request is None or self.hop is None:
+            return
+        self.cancel_sent = True
+        env = self.env
+        try:
+            cancel = env.transactions.build_cancel(self.request)
+            env.transactions.send_request(cancel, self.hop, _CancelUser())
+        except TransactionError as error:
+            env.log.warn("Could not CANCEL {uri}: {error}", uri=self.request.uri_text, error=str(error))
+        self.cancel_timer = env.clock.callLater(env.settings.cancel_wait, self._cancel_expired)
+
+    def _cancel_expired(self) -> None:
+        """§9.1: no final response 64*T1 after our CANCEL: consider the INVITE cancelled (a 408 here)."""
+        with guarded(self.env.log, "CANCEL wait"):
+            self.cancel_timer = None
+            if self.final is None:
+                self._stop_timers()
+                self.context.on_failure(self, 408, "Request Timeout")
+
+    def _stop_timers(self) -> None:
+        for timer in (self.timer_c, self.cancel_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.timer_c = self.cancel_timer = None

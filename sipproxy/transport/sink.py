@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.test_transport_sink -*-
+"""Where the transport hands what it received: the message sink (RFC 3261 §18.1.2, §18.2.1).
+
+The transport parses, stamps ``received``/``rport`` on a request's top Via
+(§18.2.1, RFC 3581) and hands every message to one :class:`MessageSink`.
+What stands behind it is not the transport's business: the transaction
+layer in the end (``sipproxy.transaction.TransactionSink``), and filters in
+front of it, such as the admission guard, which implement the same protocol
+and wrap the next sink (twisted.names' ``allowQuery`` gate, as a layer).
+
+A filter that refuses a request answers it statelessly with
+:meth:`~sipproxy.transport.TransportLayer.send_to_source` (a :data:`Reply`),
+straight back where the packet came from, whatever its Via says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from sipproxy.message import ParseError, Request, Response
+from sipproxy.net import Source
+
+__all__ = ["MessageSink", "Reply"]
+
+Reply = Callable[[Response, Source], None]
+"""Send a response straight back to the packet's source (its connection, else its address)."""
+
+
+class MessageSink(Protocol):
+    """What :class:`~sipproxy.transport.TransportLayer` hands every message from the network to."""
+
+    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+        """A message that parsed, ``size`` bytes from ``source``; a request's top Via already stamped (§18.2.1).
+
+        May raise :class:`ParseError` for a message found malformed above
+        the parser (a header only the transaction layer reads): the
+        transport then answers it as it answers one that did not parse.
+        """
+
+    def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
+        """``size`` bytes from ``source`` that did not parse.
+
+        True: the transport logs it and answers the 400 it implies (never
+        for an ACK or what has no request line).  False: drop it silently
+        (a blocked source, a flood).
+        """

@@ -1,0 +1,168 @@
+"""The next-hop resolver (RFC 3263 §4.2, A/AAAA) against an in-process twisted.names double.
+
+The double answers with the records and raises the errors a real
+``twisted.names`` client does (``tests/integration/test_transport_dns.py``
+runs the same resolver against a real DNS server on loopback).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import LogLevel, capturedLogs
+from twisted.names import dns, error
+
+from sipproxy.net import Target
+from sipproxy.transport import Resolver
+
+HOP = Target("TCP", "far.example.net", 5070)
+
+
+def _nxdomain() -> error.DNSNameError:
+    return error.DNSNameError(dns.Message(rCode=dns.ENAME))
+
+
+class Names:
+    """An ``IResolver`` double: ``a``/``aaaa`` map a name to addresses, or to the exception to fail with."""
+
+    def __init__(self, a: dict[str, Any] | None = None, aaaa: dict[str, Any] | None = None) -> None:
+        self.a = a or {}
+        self.aaaa = aaaa or {}
+        self.asked: list[tuple[str, str]] = []
+        self.pending: list[defer.Deferred[Any]] = []
+
+    def _answer(self, table: dict[str, Any], name: str, kind: int, record: Any) -> defer.Deferred[Any]:
+        value = table.get(name, _nxdomain())
+        if value == "later":
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.pending.append(d)
+            return d
+        if isinstance(value, BaseException):
+            return defer.fail(value)
+        answers = [dns.RRHeader(name, dns.CNAME, payload=dns.Record_CNAME(b"alias." + name.encode()))]
+        answers += [dns.RRHeader(name, kind, payload=record(address)) for address in value]
+        return defer.succeed((answers, [], []))
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        self.asked.append(("A", name))
+        return self._answer(self.a, name, dns.A, dns.Record_A)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        self.asked.append(("AAAA", name))
+        return self._answer(self.aaaa, name, dns.AAAA, dns.Record_AAAA)
+
+
+def resolve(resolver: Resolver, hop: Target = HOP) -> list[list[Target]]:
+    calls: list[list[Target]] = []
+    resolver(hop, calls.append)
+    return calls
+
+
+def test_ipv4_addresses_first_then_ipv6_keeping_transport_and_port() -> None:
+    names = Names(a={"far.example.net": ["198.51.100.1", "198.51.100.2"]}, aaaa={"far.example.net": ["2001:db8::1"]})
+    [targets] = resolve(Resolver(names=names))
+    assert targets == [
+        Target("TCP", "198.51.100.1", 5070),
+        Target("TCP", "198.51.100.2", 5070),
+        Target("TCP", "2001:db8::1", 5070),
+    ]
+
+
+def test_only_ipv6() -> None:
+    names = Names(a={"far.example.net": []}, aaaa={"far.example.net": ["2001:db8::1"]})
+    assert resolve(Resolver(names=names)) == [[Target("TCP", "2001:db8::1", 5070)]]
+
+
+def test_ip_literals_are_their_own_answer_without_a_lookup() -> None:
+    names = Names()
+    resolver = Resolver(names=names)
+    assert resolve(resolver, Target("UDP", "192.0.2.9", 5060)) == [[Target("UDP", "192.0.2.9", 5060)]]
+    assert resolve(resolver, Target("UDP", "[2001:db8::9]", 5060)) == [[Target("UDP", "2001:db8::9", 5060)]]
+    assert names.asked == []
+
+
+def test_an_unknown_name_is_an_empty_list_and_one_readable_warning() -> None:
+    with capturedLogs() as events:
+        assert resolve(Resolver(names=Names())) == [[]]
+    [warning] = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert warning["log_level"] == LogLevel.warn
+    assert warning["log_format"] == "Could not resolve {host}: {reason}"
+    assert warning["host"] == "far.example.net"
+    assert warning["reason"] == "no such domain (NXDOMAIN)"
+    assert "Message" not in repr({k: v for k, v in warning.items() if k != "log_logger"})
+
+
+def test_each_dns_failure_reads_as_what_happened() -> None:
+    cases = [
+        (error.DNSServerError(dns.Message(rCode=dns.ESERVER)), "the DNS server failed (SERVFAIL)"),
+        (error.DNSQueryRefusedError(dns.Message(rCode=dns.EREFUSED)), "the DNS server refused the query (REFUSED)"),
+        (error.DNSQueryTimeoutError(dns.Query(b"far.example.net")), "no answer from the DNS server (timeout)"),
+        (defer.TimeoutError(), "no answer from the DNS server (timeout)"),
+        (error.DomainError("far.example.net"), "no such domain"),
+        (RuntimeError("socket gone"), "RuntimeError while resolving"),
+    ]
+    for exc, reason in cases:
+        names = Names(a={"far.example.net": exc}, aaaa={"far.example.net": exc})
+        with capturedLogs() as events:
+            assert resolve(Resolver(names=names)) == [[]]
+        [warning] = [e for e in events if e["log_level"] >= LogLevel.info]
+        assert warning["reason"] == reason
+
+
+def test_a_name_without_address_records() -> None:
+    names = Names(a={"far.example.net": []}, aaaa={"far.example.net": []})
+    with capturedLogs() as events:
+        assert resolve(Resolver(names=names)) == [[]]
+    [warning] = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert warning["reason"] == "no A or AAAA record"
+
+
+def test_one_family_failing_does_not_lose_the_other() -> None:
+    names = Names(a={"far.example.net": ["198.51.100.1"]}, aaaa={"far.example.net": defer.TimeoutError()})
+    with capturedLogs() as events:
+        assert resolve(Resolver(names=names)) == [[Target("TCP", "198.51.100.1", 5070)]]
+    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+
+
+def test_the_answer_may_come_later_and_comes_once() -> None:
+    names = Names(a={"far.example.net": "later"}, aaaa={"far.example.net": "later"})
+    calls = resolve(Resolver(names=names))
+    assert calls == []
+    a, aaaa = names.pending
+    aaaa.errback(_nxdomain())
+    assert calls == []
+    a.callback(([dns.RRHeader(b"far.example.net", dns.A, payload=dns.Record_A("198.51.100.3"))], [], []))
+    assert calls == [[Target("TCP", "198.51.100.3", 5070)]]
+
+
+def test_never_raises_into_the_caller() -> None:
+    class Broken:
+        def lookupAddress(self, name: str, timeout: Any = None) -> Any:
+            raise OSError("no resolver")
+
+    with capturedLogs() as events:
+        assert resolve(Resolver(names=Broken())) == [[]]
+    assert any("log_failure" in e for e in events)
+
+    def callback(targets: list[Target]) -> None:
+        raise RuntimeError("bug above")
+
+    names = Names(a={"far.example.net": ["198.51.100.1"]}, aaaa={"far.example.net": []})
+    with capturedLogs() as events:
+        Resolver(names=names)(HOP, callback)  # does not raise
+    [bug] = [e for e in events if "log_failure" in e]
+    assert bug["host"] == "far.example.net"
+
+
+def test_reading_resolv_conf_logs_at_debug_level_only(tmp_path: Any) -> None:
+    from twisted.internet.task import Clock
+
+    from sipproxy.transport.resolve import quiet_resolver
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.53\n")
+    with capturedLogs() as events:
+        quiet_resolver(Clock(), resolv_conf=str(conf).encode(), hosts_file=str(tmp_path / "hosts").encode())
+    assert events and {e["log_level"] for e in events} == {LogLevel.debug}
+    assert any("192.0.2.53" in e.get("log_text", "") for e in events)
