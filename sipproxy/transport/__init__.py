@@ -2,13 +2,16 @@
 
 from sipproxy.transport.address import normalize_host
 from sipproxy.transport.layer import TransportLayer, TransportLimits
+from sipproxy.transport.listen import BindError, SipListeners
 from sipproxy.transport.stream import SipClientFactory, SipStreamFactory, SipStreamProtocol, tcp_connector
 from sipproxy.transport.udp import SipDatagramProtocol
 from sipproxy.transport.wirelog import WireLog
 
 __all__ = [
+    "BindError",
     "SipClientFactory",
     "SipDatagramProtocol",
+    "SipListeners",
     "SipStreamFactory",
     "SipStreamProtocol",
     "TransportLayer",
