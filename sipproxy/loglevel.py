@@ -5,11 +5,14 @@
 option, and its observer (``--logfile``, ``--syslog`` or ``--logger``) is
 made after the plugin has built its service.  So the filter goes in front
 of whatever observers the global publisher has once logging has begun, that
-is when the service starts, and comes off when it stops.  Events from the
-build itself (before logging began) are not filtered; none is debug.
+is when the service starts, and comes off after the reactor has shut down:
+closing the connections at shutdown logs too.  Events from the build itself
+(before logging began) are not filtered; none is debug.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.logger import (
@@ -35,9 +38,10 @@ def level_predicate(debug: bool) -> LogLevelFilterPredicate:
 
 
 class LogLevels(Service):
-    """Puts the level filter in front of every log observer while the server runs."""
+    """Puts the level filter in front of every log observer from start until the reactor has shut down."""
 
-    def __init__(self, debug: bool, publisher: LogPublisher = globalLogPublisher) -> None:
+    def __init__(self, reactor: Any, debug: bool, publisher: LogPublisher = globalLogPublisher) -> None:
+        self.reactor = reactor
         self.levels = level_predicate(debug)
         self.publisher = publisher
         self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
@@ -51,15 +55,18 @@ class LogLevels(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._wrapped:
+            return  # started again before the reactor shut down: the filter is still there
         # LogPublisher offers no way to list its observers: its list is the one place they are.
         observers: list[ILogObserver] = self.publisher._observers
         for index, observer in enumerate(observers):
             filtered = FilteringLogObserver(observer, [self.admits])
             self._wrapped.append((filtered, observer))
             observers[index] = filtered
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.remove)
 
-    def stopService(self) -> None:
-        super().stopService()
+    def remove(self) -> None:
+        """Take the filter off again (twistd then removes its own observer, as it added it)."""
         observers: list[ILogObserver] = self.publisher._observers
         for filtered, observer in self._wrapped:
             for index, current in enumerate(observers):

@@ -323,7 +323,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     advertised = options.get("advertised-host") or advertised_host(interface)
     domains = Domains(options["domains"] or default_domains(interface, advertised))
     local = LocalAddress(advertised, options["sip-port"])
-    services: list[Service] = [LogLevels(debug=bool(options.get("debug")))]
+    services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
     db = options["db"]
     persistence = None if db == ":memory:" else open_database(db)

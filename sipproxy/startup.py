@@ -72,7 +72,8 @@ def bind_sip(listeners: SipListeners) -> None:
     except BindError as error:
         if listeners.interface and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
             raise StartupError(f"--sip-interface {listeners.interface}: {error}") from None
-        raise StartupError(f"--sip-port {listeners.requested_port}: {error}") from None
+        hint = " (by another SIP server, or sipproxy running already?)" if error.errno == errno.EADDRINUSE else ""
+        raise StartupError(f"--sip-port {listeners.requested_port}: {error}{hint}") from None
 
 
 class WebListener(Service):

@@ -180,7 +180,9 @@ class Options(usage.Options):
         if self["users"]:
             try:
                 UserDB.load(self["users"])
-            except (OSError, UnicodeDecodeError, ValueError) as error:
+            except OSError as error:
+                raise usage.UsageError(f"--users {self['users']}: cannot read it: {error.strerror}") from None
+            except (UnicodeDecodeError, ValueError) as error:
                 raise usage.UsageError(f"--users {self['users']}: {error}") from None
 
 

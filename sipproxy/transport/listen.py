@@ -57,7 +57,7 @@ def describe_socket_error(error: OSError) -> str:
     """What ``bind`` said, as the rest of a sentence about an address: "is already in use", ..."""
     code = error.errno
     if code == errno.EADDRINUSE:
-        return "is already in use (another SIP server or sipproxy running?)"
+        return "is already in use"
     if code == errno.EADDRNOTAVAIL:
         return "is not an address of this host"
     if code in (errno.EACCES, errno.EPERM):
