@@ -24,11 +24,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from twisted.internet.base import ReactorBase
 
+from sipproxy.gctune import tune_garbage_collector
 from sipproxy.location import LocationStore, SQLitePersistence
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress
 from sipproxy.security import build_security
-from sipproxy.service import _tune_garbage_collector, build_core
+from sipproxy.service import build_core
 from sipproxy.stack import Domains
 from sipproxy.transaction import Source
 
@@ -103,7 +104,7 @@ def main() -> None:
                 transport.received(data, source)
             clock.runUntilCurrent()
 
-    _tune_garbage_collector()  # as the server does at start-up
+    tune_garbage_collector()  # as the server does at start-up
     start = time.perf_counter()
     if args.profile:
         cProfile.runctx("run()", globals(), locals(), "/tmp/register_path.prof")

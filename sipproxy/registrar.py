@@ -109,8 +109,6 @@ class RegistrarSettings:
             raise ValueError(f"max_contacts {self.max_contacts} is not positive")
 
 
-
-
 class _Log(Protocol):
     """The part of ``twisted.logger.Logger`` used; ``failure`` records the exception being handled."""
 

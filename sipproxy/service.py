@@ -1,42 +1,47 @@
-"""Wiring: one ``MultiService`` of SIP listeners, the location store and the web page."""
+"""Wiring: the SIP layers, the location store, the web page and the services around them, through constructors.
+
+``build_core`` puts the SIP layers together (tests build their servers with
+it); ``build_service`` adds what ``twistd sipproxy`` runs around them.  The
+jobs themselves live elsewhere: sockets in ``transport/`` (``listen``,
+``hosts``), start-up checks in ``startup``, the collector in ``gctune``, log
+levels in ``loglevel``.
+"""
 
 from __future__ import annotations
 
-import gc
 import os
-import socket
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 
+from sipproxy.gctune import GarbageCollection
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
 from sipproxy.location.log import BindingLog
 from sipproxy.location.services import StoreService, WalCheckpointer
+from sipproxy.loglevel import LogLevels
 from sipproxy.message import ParseError, Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Guard, ReactorLag, Security, build_security
 from sipproxy.stack import Domains, SipStack
+from sipproxy.startup import StartupError, WebListener, bind_sip, open_database
 from sipproxy.transaction import Source, Target, TransactionLayer, TransactionSink
 from sipproxy.transport import (
     DatagramSender,
     MessageSink,
     Reply,
     Resolver,
-    SipDatagramProtocol,
-    SipStreamFactory,
+    SipListeners,
     StreamSender,
     TransportLayer,
     WireLog,
     tcp_connector,
 )
+from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
 __all__ = [
@@ -44,208 +49,11 @@ __all__ = [
     "build_service",
     "SipCore",
     "SipProxyService",
-    "SipListeners",
-    "default_domains",
-    "advertised_host",
+    "StartupError",
+    "StoreService",
 ]
 
 log = Logger(namespace="sipproxy")
-
-
-def advertised_host(interface: str) -> str:
-    """The address we put in Via and Record-Route when none was given.
-
-    The listening address if there is one; else the address this host would
-    send from (asked of the routing table: connecting a UDP socket sends
-    nothing), else what the host name resolves to; loopback only as a last
-    resort, since phones on other machines cannot route back to it.
-    """
-    if interface and interface not in ("0.0.0.0", "::"):
-        return interface
-    candidates = []
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 5060))  # TEST-NET-1: a route lookup, no packet leaves
-            candidates.append(probe.getsockname()[0])
-    except OSError:
-        pass
-    try:
-        candidates.append(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-        pass
-    for address in candidates:
-        if not address.startswith("127.") and address != "0.0.0.0":
-            return address
-    return "127.0.0.1"
-
-
-def default_domains(interface: str, advertised: str) -> list[str]:
-    """The host name, its FQDN, localhost and the addresses we listen on."""
-    names = {"localhost", "127.0.0.1", "::1", advertised}
-    hostname = socket.gethostname()
-    names.update({hostname, socket.getfqdn()})
-    if interface and interface not in ("0.0.0.0", "::"):
-        names.add(interface)
-    else:
-        try:
-            names.update(info[4][0] for info in socket.getaddrinfo(hostname, None))
-        except OSError:
-            pass
-    return sorted(n.lower() for n in names if n)
-
-
-UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
-"""SO_RCVBUF asked for on the UDP sockets (the kernel caps it at ``net.core.rmem_max``).
-
-The default (about 200 KB, a few hundred small datagrams) overflows when
-the reactor pauses for a few tens of milliseconds under load (a commit
-checkpointing the SQLite WAL, a garbage collection): every datagram lost
-then costs its sender a 500 ms retransmission.
-"""
-
-
-def _bound_socket(family: int, kind: int, address: str, port: int) -> socket.socket:
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if kind == socket.SOCK_DGRAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((address, port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _report_receive_buffer(sock: socket.socket) -> None:
-    """Warn when the kernel gave less UDP receive buffer than we asked for (``net.core.rmem_max``)."""
-    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice what it grants
-    if granted < UDP_RECEIVE_BUFFER:
-        log.warn(
-            "UDP receive buffer is {granted} bytes, not the {wanted} asked for (net.core.rmem_max caps it): "
-            "bursts may drop requests; raise it with sysctl -w net.core.rmem_max={wanted}",
-            granted=granted,
-            wanted=UDP_RECEIVE_BUFFER,
-        )
-
-
-class SipListeners(Service):
-    """UDP and TCP on the same port, on IPv4 and IPv6 (each family its own sockets).
-
-    The sockets are bound here and handed to the reactor with
-    ``adoptDatagramPort``/``adoptStreamPort`` so that IPv6 ones can be
-    IPv6-only and share the port number with the IPv4 ones.
-    """
-
-    def __init__(self, reactor: Any, transport: TransportLayer, port: int, interface: str) -> None:
-        self.reactor = reactor
-        self.transport = transport
-        self.requested_port = port
-        self.interface = interface
-        self.port = port
-        self.ports: list[Any] = []
-
-    def _addresses(self) -> list[tuple[int, str]]:
-        if not self.interface:
-            return [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
-        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
-        return [(family, self.interface)]
-
-    def startService(self) -> None:
-        super().startService()
-        port = self.requested_port
-        for attempt in range(20):
-            try:
-                self._listen_all(port)
-                break
-            except OSError:
-                self._close_ports()
-                if self.requested_port != 0 or attempt == 19:
-                    raise
-        self.transport.listening = len(self.ports)
-
-    def _listen_all(self, port: int) -> None:
-        first = True
-        for family, address in self._addresses():
-            try:
-                udp = _bound_socket(family, socket.SOCK_DGRAM, address, port)
-            except OSError as exc:
-                if family == socket.AF_INET6 and not self.interface:
-                    log.warn("No IPv6 SIP listener: {error}", error=str(exc))
-                    continue
-                raise
-            if first and port == 0:
-                port = udp.getsockname()[1]
-            first = False
-            try:
-                tcp = _bound_socket(family, socket.SOCK_STREAM, address, port)
-            except OSError:
-                udp.close()
-                raise
-            fam = 6 if family == socket.AF_INET6 else 4
-            if not self.ports:
-                _report_receive_buffer(udp)
-            self.ports.append(
-                self.reactor.adoptDatagramPort(udp.fileno(), family, SipDatagramProtocol(self.transport, fam))
-            )
-            udp.close()
-            self.ports.append(
-                self.reactor.adoptStreamPort(tcp.fileno(), family, SipStreamFactory(self.transport, self.reactor))
-            )
-            tcp.close()
-            shown = f"[{address}]" if family == socket.AF_INET6 else address
-            log.info("SIP listening on UDP and TCP {address}:{port}", address=shown, port=port)
-        self.port = port
-
-    def _close_ports(self) -> None:
-        for p in self.ports:
-            p.stopListening()
-        self.ports = []
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.transport.listening = 0
-        for conn in list(self.transport.connections.values()):
-            conn.transport.loseConnection()
-        self._close_ports()
-
-
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic collector from stalling the reactor under load.
-
-    Every transaction lives on for Timer J/K (32 s on UDP), so at a few
-    thousand requests a second the heap holds millions of tracked objects,
-    and CPython's full collections, triggered whenever the old generation
-    grew by a quarter, stalled the reactor for hundreds of milliseconds
-    every few seconds (p99 REGISTER latency 180 ms at 1000/s).  Reference
-    counting frees transactions (their timers drop their references when
-    they fire), so young collections stay as they are and full collections
-    only run from :class:`FullCollection`, on a timer.  Objects alive after
-    start-up are frozen out of the collector altogether.
-    """
-    gc.freeze()
-    gc.set_threshold(700, 10, 1_000_000)
-
-
-class FullCollection(TimerService):
-    """A full ``gc.collect()`` every ``interval`` seconds, for the rare reference cycle."""
-
-    def __init__(self, interval: float = 600.0) -> None:
-        super().__init__(interval, self.collect)
-
-    def collect(self) -> None:
-        start = time.perf_counter()
-        found = gc.collect()
-        log.debug(
-            "Full garbage collection: {found} unreachable objects in {ms:.1f} ms",
-            found=found,
-            ms=(time.perf_counter() - start) * 1000,
-        )
 
 
 class LagWatch(Service):
@@ -268,14 +76,32 @@ class LagWatch(Service):
 
 
 class SipProxyService(MultiService):
-    """The running server: the SIP core plus its listeners, store and web services."""
+    """The running server: the SIP core and the services around it, started in the order given.
 
-    core: SipCore
-    listeners: SipListeners
+    ``twistd`` gets it from ``makeService`` after :meth:`listen` has bound
+    every port, so that a port in use stops start-up before anything runs.
+    """
+
+    def __init__(self, core: SipCore, listeners: SipListeners, web: WebListener, services: Sequence[Service]) -> None:
+        """``services`` start in order and stop in reverse; ``listeners`` and ``web`` are among them."""
+        super().__init__()
+        self.core = core
+        self.listeners = listeners
+        self.web = web
+        for child in services:
+            child.setServiceParent(self)
+
+    def listen(self) -> None:
+        """Bind the SIP sockets, then the web page's port, now; :class:`StartupError` names what failed."""
+        bind_sip(self.listeners)
+        try:
+            self.web.listen()
+        except StartupError:
+            self.listeners.close()
+            raise
 
     def startService(self) -> None:
         super().startService()
-        _tune_garbage_collector()
         log.info("sipproxy ready")
 
 
@@ -335,7 +161,12 @@ def build_core(
     proxy_settings: ProxySettings = ProxySettings(),
     wirelog: WireLog | None = None,
 ) -> SipCore:
-    """Transport -> guard -> transactions -> stack -> registrar / proxy -> location, with the security hooks."""
+    """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
+
+    Each layer gets what it calls through its constructor.  Messages also
+    travel up through the layers that send them down, and those two loops
+    are closed in one place, once both ends exist (see the end).
+    """
     registrar = Registrar(
         store,
         clock,
@@ -351,7 +182,6 @@ def build_core(
         domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)), local=local
     )
     transactions = TransactionLayer(clock, transport, stack)
-    transport.sink = GuardSink(security.guard, TransactionSink(transactions, metrics), transport.send_to_source)
 
     def send_stateless(message: Request | Response, target: Target | None) -> None:
         if isinstance(message, Response):
@@ -373,36 +203,49 @@ def build_core(
         flow_open=transport.has_flow,
         dialog_token=security.dialog_token if security.users is not None else None,
     )
-    stack.proxy = proxy
-    # In flight: requests still waiting for their final response.  Finished
-    # transactions that only absorb retransmissions (Timer J, 32 s) are no load.
-    security.guard.in_flight = proxy.active_contexts
-    security.guard.is_retransmission = transactions.is_retransmission
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
     metrics.watch(metrics.client_transactions, transactions.client_transaction_count)
+
+    # The late bindings, all of them.  What arrives goes up through the
+    # layers that send down: the transport hands messages, through the guard,
+    # to the transaction layer, which sends through the transport (§18 <-> §17); the stack hands
+    # new requests to the proxy, which sends through the transaction layer
+    # (§17 <-> §16).  Each loop is closed once both its ends exist.  The
+    # guard, below the transactions, reads the load above them: requests
+    # still waiting for their final response (finished transactions that only
+    # absorb retransmissions, Timer J's 32 s, are no load).
+    transport.sink = GuardSink(security.guard, TransactionSink(transactions, metrics), transport.send_to_source)
+    stack.proxy = proxy
+    security.guard.in_flight = proxy.active_contexts
+    security.guard.is_retransmission = transactions.is_retransmission
     return SipCore(clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy)
 
 
 def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
-    """Everything ``twistd sipproxy`` runs, from parsed :class:`sipproxy.tap.Options`."""
-    top = SipProxyService()
+    """Everything ``twistd sipproxy`` runs, from parsed :class:`sipproxy.tap.Options`; binds no socket yet.
+
+    Raises :class:`StartupError` for a ``--db`` that cannot be used.
+    """
     metrics = Metrics()
     interface = options["sip-interface"]
     advertised = options.get("advertised-host") or advertised_host(interface)
     domains = Domains(options["domains"] or default_domains(interface, advertised))
     local = LocalAddress(advertised, options["sip-port"])
+    services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
     db = options["db"]
-    store = MemoryLocation(reactor) if db == ":memory:" else SQLiteLocation(reactor, db, autocheckpoint=False)
+    if db == ":memory:":
+        store: LocationStore = MemoryLocation(reactor)
+    else:
+        store = SQLiteLocation(reactor, open_database(db))
     persistence = store.persistence if isinstance(store, SQLiteLocation) else None
     store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
     store_service = StoreService(store, store.where)
-    store_service.setServiceParent(top)
+    services.append(store_service)
     if persistence is not None:
         WalCheckpointer(persistence).setServiceParent(store_service)
-    FullCollection().setServiceParent(top)
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
     security = build_security(options, reactor, metrics, domains, local, store, secret)
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
@@ -424,27 +267,35 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),
     )
-    transport = core.transport
-    listeners = SipListeners(reactor, transport, options["sip-port"], interface)
-    listeners.setServiceParent(top)
+    listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
+    services.append(listeners)
     if options.get("overload-lag"):
         lag = ReactorLag(reactor, float(options["overload-lag"]))
-        LagWatch(lag).setServiceParent(top)
+        services.append(LagWatch(lag))
         security.guard.lagging = lag
 
-    web = options["web"]
+    def healthy() -> bool:
+        return listeners.listening > 0 and not store.last_commit_failed
+
+    description = options["web"]
     resource = make_web_resource(
         store,
         reactor,
         metrics,
-        healthy=lambda: bool(top.running) and transport.listening > 0 and not store.last_commit_failed,
+        healthy=healthy,
         password=options.get("web-password"),
-        public=not is_loopback_description(web),
+        public=not is_loopback_description(description),
         debug=bool(options.get("debug")),
     )
-    site = QuietSite(resource)
-    strports.service(web, site).setServiceParent(top)
-    log.info("Bindings page on {web}", web=web)
+    web = WebListener(reactor, description, QuietSite(resource))
+    services += [web, GarbageCollection()]
+    _announce(domains, advertised, interface)
+    security.announce()
+    return SipProxyService(core, listeners, web, services)
+
+
+def _announce(domains: Domains, advertised: str, interface: str) -> None:
+    """The start-up lines about who we are and which parser runs."""
     log.info(
         "sipproxy serving domains {domains}; advertised as {advertised}",
         domains=", ".join(domains),
@@ -457,12 +308,9 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
             "SIP parser: pure Python, several times slower: the C accelerator was not built (no C compiler or "
             "Python headers when pip installed sipproxy) or SIPPROXY_NO_EXTENSIONS is set"
         )
-    if advertised.startswith("127.") and interface in ("", "0.0.0.0", "::"):
+    if advertised.startswith("127.") and listens_everywhere(interface):
         log.warn(
             "Advertising {advertised} in Via and Record-Route while listening on every address: "
             "phones on other machines cannot reach it; set --advertised-host",
             advertised=advertised,
         )
-    security.announce()
-    top.core, top.listeners = core, listeners
-    return top

@@ -1,5 +1,18 @@
 # -*- test-case-name: tests.test_tap -*-
-"""``twistd sipproxy``: command-line options and ``makeService``."""
+"""``twistd sipproxy``: command-line options and ``makeService``.
+
+Two kinds of start-up refusal, each one line naming the option and its value,
+with exit status 1 and no traceback:
+
+- a mistake in the command line (a value that is not a port, not an IP
+  address, not a strports description, an unreadable ``--users`` file):
+  ``postOptions`` raises ``UsageError``, and ``twistd`` prints the option
+  list followed by that line;
+- what only the machine can tell (``--db`` cannot be opened or written, the
+  SIP or web port is in use, ``--sip-interface`` is not an address of this
+  host): ``makeService`` opens the database and binds every port before
+  anything starts, and exits with just that line.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +25,23 @@ from twisted.python import usage
 __all__ = ["Options", "makeService"]
 
 
-def _port(value: str) -> int:
+def _port(name: str, value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise usage.UsageError(f"{value!r} is not a port number (1-65535)")
+        raise usage.UsageError(f"--{name} {value!r}: not a port number (1-65535)")
     return int(value)
+
+
+def _strports(name: str, value: str) -> str:
+    """Refuse what ``endpoints.serverFromString`` cannot read (``tcp:abc``), as it would at start-up."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, value)  # parsed only: no reactor is needed until it listens
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise usage.UsageError(
+            f"--{name} {value!r}: not a strports description such as tcp:8080:interface=127.0.0.1 ({error})"
+        ) from None
+    return value
 
 
 def _positive(name: str, value: str) -> int:
@@ -116,7 +142,7 @@ class Options(usage.Options):
         self["domains"].append(domain)
 
     def postOptions(self) -> None:
-        self["sip-port"] = _port(self["sip-port"])
+        self["sip-port"] = _port("sip-port", self["sip-port"])
         iface = self["sip-interface"]
         if iface:
             try:
@@ -129,6 +155,7 @@ class Options(usage.Options):
             raise usage.UsageError("--min-expires must not exceed --max-expires")
         if not self["web"]:
             raise usage.UsageError("--web needs a strports description such as tcp:8080:interface=127.0.0.1")
+        _strports("web", self["web"])
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
         self._security_options()
@@ -153,14 +180,22 @@ class Options(usage.Options):
         if self["users"]:
             try:
                 UserDB.load(self["users"])
-            except (OSError, UnicodeDecodeError, ValueError) as error:
+            except OSError as error:
+                raise usage.UsageError(f"--users {self['users']}: cannot read it: {error.strerror}") from None
+            except (UnicodeDecodeError, ValueError) as error:
                 raise usage.UsageError(f"--users {self['users']}: {error}") from None
 
 
 def makeService(options: Options) -> IService:
+    """The server with its database open and every port bound; a check that fails exits with its one line."""
     from twisted.internet import reactor
 
-    from sipproxy.service import build_service
+    from sipproxy.service import StartupError, build_service
 
     reactor_: Any = reactor
-    return build_service(options, reactor_)
+    try:
+        service = build_service(options, reactor_)
+        service.listen()
+    except StartupError as error:
+        raise SystemExit(f"sipproxy: {error}") from None
+    return service

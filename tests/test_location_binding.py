@@ -60,4 +60,3 @@ class TestBinding:
         v6 = make_binding(transport="TCP", source_host="2001:db8::1", source_port=5060)
         assert v6.source() == "TCP [2001:db8::1]:5060"
         assert make_binding(transport="TLS").source() == "TLS"
-

@@ -150,8 +150,6 @@ class TestGroupCommit:
         assert [b.contact for b in store.all_bindings()] == ["sip:a@192.0.2.1"]
         store.close()
 
-
-
     def test_memory_lost_with_a_failed_commit_says_why(self, clock: Clock, db_path: str) -> None:
         persistence = CommitFailsPersistence(db_path)
         store = LocationStore(clock, persistence)

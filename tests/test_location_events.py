@@ -97,4 +97,3 @@ class TestEvents:
             ("removed", "sip:unwanted@192.0.2.6"),
         ]
         assert [b.contact for b in store.lookup(ALICE)] == ["sip:a@192.0.2.1"]
-

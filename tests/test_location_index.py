@@ -102,6 +102,7 @@ class TestIndex:
         store.update(ALICE, put=[make_binding(cseq=1), make_binding(cseq=2)])
         assert [b.cseq for b in store.lookup(ALICE)] == [2]
 
+
 class TestExpiry:
     @pytest.mark.parametrize(
         ("start", "expires_at"),
@@ -209,7 +210,6 @@ class TestExpiry:
             store.update(ALICE, put=[make_binding("sip:c@192.0.2.3")])
 
 
-
 class TestPlan:
     """Why each binding changes, read from the change itself (the events' reasons)."""
 
@@ -291,7 +291,11 @@ class TestPlan:
 
 class TestReplace:
     def test_replace_makes_the_view_what_storage_holds_and_returns_the_difference(self, clock: Clock) -> None:
-        kept, changed, gone = make_binding("sip:a@192.0.2.1"), make_binding("sip:b@192.0.2.2"), make_binding("sip:c@192.0.2.3")
+        kept, changed, gone = (
+            make_binding("sip:a@192.0.2.1"),
+            make_binding("sip:b@192.0.2.2"),
+            make_binding("sip:c@192.0.2.3"),
+        )
         index = BindingIndex(clock, lambda due: None)
         index.apply(index.plan(ALICE, put=[kept, changed, gone]))
         older = make_binding("sip:b@192.0.2.2", expires_at=100)
@@ -309,7 +313,9 @@ class TestReplace:
     def test_the_owner_hears_of_due_bindings_after_they_left_the_view(self, clock: Clock) -> None:
         told: list[tuple[list[str], int]] = []
         index = BindingIndex(clock, lambda due: told.append(([b.contact for b in due], index.count())))
-        index.apply(index.plan(ALICE, put=[make_binding("sip:a@192.0.2.1", expires_at=10), make_binding("sip:b@192.0.2.2")]))
+        index.apply(
+            index.plan(ALICE, put=[make_binding("sip:a@192.0.2.1", expires_at=10), make_binding("sip:b@192.0.2.2")])
+        )
         advance_to(clock, 10)
         assert told == [(["sip:a@192.0.2.1"], 1)]
         index.close()

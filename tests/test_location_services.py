@@ -51,7 +51,9 @@ def test_checkpointer_runs_one_at_a_time_and_the_store_closes_after_it(tmp_path:
         store.update("sip:alice@example.test", put=[binding(3600)])
 
 
-@pytest.mark.parametrize(("count", "said"), [(0, "Restored 0 bindings"), (1, "Restored 1 binding from"), (2, "Restored 2 bindings")])
+@pytest.mark.parametrize(
+    ("count", "said"), [(0, "Restored 0 bindings"), (1, "Restored 1 binding from"), (2, "Restored 2 bindings")]
+)
 def test_the_restore_line_counts_in_english(tmp_path: Path, count: int, said: str) -> None:
     db = str(tmp_path / "s.sqlite")
     first = SQLiteLocation(Clock(), db)

@@ -258,7 +258,9 @@ class TestNotUtf8:
 
     def test_the_row_holds_the_bytes_the_phone_sent(self, db_path: str) -> None:
         persistence = SQLitePersistence(db_path)
-        persistence.write([make_binding(user_agent=LATIN_1), make_binding("sip:b@192.0.2.2", user_agent="Téléphone")], [])
+        persistence.write(
+            [make_binding(user_agent=LATIN_1), make_binding("sip:b@192.0.2.2", user_agent="Téléphone")], []
+        )
         persistence.close()
         with sqlite3.connect(db_path) as check:
             rows = check.execute("SELECT user_agent FROM bindings ORDER BY contact").fetchall()
@@ -270,7 +272,7 @@ class TestNotUtf8:
         [
             (b"User-Agent: T\xe9l\xe9phone", "user_agent"),
             (b"Call-ID: T\xe9l\xe9phone@192.0.2.7", "call_id"),
-            (b"Contact: <sip:alice@192.0.2.7:5062>;+sip.instance=\"<urn:T\xe9l\xe9phone>\"", "instance"),
+            (b'Contact: <sip:alice@192.0.2.7:5062>;+sip.instance="<urn:T\xe9l\xe9phone>"', "instance"),
         ],
         ids=["user-agent", "call-id", "instance"],
     )

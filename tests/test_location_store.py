@@ -103,5 +103,3 @@ class TestAtomicity:
 
         store.update(ALICE, put=[make_binding("sip:b@192.0.2.2")])
         assert [b.contact for b in persistence.load()] == ["sip:a@192.0.2.1", "sip:b@192.0.2.2"]
-
-

@@ -36,40 +36,6 @@ def test_dialogs_and_the_secret_survive_a_restart_with_the_database(tmp_path: Pa
     assert in_memory.core.security.dialog_token("call-1@192.0.2.7") != token
 
 
-def test_udp_sockets_ask_for_a_large_receive_buffer() -> None:
-    """Bursts must queue, not drop: each lost datagram costs the phone a 500 ms retransmission."""
-    import socket
-
-    from sipproxy.service import UDP_RECEIVE_BUFFER, _bound_socket
-
-    with open("/proc/sys/net/core/rmem_max") as f:
-        allowed = int(f.read())
-    sock = _bound_socket(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
-    try:
-        # Linux doubles the value asked for (bookkeeping overhead) and caps the request at rmem_max.
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * min(UDP_RECEIVE_BUFFER, allowed)
-    finally:
-        sock.close()
-
-
-def test_a_receive_buffer_capped_by_the_kernel_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    from sipproxy import service
-
-    with open("/proc/sys/net/core/rmem_max") as f:
-        allowed = int(f.read())
-    monkeypatch.setattr(service, "UDP_RECEIVE_BUFFER", allowed * 2)
-    sock = service._bound_socket(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 0)
-    try:
-        with capturedLogs() as events:
-            service._report_receive_buffer(sock)
-    finally:
-        sock.close()
-    [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
-    assert warning["granted"] == allowed and "net.core.rmem_max" in warning["log_format"]
-
-
 def test_overload_protection_is_off_unless_asked_for() -> None:
     from sipproxy.security import ReactorLag
 
@@ -93,3 +59,41 @@ def test_the_log_says_which_sip_parser_runs(monkeypatch) -> None:  # type: ignor
     monkeypatch.setattr(_accel, "parse", None)
     [(level, text)] = parser_lines()
     assert level == LogLevel.warn and "pure Python" in text
+
+
+def test_a_database_that_cannot_be_opened_stops_the_build(tmp_path: Path) -> None:
+    from sipproxy.service import StartupError
+
+    with pytest.raises(StartupError, match=r"^--db .*: the directory .* does not exist"):
+        _service(str(tmp_path / "missing" / "sipproxy.sqlite"))
+
+
+def test_services_start_in_the_order_the_server_needs() -> None:
+    """Log filter first, bindings restored before SIP is served, the page after, the collector frozen last."""
+    from sipproxy.gctune import GarbageCollection
+    from sipproxy.loglevel import LogLevels
+    from sipproxy.service import StoreService
+    from sipproxy.startup import WebListener
+    from sipproxy.transport import SipListeners
+
+    service = _service(":memory:", "--overload-lag", "0.2")
+    kinds = [type(child) for child in service]
+    service.core.store.close()
+    assert kinds[:3] == [LogLevels, StoreService, SipListeners]
+    assert kinds[-2:] == [WebListener, GarbageCollection]
+    assert service.listeners in service and service.web in service
+
+
+def test_debug_lets_sipproxy_debug_events_through() -> None:
+    from twisted.logger import LogLevel
+
+    from sipproxy.loglevel import LogLevels
+
+    def level(*extra: str) -> object:
+        service = _service(":memory:", *extra)
+        service.core.store.close()
+        [levels] = [child for child in service if isinstance(child, LogLevels)]
+        return levels.levels.logLevelForNamespace("sipproxy.gctune.GarbageCollection")
+
+    assert level() == LogLevel.info
+    assert level("--debug") == LogLevel.debug

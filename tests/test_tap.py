@@ -40,6 +40,10 @@ def test_domain_is_repeatable_and_lower_cased() -> None:
         (["--web", ""], "--web"),
         (["--overload-lag", "soon"], "--overload-lag"),
         (["--overload-lag", "-1"], "--overload-lag"),
+        (["--web", "tcp:abc"], "^--web 'tcp:abc': not a strports description"),
+        (["--web", "tcp:8080:bogus=1"], "^--web 'tcp:8080:bogus=1'"),
+        (["--web", "8080"], "^--web '8080'"),
+        (["--sip-port", "0"], "^--sip-port '0': not a port number"),
     ],
 )
 def test_bad_values_say_what_is_wrong(args: list[str], complaint: str) -> None:
@@ -60,8 +64,12 @@ def test_build_service_wires_listeners_store_and_registrar(tmp_path) -> None:  #
     service.core.store.close()
 
 
-def test_advertised_host_is_the_interface_when_one_is_given() -> None:
-    from sipproxy.service import advertised_host
+def test_start_up_errors_exit_with_one_line_and_no_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What only the machine can tell is checked in makeService, before anything listens (issue 13)."""
+    from sipproxy.tap import makeService
 
-    assert advertised_host("192.0.2.5") == "192.0.2.5"
-    assert advertised_host("2001:db8::5") == "2001:db8::5"
+    db = tmp_path / "missing" / "b.sqlite"
+    with pytest.raises(SystemExit) as exit:
+        makeService(parse("--db", str(db), "--sip-interface", "127.0.0.1", "--web", "tcp:0:interface=127.0.0.1"))
+    assert exit.value.code == f"sipproxy: --db {db}: the directory {tmp_path / 'missing'} does not exist"
+    assert exit.value.__cause__ is None and exit.value.__suppress_context__

@@ -628,7 +628,10 @@ def test_event_streams_opening_and_closing_are_logged_only_with_debug() -> None:
             Stream(web).close()
         said = [(e["log_level"], e["log_format"].split(";")[0]) for e in events if "Event stream" in e["log_format"]]
         if debug:
-            assert said == [(LogLevel.debug, "Event stream opened for {client}"), (LogLevel.debug, "Event stream closed")]
+            assert said == [
+                (LogLevel.debug, "Event stream opened for {client}"),
+                (LogLevel.debug, "Event stream closed"),
+            ]
         else:
             assert said == []  # twistd prints every level: a debug line not emitted is the only one not shown
 

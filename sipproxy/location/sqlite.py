@@ -337,12 +337,19 @@ class SQLiteLocation(LocationStore):
     def __init__(
         self,
         clock: Clock,
-        path: str,
+        path: str | SQLitePersistence,
         *,
         autocheckpoint: bool = True,
         max_batch: int = 16,
         on_callback_error: Callable[[BindingEvent, Exception], None] | None = None,
     ) -> None:
-        """Open (creating if needed) the database at ``path``; see :class:`SQLitePersistence` for the arguments."""
-        self.persistence = SQLitePersistence(path, autocheckpoint=autocheckpoint)
+        """Open (creating if needed) the database at ``path``; see :class:`SQLitePersistence` for the arguments.
+
+        ``path`` may also be the file already opened (start-up opens it first
+        to check it: :func:`sipproxy.startup.open_database`).
+        """
+        if isinstance(path, SQLitePersistence):
+            self.persistence = path
+        else:
+            self.persistence = SQLitePersistence(path, autocheckpoint=autocheckpoint)
         super().__init__(clock, self.persistence, on_callback_error=on_callback_error, max_batch=max_batch)

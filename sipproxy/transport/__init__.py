@@ -9,11 +9,13 @@ registered under the transport's name.
 - ``sink.py``: :class:`MessageSink`, what received messages are handed to
 - ``udp.py``, ``stream.py``: UDP and the stream transports (TCP), each a protocol and a sender
 - ``resolve.py``: :class:`Resolver`, next hops to ordered targets (RFC 3263 §4.2, A/AAAA)
+- ``listen.py``: :class:`SipListeners`, the sockets bound before the reactor runs
 - ``wirelog.py``: the SIP trace
 """
 
 from sipproxy.transport.address import normalize_host
 from sipproxy.transport.layer import Sender, TransportLayer, TransportLimits
+from sipproxy.transport.listen import BindError, SipListeners
 from sipproxy.transport.resolve import Resolver
 from sipproxy.transport.sink import MessageSink, Reply
 from sipproxy.transport.stream import (
@@ -27,6 +29,7 @@ from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol
 from sipproxy.transport.wirelog import WireLog
 
 __all__ = [
+    "BindError",
     "DatagramSender",
     "MessageSink",
     "Reply",
@@ -34,6 +37,7 @@ __all__ = [
     "Sender",
     "SipClientFactory",
     "SipDatagramProtocol",
+    "SipListeners",
     "SipStreamFactory",
     "SipStreamProtocol",
     "StreamSender",

@@ -152,9 +152,7 @@ class BindingsPage:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         now = self.clock.seconds()
-        groups = [
-            (readable(aor), [binding_json(b, now) for b in self.store.lookup(aor)]) for aor in self.store.aors()
-        ]
+        groups = [(readable(aor), [binding_json(b, now) for b in self.store.lookup(aor)]) for aor in self.store.aors()]
         page = self.env.get_template("bindings.html").render(
             groups=groups,
             aor_count=len(groups),

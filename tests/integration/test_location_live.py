@@ -30,10 +30,14 @@ def register(server: Server, header: bytes, *, expires: int = 3600) -> Response:
     }
     lines[header.split(b":")[0]] = header
     data = (
-        f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {LOOPBACK}:9;branch=z9hG4bK-l1-{expires};rport\r\n"
-        "Max-Forwards: 70\r\nTo: <sip:carol@example.test>\r\nFrom: <sip:carol@example.test>;tag=l1\r\n"
-        f"CSeq: {2 if expires == 0 else 1} REGISTER\r\nExpires: {expires}\r\n"
-    ).encode() + b"\r\n".join(lines.values()) + b"\r\nContent-Length: 0\r\n\r\n"
+        (
+            f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {LOOPBACK}:9;branch=z9hG4bK-l1-{expires};rport\r\n"
+            "Max-Forwards: 70\r\nTo: <sip:carol@example.test>\r\nFrom: <sip:carol@example.test>;tag=l1\r\n"
+            f"CSeq: {2 if expires == 0 else 1} REGISTER\r\nExpires: {expires}\r\n"
+        ).encode()
+        + b"\r\n".join(lines.values())
+        + b"\r\nContent-Length: 0\r\n\r\n"
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         s.sendto(data, (LOOPBACK, server.sip_port))
@@ -58,7 +62,9 @@ def api_bindings(server: Server) -> list[dict[str, object]]:
     ],
     ids=["user-agent", "call-id", "instance"],
 )
-def test_latin_1_register_gets_200_and_survives_a_restart(server: Server, header: bytes, field: str, shown: str) -> None:
+def test_latin_1_register_gets_200_and_survives_a_restart(
+    server: Server, header: bytes, field: str, shown: str
+) -> None:
     response = register(server, header)
     assert (response.status, response.reason) == (200, "OK")
     [binding] = api_bindings(server)

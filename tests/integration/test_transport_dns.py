@@ -10,6 +10,8 @@ server below, never ``/etc/resolv.conf``'s.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -41,9 +43,9 @@ class ResolverAgainstRealServer(unittest.TestCase):
         protocol.noisy = False
         port = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        hosts = self.mktemp()
-        with open(hosts, "w"):
-            pass  # an empty hosts file: every name goes to the server
+        handle, hosts = tempfile.mkstemp(suffix=".hosts")
+        os.close(handle)  # an empty hosts file: every name goes to the server
+        self.addCleanup(os.remove, hosts)
         names = quiet_resolver(
             reactor, servers=[("127.0.0.1", port.getHost().port)], resolv_conf=None, hosts_file=hosts.encode()
         )

@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.test_startup -*-
+"""What ``twistd sipproxy`` checks before anything starts: the database, the SIP sockets, the web page's port.
+
+Each check that fails raises :class:`StartupError`, whose text is the one
+line the operator reads: the option, its value and what is wrong
+(``--sip-port 5060: UDP 0.0.0.0:5060 is already in use ...``).  ``tap``
+turns it into a non-zero exit without a traceback.  The order is the one
+in which ``makeService`` runs them: the database is opened, then the SIP
+sockets are bound, then the web page listens, so that nothing serves when
+anything failed.  (Mistakes in the command line itself are refused earlier,
+by ``Options.postOptions``.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipproxy.location import SQLitePersistence
+from sipproxy.transport.listen import BindError, SipListeners, describe_socket_error
+
+__all__ = ["StartupError", "WebListener", "bind_sip", "open_database"]
+
+log = Logger(namespace="sipproxy")
+
+
+class StartupError(Exception):
+    """Start-up refused; ``str()`` is one line naming the option, its value and the reason."""
+
+
+def open_database(path: str) -> SQLitePersistence:
+    """``--db``: the SQLite file, opened (created if new), writable, and one of ours.
+
+    Checked here rather than at the first REGISTER: a read-only file opens
+    fine and only fails its first commit; SQLite also needs to write its
+    write-ahead log beside the file.
+    """
+    if not path.startswith("file:"):
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StartupError(f"--db {path}: the directory {directory} does not exist")
+        if os.path.isdir(path):
+            raise StartupError(f"--db {path}: is a directory, not a file")
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise StartupError(f"--db {path}: the file is not writable")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StartupError(
+                f"--db {path}: the directory {directory} is not writable (SQLite writes its log beside the file)"
+            )
+    try:
+        return SQLitePersistence(path, autocheckpoint=False)
+    except sqlite3.DatabaseError as error:
+        raise StartupError(f"--db {path}: not a usable SQLite database ({error})") from None
+    except (OSError, RuntimeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise StartupError(f"--db {path}: {reason}") from None
+
+
+def bind_sip(listeners: SipListeners) -> None:
+    """Bind the SIP sockets now; a failure names ``--sip-interface`` or ``--sip-port`` with what the system said."""
+    try:
+        listeners.bind()
+    except BindError as error:
+        if listeners.interface and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            raise StartupError(f"--sip-interface {listeners.interface}: {error}") from None
+        hint = " (by another SIP server, or sipproxy running already?)" if error.errno == errno.EADDRINUSE else ""
+        raise StartupError(f"--sip-port {listeners.requested_port}: {error}{hint}") from None
+
+
+class WebListener(Service):
+    """The web page's port (any strports description), listened on by :meth:`listen` before the server starts.
+
+    ``strports.service`` would listen only once twistd starts the
+    application, after the SIP listeners, and a port in use would then be a
+    traceback in the log of a server that half runs.
+    """
+
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        self.description = description
+        self.endpoint = endpoints.serverFromString(reactor, description)
+        self.factory = factory
+        self.port: Any = None
+        self._waiting: Deferred[Any] | None = None
+
+    def listen(self) -> None:
+        """Listen now, unless done already; :class:`StartupError` if the endpoint refuses."""
+        if self.port is not None or self._waiting is not None:
+            return
+        waiting = self.endpoint.listen(self.factory)
+        if not waiting.called:  # an endpoint that listens later (none of Twisted's own): it reports when it does
+            self._waiting = waiting.addCallbacks(self._listening, self._failed)
+            return
+        outcome: list[Any] = []
+        waiting.addBoth(outcome.append)
+        [result] = outcome
+        if isinstance(result, Failure):
+            raise StartupError(f"--web {self.description}: {self._reason(result)}")
+        self._listening(result)
+
+    def _listening(self, port: Any) -> None:
+        self.port, self._waiting = port, None
+        log.info("Bindings page on {web}", web=self.description)
+
+    def _failed(self, failure: Failure) -> None:
+        self._waiting = None
+        if not failure.check(CancelledError):
+            log.error("No bindings page: --web {web}: {reason}", web=self.description, reason=self._reason(failure))
+
+    def _reason(self, failure: Failure) -> str:
+        error = failure.value
+        if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+            shown = error.interface or "0.0.0.0"
+            shown = f"[{shown}]" if ":" in shown else shown
+            return f"TCP {shown}:{error.port} {describe_socket_error(error.socketError)}"
+        return failure.getErrorMessage()
+
+    def startService(self) -> None:
+        super().startService()
+        self.listen()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
