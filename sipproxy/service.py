@@ -23,7 +23,7 @@ from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
-from sipproxy.security import ReactorLag, Security, build_security
+from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
 from sipproxy.transaction import Target, TransactionLayer
 from sipproxy.transport import (
@@ -365,25 +365,6 @@ class FullCollection(TimerService):
         )
 
 
-class LagWatch(Service):
-    """Runs a :class:`ReactorLag` while the server runs (``--overload-lag``)."""
-
-    def __init__(self, lag: ReactorLag) -> None:
-        self.lag = lag
-
-    def startService(self) -> None:
-        super().startService()
-        self.lag.start()
-        log.info(
-            "Overload protection: new requests get 503 while the reactor runs over {ms:.0f} ms behind",
-            ms=self.lag.threshold * 1000,
-        )
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.lag.stop()
-
-
 class SipProxyService(MultiService):
     """The running server: the SIP core plus its listeners, store and web services."""
 
@@ -523,10 +504,9 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     transport = core.transport
     listeners = SipListeners(reactor, transport, options["sip-port"], interface)
     listeners.setServiceParent(top)
-    if options.get("overload-lag"):
-        lag = ReactorLag(reactor, float(options["overload-lag"]))
-        LagWatch(lag).setServiceParent(top)
-        security.guard.lagging = lag
+    lag_watch = security.overload_service()  # --overload-lag
+    if lag_watch is not None:
+        lag_watch.setServiceParent(top)
 
     web = options["web"]
     resource = make_web_resource(
