@@ -448,7 +448,7 @@ def build_core(
         authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
         flow_open=flow_open,
-        dialog_token=security.dialog_token if security.users is not None else None,
+        dialog_token=security.dialog_token,  # always: the overload guard lets our dialogs through by it
     )
     stack.proxy = proxy
     # In flight: requests still waiting for their final response.  Finished

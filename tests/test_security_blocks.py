@@ -11,8 +11,11 @@ try:
     from tests.security_fakes import (
         ALICE_ADDR,
         BOB_ADDR,
+        REALM,
         FakeServer,
         authorization,
+        challenges,
+        register,
         request,
         settings,
     )
@@ -20,8 +23,11 @@ except ImportError:  # pragma: no cover
     from security_fakes import (  # type: ignore[no-redef]
         ALICE_ADDR,
         BOB_ADDR,
+        REALM,
         FakeServer,
         authorization,
+        challenges,
+        register,
         request,
         settings,
     )
@@ -116,3 +122,72 @@ def test_a_blocked_address_is_refused_everything_through_the_transport() -> None
     assert server.final(request("OPTIONS", "sip:example.test", to="sip:example.test")).status == 403
     assert server.transactions.server_transaction_count() == count  # stateless
     assert server.final(request("OPTIONS", "sip:example.test", to="sip:example.test"), BOB_ADDR).status == 200
+
+
+# -- a phone, not its neighbours (issue 13 item 2) ---------------------------------------------
+
+
+def test_two_users_behind_one_address_a_wrong_password_blocks_only_its_own_phone() -> None:
+    server = FakeServer()  # max_failures=3
+    alice_phone, bob_phone = ("203.0.113.7", 5060), ("203.0.113.7", 5062)  # one office NAT
+    with capturedLogs() as events:
+        assert server.register("alice", addr=alice_phone, password="wrong").status == 401
+        assert server.register("alice", addr=alice_phone, password="wrong", cseq=3).status == 401
+        assert server.register("alice", addr=alice_phone, password="wrong", cseq=5).status == 403
+    assert server.register("alice", addr=alice_phone, cseq=7).status == 403  # blocked, even with the password
+    assert server.register("bob", addr=bob_phone).status == 200  # its neighbour is not
+    assert not any("Blocked source" in e["log_format"] for e in events)
+    assert any("Blocked user {user} at {key}" in e["log_format"] and e["user"] == "alice" for e in events)
+
+
+def test_many_user_names_failing_from_one_address_block_the_address() -> None:
+    server = FakeServer()
+    scanner = ("198.51.100.66", 5060)
+    with capturedLogs() as events:
+        for n, user in enumerate(("101", "102", "103")):
+            server.register(user, addr=scanner, password="1234", cseq=2 * n + 1)
+    [blocked] = [e for e in events if "Blocked source" in e["log_format"]]
+    assert blocked["key"] == "198.51.100.66" and blocked["failures"] == 3
+    assert server.final(register("bob", addr=("198.51.100.66", 5099)), ("198.51.100.66", 5099)).status == 403
+
+
+# -- spoofed packets count for nothing (issue 19 item 4) ---------------------------------------
+
+
+def _forged(user: str, nonce: str, addr: tuple[str, int], cseq: int) -> bytes:
+    value = (
+        f'Digest username="{user}", realm="{REALM}", nonce="{nonce}", uri="sip:example.test", '
+        f'response="{"0" * 32}", algorithm=MD5, cnonce="c", nc=00000001, qop=auth'
+    )
+    return register(user, addr=addr, cseq=cseq, authorization=value)
+
+
+def test_made_up_nonces_from_many_addresses_do_not_lock_a_user_out() -> None:
+    server = FakeServer()  # max_failures=3
+    for n in range(10):
+        addr = (f"198.51.100.{n + 1}", 5060)
+        assert server.final(_forged("bob", f"made-up-{n}", addr, 1), addr).status == 401
+    assert server.metrics.auth_failures._value.get() == 0
+    assert server.register("bob", addr=("203.0.113.50", 5060)).status == 200  # bob from a new address
+
+
+def test_a_nonce_issued_to_one_address_counts_for_nothing_from_another() -> None:
+    server = FakeServer()
+    attacker = ("198.51.100.200", 5060)
+    challenge = server.final(register("bob", addr=attacker), attacker)  # a real nonce, for the attacker's address
+    nonce = challenges(challenge)[0]["nonce"]
+    for n in range(10):  # spoofed from bob's phone's address and from others
+        addr = BOB_ADDR if n % 2 else (f"198.51.100.{n + 1}", 5060)
+        assert server.final(_forged("bob", nonce, addr, n + 2), addr).status == 401
+    assert server.metrics.auth_failures._value.get() == 0
+    assert server.register("bob", addr=BOB_ADDR, cseq=20).status == 200
+    assert server.register("bob", addr=("203.0.113.51", 5060), cseq=22).status == 200
+
+
+def test_failures_from_elsewhere_never_block_a_registered_phone() -> None:
+    server = FakeServer()
+    phone, other = ("203.0.113.9", 5060), ("203.0.113.9", 5070)  # bob's phone, and another port at its address
+    assert server.register("bob", addr=phone).status == 200
+    statuses = [server.register("bob", addr=other, password="guess", cseq=2 * n + 1).status for n in range(3)]
+    assert statuses == [401, 401, 403]  # that source is blocked for bob
+    assert server.register("bob", addr=phone, cseq=11).status == 200  # the registered phone is not

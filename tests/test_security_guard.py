@@ -8,13 +8,14 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from sipproxy.message import Response, parse_message
+from sipproxy.message import Request, Response, parse_message
 from sipproxy.metrics import Metrics
 from sipproxy.net import Source
 from sipproxy.security import Guard, Security, source_key
 
 try:
     from tests.security_fakes import (
+        ALICE_ADDR,
         BOB_ADDR,
         DOMAINS,
         LOCAL,
@@ -29,6 +30,7 @@ try:
     )
 except ImportError:  # pragma: no cover
     from security_fakes import (  # type: ignore[no-redef]
+        ALICE_ADDR,
         BOB_ADDR,
         DOMAINS,
         LOCAL,
@@ -241,3 +243,53 @@ def test_overload_refuses_new_requests_but_not_retransmissions() -> None:
     retransmitted = server.send(invite)  # bob has not answered: the request is still in flight
     assert not any(isinstance(m, Response) and m.status == 503 for m, _ in retransmitted)
     assert server.final(request(call_id="busy-2", branch="z9hG4bKbusy2")).status == 503
+
+
+# -- the MessageSink shape -------------------------------------------------------------------
+
+
+class _Sink:
+    def __init__(self, parse_errors_answered: bool = True) -> None:
+        self.messages: list[Request | Response] = []
+        self.errors: list[object] = []
+        self.answer = parse_errors_answered
+
+    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+        self.messages.append(message)
+
+    def unparseable(self, error: object, source: Source, size: int) -> bool:
+        self.errors.append(error)
+        return self.answer
+
+
+def test_the_guard_passes_what_it_admits_to_the_next_sink_and_answers_the_rest_itself() -> None:
+    from sipproxy.message import ParseError
+
+    clock = Clock()
+    clock.advance(START)
+    sink, replies = _Sink(), []
+    guard = Guard(settings(rate=1, burst=2), clock, Metrics(), sink=sink, reply=lambda r, s: replies.append((r, s)))
+    source = Source("UDP", "192.0.2.66", 5060)
+    for n in range(3):
+        guard.message_received(parse_message(request("MESSAGE", call_id=f"s{n}")), source, 300)
+    assert [m.call_id for m in sink.messages] == ["s0", "s1"]  # type: ignore[union-attr]
+    assert [(r.status, s) for r, s in replies] == [(503, source)]
+    error = ParseError(400, "Bad request line")
+    assert guard.unparseable(error, source, 10) is False  # over the rate: dropped silently, not passed on
+    assert sink.errors == []
+    clock.advance(5)
+    assert guard.unparseable(error, source, 10) is True and sink.errors == [error]  # the transport answers it
+    sink.answer = False
+    assert guard.unparseable(error, source, 10) is False  # what the next sink says
+
+
+def test_security_builds_a_guard_in_front_of_a_sink_with_its_blocks() -> None:
+    server = FakeServer()
+    for n, user in enumerate(("alice", "bob", "carol")):  # a scanner at ALICE_ADDR
+        server.register(user, password=str(n), cseq=2 * n + 1)
+    sink, replies = _Sink(), []
+    guard = server.security.admission_guard(sink, lambda r, s: replies.append(r))
+    options = parse_message(request("OPTIONS", "sip:example.test", to="sip:example.test"))
+    guard.message_received(options, Source("UDP", *ALICE_ADDR), 100)
+    guard.message_received(options, Source("UDP", *BOB_ADDR), 100)
+    assert len(sink.messages) == 1 and [r.status for r in replies] == [403]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 
 from sipproxy.auth import parse_auth_params
 from sipproxy.message import Response
@@ -19,6 +19,7 @@ try:
         register,
         request,
         sent_to,
+        settings,
     )
 except ImportError:  # pragma: no cover
     from security_fakes import (  # type: ignore[no-redef]
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover
         register,
         request,
         sent_to,
+        settings,
     )
 
 
@@ -221,3 +223,58 @@ def test_a_registrations_401_and_200_carry_the_same_to_tag() -> None:
     other = server.final(register("bob", call_id="another-registration"))
     assert (challenge.status, ok.status) == (401, 200)
     assert challenge.to.tag == ok.to.tag != other.to.tag
+
+
+# -- the order of challenges (issue 13 item 1) ------------------------------------------------
+
+
+def test_a_phone_that_fails_on_any_sha256_challenge_registers_on_its_retry_with_md5_alone() -> None:
+    """baresip 1.0 (libre 1.1) gives up on a 401 holding any SHA-256 challenge and retries 30-60 s later."""
+    server = FakeServer()
+    first = server.final(register("alice", call_id="baresip"))
+    assert [c["algorithm"] for c in challenges(first)] == ["MD5", "SHA-256"]
+    server.clock.advance(45)
+    with capturedLogs() as events:
+        retry = server.final(register("alice", call_id="baresip", cseq=2))  # again without credentials
+    assert [c["algorithm"] for c in challenges(retry)] == ["MD5"]
+    [said] = [e for e in events if "did not answer" in e["log_format"]]
+    assert said["log_level"] == LogLevel.info
+    assert (said["user"], said["host"], said["port"], said["offered"]) == ("alice", "192.0.2.7", 5060, "MD5, SHA-256")
+    auth = authorization(retry, "alice", "alice-pw", "REGISTER", "sip:example.test")
+    assert server.final(register("alice", call_id="baresip", cseq=3, authorization=auth)).status == 200
+    server.clock.advance(3000)
+    refresh = server.final(register("alice", call_id="baresip", cseq=4))
+    assert [c["algorithm"] for c in challenges(refresh)] == ["MD5"]  # remembered for its refreshes
+    assert server.metrics.auth_failures._value.get() == 0
+
+
+def test_a_phone_that_answered_md5_is_offered_sha256_first_next_time_and_keeps_it() -> None:
+    """A client taking the topmost challenge it supports (pjsua2) moves to SHA-256 at its second authentication."""
+    server = FakeServer()
+    assert server.register("alice").status == 200  # answered the topmost: MD5
+    refresh = server.final(register("alice", cseq=3))
+    assert [c["algorithm"] for c in challenges(refresh)] == ["SHA-256", "MD5"]
+    auth = authorization(refresh, "alice", "alice-pw", "REGISTER", "sip:example.test")  # the topmost: SHA-256
+    assert "algorithm=SHA-256" in auth
+    assert server.final(register("alice", cseq=4, authorization=auth)).status == 200
+    again = server.final(register("alice", cseq=5))
+    assert [c["algorithm"] for c in challenges(again)] == ["SHA-256", "MD5"]
+
+
+def test_a_phone_that_never_answers_a_challenge_is_logged_once() -> None:
+    server = FakeServer(security_settings=settings(unanswered_challenges=3))
+    with capturedLogs() as events:
+        for n in range(6):
+            assert server.final(register("alice", call_id="no-password", cseq=n + 1)).status == 401
+            server.clock.advance(30)
+    said = [e for e in events if "unanswered" in e["log_format"] or "did not answer" in e["log_format"]]
+    assert all(e["log_level"] == LogLevel.info for e in said)
+    assert [e["times"] for e in said] == [1, 3]  # "did not answer ... MD5 alone", then "left 3 unanswered"
+    assert "has left {times} challenges" in said[1]["log_format"]
+
+
+def test_sha256_alone_is_offered_when_configured() -> None:
+    server = FakeServer(security_settings=settings(algorithms=("SHA-256",)))
+    response = server.final(register("alice"))
+    assert [c["algorithm"] for c in challenges(response)] == ["SHA-256"]
+    assert server.register("alice", cseq=3).status == 200
