@@ -5,7 +5,7 @@ from __future__ import annotations
 from sipproxy.security.challenges import ChallengePolicy, Phone, Unanswered
 
 BOTH = ("SHA-256", "MD5")
-ALICE = Phone("192.0.2.7", "alice")
+ALICE = Phone("192.0.2.7", 5060, "alice")
 
 
 def policy(algorithms: tuple[str, ...] = BOTH, **kw: object) -> ChallengePolicy:
@@ -15,7 +15,10 @@ def policy(algorithms: tuple[str, ...] = BOTH, **kw: object) -> ChallengePolicy:
 def test_a_phone_never_seen_gets_md5_first_and_sha256_second() -> None:
     """Clients that read only the first challenge (sipsak, sipp) find MD5 there."""
     assert policy().offer(ALICE, 0.0) == ("MD5", "SHA-256")
-    assert policy().offer(Phone("192.0.2.8", "nobody"), 0.0) == ("MD5", "SHA-256")  # whether the user exists or not
+    assert policy().offer(Phone("192.0.2.8", 5060, "nobody"), 0.0) == (
+        "MD5",
+        "SHA-256",
+    )  # whether the user exists or not
 
 
 def test_a_phone_that_answered_sha256_gets_it_first_from_then_on() -> None:
@@ -94,5 +97,13 @@ def test_memory_is_bounded_and_forgets_idle_phones() -> None:
     assert p.offer(ALICE, 2.0) == ("SHA-256", "MD5")
     assert p.offer(ALICE, 3700.0) == ("MD5", "SHA-256")  # not seen for over an hour: a stranger again
     for n in range(100):
-        p.offer(Phone(f"198.51.100.{n}", "x"), 4000.0)
+        p.offer(Phone(f"198.51.100.{n}", 5060, "x"), 4000.0)
     assert len(p) == 10
+
+
+def test_a_new_port_is_a_new_phone() -> None:
+    """A one-shot tool (sipsak, sipp) runs from a new port each time and finds MD5 on top again."""
+    p = policy()
+    p.offer(ALICE, 0.0)
+    p.answered(ALICE, "MD5", 1.0, authenticated=True)
+    assert p.offer(ALICE._replace(port=40001), 10.0) == ("MD5", "SHA-256")

@@ -133,7 +133,7 @@ class Authentication:
     def _authenticate(self, request: Request, source: Source, user: str, status: int, aor: str | None) -> str:
         now = self.clock.seconds()
         host, port = source.host, source.port
-        phone = Phone(source_key(host), user)
+        phone, client = Phone(host, port, user), source_key(host)
         if self.blocks.address_blocked(host, port, now):  # the guard refuses these first
             self.metrics.inc(self.metrics.blocked, "auth")
             raise SipError(403, BLOCKED)
@@ -153,7 +153,7 @@ class Authentication:
                 port=port,
             )
             raise SipError(403, BLOCKED)
-        result = self.digest.verify(value, request.method, self.realm, now, client=phone.key)
+        result = self.digest.verify(value, request.method, self.realm, now, client=client)
         if result.ok:  # failures are not forgotten on success: they age out after failure_window
             assert result.username is not None
             self.challenges.answered(phone, result.algorithm, now, authenticated=True)
@@ -273,9 +273,10 @@ class Authentication:
             )
 
     def _challenge(self, status: int, phone: Phone, now: float, stale: bool = False) -> SipError:
+        """The 401/407 for ``phone``: its challenges in its order, with a nonce bound to its address."""
         header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         order = self.challenges.offer(phone, now)
-        values = self.digest.challenge(self.realm, now, stale=stale, client=phone.key, algorithms=order)
+        values = self.digest.challenge(self.realm, now, stale=stale, client=source_key(phone.host), algorithms=order)
         return SipError(status, None, [(header, value) for value in values])
 
     def _consume_credentials(self, request: Request) -> None:

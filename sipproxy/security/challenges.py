@@ -17,8 +17,10 @@ ends of that:
   supports, SHA-256 included.
 
 So the order is the server's preference *for this phone*, learnt from what
-the phone did.  A phone is a source address (an IPv6 /64) with a user name
-(the To user of a REGISTER, the From user of a proxied request):
+the phone did.  A phone is a source (address and port, as a phone keeps its
+port and its NAT binding) with a user name (the To user of a REGISTER, the
+From user of a proxied request); a one-shot tool starts each run from a new
+port and is a new phone each time:
 
 - a phone we know nothing about gets the weakest algorithm first and the
   strongest after it (``MD5, SHA-256`` with the default
@@ -55,9 +57,10 @@ __all__ = ["ChallengePolicy", "Phone", "Unanswered"]
 
 
 class Phone(NamedTuple):
-    """Who is challenged: the source address key (``source_key``) and the user name ("" if none)."""
+    """Who is challenged: the source address and port, and the user name ("" if none)."""
 
-    key: str
+    host: str
+    port: int
     user: str
 
 
