@@ -448,7 +448,12 @@ def build_core(
         authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
         flow_open=flow_open,
-        dialog_token=security.dialog_token,  # always: the overload guard lets our dialogs through by it
+        # Our Record-Route is signed where something reads the signature: the
+        # 407 hook (in-dialog requests of authenticated dialogs pass) and the
+        # overload guard (requests of dialogs already up are never shed).
+        dialog_token=(
+            security.dialog_token if security.users is not None or security.settings.overload_lag else None
+        ),
     )
     stack.proxy = proxy
     # In flight: requests still waiting for their final response.  Finished
