@@ -22,18 +22,16 @@ from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
 from sipproxy.location.log import BindingLog
 from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
-from sipproxy.message import ParseError, Request, Response, _accel
+from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
-from sipproxy.security import Guard, ReactorLag, Security, build_security
+from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
 from sipproxy.startup import StartupError, WebListener, bind_sip, open_database
-from sipproxy.transaction import Source, Target, TransactionLayer, TransactionSink
+from sipproxy.transaction import Target, TransactionLayer, TransactionSink
 from sipproxy.transport import (
     DatagramSender,
-    MessageSink,
-    Reply,
     Resolver,
     SipListeners,
     StreamSender,
@@ -54,25 +52,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="sipproxy")
-
-
-class LagWatch(Service):
-    """Runs a :class:`ReactorLag` while the server runs (``--overload-lag``)."""
-
-    def __init__(self, lag: ReactorLag) -> None:
-        self.lag = lag
-
-    def startService(self) -> None:
-        super().startService()
-        self.lag.start()
-        log.info(
-            "Overload protection: new requests get 503 while the reactor runs over {ms:.0f} ms behind",
-            ms=self.lag.threshold * 1000,
-        )
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.lag.stop()
 
 
 class SipProxyService(MultiService):
@@ -124,27 +103,6 @@ class SipCore:
     stack: SipStack
     transactions: TransactionLayer
     proxy: Proxy
-
-
-class GuardSink:
-    """The admission guard as a filter in front of the next message sink (the transaction layer).
-
-    A stand-in until ``sipproxy.security``'s ``Guard`` is a
-    ``MessageSink`` itself: what the guard refuses it answers through
-    ``reply`` (the transport's ``send_to_source``) or drops.
-    """
-
-    def __init__(self, guard: Guard, next: MessageSink, reply: Reply) -> None:
-        self.guard = guard
-        self.next = next
-        self.reply = reply
-
-    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
-        if self.guard.admit(message, source, size, self.reply):
-            self.next.message_received(message, source, size)
-
-    def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
-        return self.guard.admit(None, source, size, self.reply) and self.next.unparseable(error, source, size)
 
 
 def build_core(
@@ -201,7 +159,10 @@ def build_core(
         authorize=security.proxy_hook,
         log=Logger(namespace="sipproxy.proxy"),
         flow_open=transport.has_flow,
-        dialog_token=security.dialog_token if security.users is not None else None,
+        # Our Record-Route is signed where something reads the signature: the
+        # 407 hook (in-dialog requests of authenticated dialogs pass) and the
+        # overload guard (requests of dialogs already up are never shed).
+        dialog_token=(security.dialog_token if security.users is not None or security.settings.overload_lag else None),
     )
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
@@ -216,10 +177,12 @@ def build_core(
     # guard, below the transactions, reads the load above them: requests
     # still waiting for their final response (finished transactions that only
     # absorb retransmissions, Timer J's 32 s, are no load).
-    transport.sink = GuardSink(security.guard, TransactionSink(transactions, metrics), transport.send_to_source)
+    guard = security.guard
+    guard.sink, guard.reply = TransactionSink(transactions, metrics), transport.send_to_source
+    transport.sink = guard
     stack.proxy = proxy
-    security.guard.in_flight = proxy.active_contexts
-    security.guard.is_retransmission = transactions.is_retransmission
+    guard.in_flight = proxy.active_contexts
+    guard.is_retransmission = transactions.is_retransmission
     return SipCore(clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy)
 
 
@@ -269,10 +232,9 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     )
     listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
     services.append(listeners)
-    if options.get("overload-lag"):
-        lag = ReactorLag(reactor, float(options["overload-lag"]))
-        services.append(LagWatch(lag))
-        security.guard.lagging = lag
+    lag_watch = security.overload_service()  # --overload-lag
+    if lag_watch is not None:
+        services.append(lag_watch)
 
     def healthy() -> bool:
         return listeners.listening > 0 and not store.last_commit_failed

@@ -94,10 +94,22 @@ class Options(usage.Options):
             "digest-algorithms",
             None,
             "SHA-256,MD5",
-            "Digest algorithms offered with --users, strongest first (SHA-256, MD5).",
+            "Digest algorithms offered with --users (SHA-256 and/or MD5). With both, a phone not seen before "
+            "gets MD5 first and SHA-256 second, one that answered SHA-256 gets it first (see README, Security).",
         ],
-        ["max-failures", None, "10", "Failed authentications within 5 minutes that block the address (or user name)."],
-        ["block-time", None, "900", "Seconds a blocked address or user name stays blocked (its requests get 403)."],
+        [
+            "max-failures",
+            None,
+            "10",
+            "Failed authentications within 5 minutes that block a phone (address and user name) or a user name; "
+            "failures for this many user names from one address block the address.",
+        ],
+        [
+            "block-time",
+            None,
+            "900",
+            "Seconds a blocked phone, user name or address stays blocked (its requests get 403).",
+        ],
         [
             "rate-limit",
             None,
@@ -161,8 +173,8 @@ class Options(usage.Options):
         self._security_options()
 
     def _security_options(self) -> None:
-        from sipproxy.auth import UserDB
         from sipproxy.auth.digest import canonical_algorithm
+        from sipproxy.security.settings import load_users
 
         for name in ("max-failures", "block-time", "max-message-size", "max-transactions"):
             self[name] = _positive(name, self[name])
@@ -179,7 +191,7 @@ class Options(usage.Options):
             raise usage.UsageError("--realm must not be empty")
         if self["users"]:
             try:
-                UserDB.load(self["users"])
+                self["users-db"] = load_users(self["users"])  # read once: build_security takes it from here
             except OSError as error:
                 raise usage.UsageError(f"--users {self['users']}: cannot read it: {error.strerror}") from None
             except (UnicodeDecodeError, ValueError) as error:

@@ -55,14 +55,14 @@ class TestFailureTracker:
         assert tracker.blocked_until(IP, 50.0) == 100.0
         assert tracker.blocks_total == 1
 
-    def test_success_clears_failures(self) -> None:
-        tracker = FailureTracker(max_failures=3)
+    def test_failures_counts_those_within_the_window(self) -> None:
+        tracker = FailureTracker(max_failures=3, window=60.0)
+        assert tracker.failures("user:bob", 0.0) == 0
         tracker.record_failure("user:bob", 0.0)
-        tracker.record_failure("user:bob", 1.0)
-        tracker.record_success("user:bob", 2.0)
-        assert tracker.record_failure("user:bob", 3.0) is False
-        assert tracker.record_failure("user:bob", 4.0) is False
-        assert tracker.record_failure("user:bob", 5.0) is True
+        tracker.record_failure("user:bob", 30.0)
+        assert tracker.failures("user:bob", 59.0) == 2
+        assert tracker.failures("user:bob", 61.0) == 1
+        assert tracker.failures("user:alice", 61.0) == 0
 
     def test_memory_is_bounded(self) -> None:
         tracker = FailureTracker(max_failures=5, window=60.0, max_keys=100)

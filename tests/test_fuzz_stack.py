@@ -2,7 +2,7 @@
 
 Each example builds a server in memory the way ``service.build_service`` does
 (TransportLayer, TransactionLayer, SipStack, Registrar, Proxy, LocationStore,
-Security; see ``test_security.FakeServer``) with authentication on, registers
+Security; see ``security_fakes.FakeServer``) with authentication on, registers
 three users through the real digest exchange, then sends it a few mutated
 messages -- byte flips, truncation, duplicated headers, random header values,
 inserted and deleted lines -- through the UDP entry point
@@ -31,13 +31,13 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, capturedLogs
 
 try:
-    from tests import test_security
-    from tests.test_security import ALICE_ADDR, BOB_ADDR, FakeServer, authorization, register, request
-    from tests.test_security import settings as security_settings
+    from tests import security_fakes
+    from tests.security_fakes import ALICE_ADDR, BOB_ADDR, FakeServer, authorization, register, request
+    from tests.security_fakes import settings as security_settings
 except ImportError:  # pragma: no cover
-    import test_security  # type: ignore[no-redef]
-    from test_security import ALICE_ADDR, BOB_ADDR, FakeServer, authorization, register, request  # type: ignore[no-redef]
-    from test_security import settings as security_settings  # type: ignore[no-redef]
+    import security_fakes  # type: ignore[no-redef]
+    from security_fakes import ALICE_ADDR, BOB_ADDR, FakeServer, authorization, register, request  # type: ignore[no-redef]
+    from security_fakes import settings as security_settings  # type: ignore[no-redef]
 
 from sipproxy.transport import SipStreamFactory, SipStreamProtocol
 
@@ -226,7 +226,7 @@ class Stream:
 
 
 def fuzz_server(**kw: Any) -> tuple[FakeServer, set[tuple[str, str]]]:
-    test_security._branches = iter(range(1, 10**9))  # the same branches every example
+    security_fakes._branches = iter(range(1, 10**9))  # the same branches every example
     server = FakeServer(random_bytes=lambda n: b"\x5a" * n, **kw)  # and the same nonces
     server.registrar._log = Logger(namespace="sipproxy.registrar")  # the real logger, so that bugs show
     server.stack.proxy.log = Logger(namespace="sipproxy.proxy")  # type: ignore[union-attr]

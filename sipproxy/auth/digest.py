@@ -7,9 +7,21 @@ randomness through an injectable callable.
 
 Nonces are self-validating (RFC 7616 §3.3 suggests a time stamp plus a keyed
 hash): ``base64url(timestamp || random || HMAC-SHA256(secret, label ||
-timestamp || random || realm))``, so any worker holding ``secret`` can check
-one without shared state. Only the nonce-count replay table (RFC 7616 §3.4.5)
-is local state, bounded in size.
+timestamp || random || realm || client))``, so any worker holding ``secret``
+can check one without shared state. ``client`` is what the caller binds the
+nonce to (sipproxy: the source address, an IPv6 /64): a nonce is good only
+from where its challenge was sent, so an off-path attacker who spoofs source
+addresses cannot present a nonce of ours for them (RFC 7616 §3.3 mentions
+the client's address; RFC 3261 §26.1.5 the spoofing threat). Only the
+nonce-count replay table (RFC 7616 §3.4.5) is local state, bounded in size.
+
+:class:`AuthResult` says whether a refusal is a *failure* worth counting
+towards blocks: only a wrong answer to a fresh nonce we issued to that
+client. Credentials naming a nonce we never issued (forged, from another
+address, from before a restart) or an expired one cannot be told from
+spoofed packets and are not failures; whether their digest is right is
+still reported (``digest_right``) so that a phone holding an old nonce is
+challenged again with ``stale=true`` instead of being asked for a password.
 """
 
 from __future__ import annotations
@@ -23,9 +35,11 @@ import math
 import re
 import secrets
 import struct
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from sipproxy.auth.params import parse_auth_params, quote
 
 if TYPE_CHECKING:
     from sipproxy.auth.users import UserDB
@@ -40,19 +54,6 @@ __all__ = [
     "parse_auth_params",
 ]
 
-MAX_HEADER_LENGTH = 8192
-MAX_AUTH_PARAMS = 64
-
-# RFC 7230 §3.2.6 tchar (a superset of the RFC 3261 §25.1 token characters).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# LWS as RFC 3261 §25.1; line folding is accepted in any form.
-_LWS = re.compile(r"[ \t\r\n]*")
-# quoted-string = DQUOTE *(qdtext / quoted-pair) DQUOTE (RFC 3261 §25.1),
-# refusing control characters (and lone surrogates) in both alternatives.
-_QUOTED_STRING = re.compile(
-    r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]|\\[^\x00-\x08\x0a-\x1f\x7f\ud800-\udfff])*)"'
-)
-_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 _NC = re.compile(r"[0-9a-fA-F]{8}")
 
 _HASHLIB_NAMES = {"MD5": "md5", "SHA-256": "sha256"}
@@ -76,79 +77,6 @@ _NONCE_SHAPE = re.compile(rf"[A-Za-z0-9_-]{{{_NONCE_CHARS}}}")
 _MAX_CLOCK_SKEW = 5.0
 _NO_QOP_USE = 1 << 32
 _MIN_SECRET_BYTES = 16
-
-
-def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
-    """Split a credentials/challenge header value into scheme and parameters.
-
-    RFC 3261 §25.1: ``auth-scheme LWS auth-param *(COMMA auth-param)`` with
-    ``auth-param = token EQUAL (token / quoted-string)``. Parameter names are
-    lowercased; quoted values are unquoted with quoted-pairs resolved. Empty
-    list elements are skipped (RFC 7230 §7). Anything else, including
-    duplicate parameters, raises ValueError and nothing else.
-    """
-    if len(value) > MAX_HEADER_LENGTH:
-        raise ValueError("authorization header value too long")
-    scheme, pos = _read_token(value, _skip_lws(value, 0), "auth-scheme")
-    after_scheme = _skip_lws(value, pos)
-    if after_scheme == pos or after_scheme == len(value):
-        raise ValueError("expected auth-params after the auth-scheme")
-    params: dict[str, str] = {}
-    pos = after_scheme
-    while True:
-        name, param_value, pos = _read_auth_param(value, pos)
-        if name in params:
-            raise ValueError(f"duplicate auth-param {name!r}")
-        if len(params) >= MAX_AUTH_PARAMS:
-            raise ValueError("too many auth-params")
-        params[name] = param_value
-        pos, more = _skip_comma(value, pos)
-        if not more:
-            return scheme, params
-
-
-def _skip_lws(value: str, pos: int) -> int:
-    match = _LWS.match(value, pos)
-    return match.end() if match is not None else pos
-
-
-def _read_token(value: str, pos: int, what: str) -> tuple[str, int]:
-    match = _TOKEN.match(value, pos)
-    if match is None:
-        raise ValueError(f"expected {what} at offset {pos}")
-    return match.group(), match.end()
-
-
-def _read_auth_param(value: str, pos: int) -> tuple[str, str, int]:
-    name, pos = _read_token(value, pos, "auth-param name")
-    pos = _skip_lws(value, pos)
-    if not value.startswith("=", pos):
-        raise ValueError(f"expected '=' at offset {pos}")
-    pos = _skip_lws(value, pos + 1)
-    quoted = _QUOTED_STRING.match(value, pos)
-    if quoted is not None:
-        return name.lower(), _QUOTED_PAIR.sub(r"\1", quoted.group(1)), quoted.end()
-    token, pos = _read_token(value, pos, "token or quoted-string")
-    return name.lower(), token, pos
-
-
-def _skip_comma(value: str, pos: int) -> tuple[int, bool]:
-    """Skip ``LWS "," LWS`` (and empty elements); report whether a param follows."""
-    pos = _skip_lws(value, pos)
-    if pos == len(value):
-        return pos, False
-    if value[pos] != ",":
-        raise ValueError(f"expected ',' at offset {pos}")
-    while pos < len(value) and value[pos] == ",":
-        pos = _skip_lws(value, pos + 1)
-    return pos, pos < len(value)
-
-
-def _quote(value: str) -> str:
-    """Render ``value`` as an RFC 3261 §25.1 quoted-string."""
-    if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
-        raise ValueError(f"control character in quoted value: {value!r}")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def canonical_algorithm(algorithm: str) -> str | None:
@@ -225,12 +153,25 @@ class AuthResult:
     means the digest was right but the nonce is no longer usable: challenge
     again with ``stale=True`` (RFC 7616 §3.3) instead of treating it as a
     failed guess.
+
+    The last three fields take no part in comparisons: ``algorithm`` is the
+    one the credentials used (when it could be read); ``failure`` is true
+    only for a wrong answer (wrong password, unknown user) to a fresh nonce
+    we issued to this client -- the one refusal that counts towards blocks
+    (a user without an HA1 for the algorithm is our file's gap, not a
+    guess); ``digest_right`` is true when the response
+    matches the stored HA1 whatever the nonce (a "bad nonce" with a right
+    digest comes from a phone holding a nonce from before a restart or from
+    another address: challenge it again, stale).
     """
 
     ok: bool
     username: str | None
     stale: bool
     reason: str
+    algorithm: str | None = field(default=None, compare=False)
+    failure: bool = field(default=False, compare=False)
+    digest_right: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,9 +188,26 @@ class _Credentials:
 
 
 class _Rejected(Exception):
-    def __init__(self, reason: str, username: str | None = None, *, stale: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        username: str | None = None,
+        *,
+        stale: bool = False,
+        algorithm: str | None = None,
+        failure: bool = False,
+        digest_right: bool = False,
+    ) -> None:
         super().__init__(reason)
-        self.result = AuthResult(ok=False, username=username, stale=stale, reason=reason)
+        self.result = AuthResult(
+            ok=False,
+            username=username,
+            stale=stale,
+            reason=reason,
+            algorithm=algorithm,
+            failure=failure,
+            digest_right=digest_right,
+        )
 
 
 def _credentials_from_params(params: dict[str, str]) -> _Credentials:
@@ -260,7 +218,7 @@ def _credentials_from_params(params: dict[str, str]) -> _Credentials:
         raise _Rejected("malformed credentials", username)
     algorithm = canonical_algorithm(params.get("algorithm", "MD5"))
     if algorithm is None:
-        raise _Rejected("unsupported algorithm", username)
+        raise _Rejected("unsupported algorithm", username, algorithm=params.get("algorithm"))
     qop, nc, cnonce = params.get("qop"), params.get("nc"), params.get("cnonce")
     if qop is not None:
         if qop.lower() != "auth":
@@ -381,45 +339,66 @@ class DigestAuthenticator:
         """Number of nonces in the replay table (a gauge for metrics)."""
         return len(self._nonce_counts)
 
-    def challenge(self, realm: str, now: float, stale: bool = False) -> list[str]:
+    def challenge(
+        self,
+        realm: str,
+        now: float,
+        stale: bool = False,
+        *,
+        client: str = "",
+        algorithms: Sequence[str] | None = None,
+    ) -> list[str]:
         """Header values for WWW-Authenticate (401) or Proxy-Authenticate (407).
 
-        One challenge per algorithm, strongest first (RFC 8760 §2.4, RFC 7616
-        §3.7), sharing one fresh nonce. The form never depends on who asks,
-        so unknown users cannot be told apart from known ones.
+        One challenge per algorithm sharing one fresh nonce, bound to
+        ``client``; in ``algorithms`` order when given (a subset of the
+        configured ones: the caller's per-phone preference, RFC 8760 §2.3),
+        else strongest first. The form never depends on the user name, so
+        unknown users cannot be told apart from known ones.
         """
-        nonce = self._make_nonce(realm, now)
-        common = f'realm={_quote(realm)}, qop="auth"'
-        tail = f"nonce={_quote(nonce)}, opaque={_quote(self._opaque(realm))}"
+        offered = self._algorithms if algorithms is None else tuple(algorithms)
+        if not offered or any(a not in self._algorithms for a in offered):
+            raise ValueError(f"can only offer configured algorithms {self._algorithms}, not {offered}")
+        nonce = self._make_nonce(realm, client, now)
+        common = f'realm={quote(realm)}, qop="auth"'
+        tail = f"nonce={quote(nonce)}, opaque={quote(self._opaque(realm))}"
         if stale:
             tail += ", stale=true"
-        return [f"Digest {common}, algorithm={algorithm}, {tail}" for algorithm in self._algorithms]
+        return [f"Digest {common}, algorithm={algorithm}, {tail}" for algorithm in offered]
 
-    def verify(self, header_value: str, method: str, realm: str, now: float) -> AuthResult:
+    def verify(self, header_value: str, method: str, realm: str, now: float, *, client: str = "") -> AuthResult:
         """Check an Authorization/Proxy-Authorization value (RFC 3261 §22.4).
 
-        Order: syntax, realm, algorithm and qop, nonce integrity, the digest
-        itself, then freshness and nonce-count replay. A stale nonce is
-        reported as stale only when the digest is right (RFC 2617 §3.2.1),
-        so a wrong guess never earns a silent retry.
+        Order: syntax, realm, algorithm and qop, nonce integrity (issued by
+        us, for ``realm`` and ``client``), the digest itself, then freshness
+        and nonce-count replay. A stale nonce is reported as stale only when
+        the digest is right (RFC 2617 §3.2.1), so a wrong guess never earns
+        a silent retry; it is no ``failure`` either.
         """
         try:
-            return self._verify(header_value, method, realm, now)
+            return self._verify(header_value, method, realm, now, client)
         except _Rejected as rejected:
             return rejected.result
 
-    def _verify(self, header_value: str, method: str, realm: str, now: float) -> AuthResult:
+    def _verify(self, header_value: str, method: str, realm: str, now: float, client: str) -> AuthResult:
         creds = self._parse(header_value)
         user = creds.username
         if creds.realm != realm:
-            raise _Rejected("wrong realm", user)
+            raise _Rejected("wrong realm", user, algorithm=creds.algorithm)
         if creds.algorithm not in self._algorithms:
-            raise _Rejected("unsupported algorithm", user)
-        issued = self._nonce_issued(creds, realm, now)
-        self._check_digest(creds, method)
+            raise _Rejected("unsupported algorithm", user, algorithm=creds.algorithm)
+        issued = self._decode_nonce(creds.nonce, realm, client)
+        if issued is None or issued > now + _MAX_CLOCK_SKEW:
+            right = self._digest_problem(creds, method) is None
+            raise _Rejected("bad nonce", user, algorithm=creds.algorithm, digest_right=right)
+        fresh = now - issued <= self._nonce_lifetime and issued > self._nonce_counts.floor
+        problem = self._digest_problem(creds, method)
+        if problem is not None:
+            guess = fresh and not problem.endswith("credentials for user")  # our file lacks the HA1: no guess
+            raise _Rejected(problem, user, algorithm=creds.algorithm, failure=guess)
         self._check_fresh(creds, issued, now)
         self._nonce_counts.record(creds.nonce, issued, self._count(creds))
-        return AuthResult(ok=True, username=user, stale=False, reason="ok")
+        return AuthResult(ok=True, username=user, stale=False, reason="ok", algorithm=creds.algorithm)
 
     @staticmethod
     def _parse(header_value: str) -> _Credentials:
@@ -431,7 +410,12 @@ class DigestAuthenticator:
             raise _Rejected("malformed credentials", params.get("username"))
         return _credentials_from_params(params)
 
-    def _check_digest(self, creds: _Credentials, method: str) -> None:
+    def _digest_problem(self, creds: _Credentials, method: str) -> str | None:
+        """The one digest check: ``None`` when the response matches the stored HA1, else why not.
+
+        Unknown users and users without an HA1 for the algorithm are
+        computed against a stand-in HA1, so they cost the same work.
+        """
         entry = self._users.get(creds.username, creds.realm) if self._users is not None else None
         stored = entry.ha1(creds.algorithm) if entry is not None else None
         expected = compute_response(
@@ -444,28 +428,28 @@ class DigestAuthenticator:
             creds.cnonce,
             creds.qop,
         )
-        matches = hmac.compare_digest(expected.encode("ascii"), creds.response.lower().encode("utf-8"))
+        matches = hmac.compare_digest(expected.encode("ascii"), creds.response.lower().encode("utf-8", "replace"))
         if entry is None:
-            raise _Rejected("no such user", creds.username)
+            return "no such user"
         if stored is None:
-            raise _Rejected(f"no {creds.algorithm} credentials for user", creds.username)
+            return f"no {creds.algorithm} credentials for user"
         if not matches:
-            raise _Rejected("wrong password", creds.username)
+            return "wrong password"
+        return None
 
     def _check_fresh(self, creds: _Credentials, issued: float, now: float) -> None:
-        if now - issued > self._nonce_lifetime:
-            raise _Rejected("stale nonce", creds.username, stale=True)
+        """The digest is right: is the nonce still usable (RFC 7616 §3.3, §3.4.5)?"""
         counts = self._nonce_counts
         counts.prune(now, self._nonce_lifetime)
         last = counts.last(creds.nonce)
         count = self._count(creds)
-        if last is None:
-            if issued <= counts.floor:
-                raise _Rejected("stale nonce", creds.username, stale=True)
-            if count < 1:
-                raise _Rejected("nonce replay", creds.username)
-        elif creds.qop is None or count <= last:
-            raise _Rejected("nonce replay", creds.username)
+        if now - issued > self._nonce_lifetime or (last is None and issued <= counts.floor):
+            reason, stale = "stale nonce", True
+        elif (last is None and count < 1) or (last is not None and (creds.qop is None or count <= last)):
+            reason, stale = "nonce replay", False
+        else:
+            return
+        raise _Rejected(reason, creds.username, stale=stale, algorithm=creds.algorithm, digest_right=True)
 
     @staticmethod
     def _count(creds: _Credentials) -> int:
@@ -477,27 +461,22 @@ class DigestAuthenticator:
         key = f"{creds.username}:{creds.realm}".encode()
         return _hash(creds.algorithm, hmac.new(self._secret, _DUMMY_LABEL + key, hashlib.sha256).hexdigest())
 
-    def _mac(self, label: bytes, payload: bytes, realm: str) -> bytes:
-        return hmac.new(self._secret, label + payload + realm.encode("utf-8"), hashlib.sha256).digest()
+    def _mac(self, label: bytes, payload: bytes, realm: str, client: str = "") -> bytes:
+        bound = realm.encode("utf-8") + (b"\x00" + client.encode("utf-8", "surrogateescape") if client else b"")
+        return hmac.new(self._secret, label + payload + bound, hashlib.sha256).digest()
 
-    def _make_nonce(self, realm: str, now: float) -> str:
+    def _make_nonce(self, realm: str, client: str, now: float) -> str:
         if not math.isfinite(now):
             raise ValueError("now must be finite")
         payload = _TIMESTAMP.pack(now) + self._random_bytes(_RANDOM_BYTES)
-        return _b64encode(payload + self._mac(_NONCE_LABEL, payload, realm))
+        return _b64encode(payload + self._mac(_NONCE_LABEL, payload, realm, client))
 
     def _opaque(self, realm: str) -> str:
         """A fixed per-realm opaque; state lives in the nonce, so it is not checked."""
         return _b64encode(self._mac(_OPAQUE_LABEL, b"", realm)[:12])
 
-    def _nonce_issued(self, creds: _Credentials, realm: str, now: float) -> float:
-        """Issue time of a nonce we made for ``realm``; 'bad nonce' otherwise."""
-        issued = self._decode_nonce(creds.nonce, realm)
-        if issued is None or issued > now + _MAX_CLOCK_SKEW:
-            raise _Rejected("bad nonce", creds.username)
-        return issued
-
-    def _decode_nonce(self, nonce: str, realm: str) -> float | None:
+    def _decode_nonce(self, nonce: str, realm: str, client: str) -> float | None:
+        """Issue time of a nonce we made for ``realm`` and ``client``, else ``None``."""
         if not _NONCE_SHAPE.fullmatch(nonce):
             return None
         try:
@@ -507,7 +486,7 @@ class DigestAuthenticator:
         if len(raw) != _NONCE_BYTES or _b64encode(raw) != nonce:
             return None
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not hmac.compare_digest(mac, self._mac(_NONCE_LABEL, payload, realm)):
+        if not hmac.compare_digest(mac, self._mac(_NONCE_LABEL, payload, realm, client)):
             return None
         (issued,) = _TIMESTAMP.unpack_from(payload)
         return float(issued) if math.isfinite(issued) else None

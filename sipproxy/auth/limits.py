@@ -24,8 +24,9 @@ def _check_positive(name: str, value: float) -> None:
 class FailureTracker:
     """Block a key after ``max_failures`` failures within ``window`` seconds.
 
-    A block lasts ``block_for`` seconds. Successes clear the failure history
-    but do not lift a block (callers reject blocked keys before verifying).
+    A block lasts ``block_for`` seconds. A success forgets nothing: failures
+    age out after ``window`` (else a guesser holding one account could
+    interleave logins), and callers reject blocked keys before verifying.
     """
 
     def __init__(
@@ -72,10 +73,11 @@ class FailureTracker:
         self._evict_excess(self._failures)
         return False
 
-    def record_success(self, key: str, now: float) -> None:
-        """Forget the failure history of ``key``."""
+    def failures(self, key: str, now: float) -> int:
+        """Failures of ``key`` within the window at ``now`` (0 while it is blocked)."""
         self._prune(now)
-        self._failures.pop(key, None)
+        times = self._failures.get(key)
+        return sum(1 for t in times if now - t < self.window) if times is not None else 0
 
     def is_blocked(self, key: str, now: float) -> bool:
         """Whether ``key`` is blocked at ``now``."""

@@ -5,10 +5,9 @@ sipvicious scanners ``svwar`` (extension enumeration) and ``svcrack``
 (password guessing), and plain sockets for SHA-256, the rate limit and the
 size limit.
 
-sipp 3.6 and svcrack 0.3.3 read only the first challenge and know only MD5,
-so the tests that drive them start the server with ``--digest-algorithms MD5``
-(the default offers SHA-256 first, RFC 8760; against it svcrack cannot even
-start guessing).
+sipp 3.6, sipsak 0.9.8 and svcrack 0.3.3 read only the first challenge and
+know only MD5; the default challenges put MD5 first for a phone not seen
+before (``sipproxy.security.challenges``), so they work against the defaults.
 """
 
 from __future__ import annotations
@@ -222,6 +221,7 @@ class Phone:
                 return response
 
     def answer(self, challenge: Response, user: str, password: str) -> str:
+        """Answer the topmost challenge (RFC 8760 §2.4), as pjsua2 does."""
         _, offered = parse_auth_params(challenge.get_all("www-authenticate")[0])
         algorithm, nonce, realm = offered["algorithm"], offered["nonce"], offered["realm"]
         uri = f"sip:{DOMAIN}"
@@ -241,24 +241,90 @@ def _challenge_shape(response: Response) -> list[list[str]]:
     ]
 
 
-def test_default_server_offers_sha256_first_and_a_sha256_phone_registers(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+def _offered(challenge: Response) -> list[str]:
+    return [parse_auth_params(value)[1]["algorithm"] for value in challenge.get_all("www-authenticate")]
+
+
+def test_default_server_offers_md5_then_sha256_and_a_sha256_phone_moves_to_sha256(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
     server = server_factory("--users", str(users))
     assert "Digest authentication on: 4 users in realm example.test" in server.log_text()
     phone = Phone(server)
     try:
         challenge = phone.register("alice")
         assert challenge.status == 401
-        offered = [parse_auth_params(value)[1]["algorithm"] for value in challenge.get_all("www-authenticate")]
-        assert offered == ["SHA-256", "MD5"]
+        assert _offered(challenge) == ["MD5", "SHA-256"]  # a phone not seen before: MD5 on top
         unknown = phone.register("nobody")
         assert unknown.status == 401 and _challenge_shape(unknown) == _challenge_shape(challenge)
-        assert phone.register("alice", phone.answer(challenge, "alice", "wrong")).status == 401
-        fresh = phone.register("alice")
-        assert phone.register("alice", phone.answer(fresh, "alice", "alice-secret")).status == 200
+        again = phone.register("alice", phone.answer(challenge, "alice", "wrong"))
+        assert again.status == 401 and _offered(again) == ["MD5", "SHA-256"]
+        assert phone.register("alice", phone.answer(again, "alice", "alice-secret")).status == 200
+        refresh = phone.register("alice")  # it answered MD5: now SHA-256 on top, and the phone takes it
+        assert _offered(refresh) == ["SHA-256", "MD5"]
+        assert phone.register("alice", phone.answer(refresh, "alice", "alice-secret")).status == 200
+        assert _offered(phone.register("alice")) == ["SHA-256", "MD5"]
     finally:
         phone.close()
     assert stored_aors(server) == {f"sip:alice@{DOMAIN}"}
     assert metrics(server)["sip_auth_failures_total"] == 1
+
+
+# -- sipsak and sipp against the defaults (issue 13 item 1) ------------------------------------
+
+
+def _sipsak_register(server: Server, user: str, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            require("sipsak"),
+            "-U",
+            "-x",
+            "600",
+            "-s",
+            f"sip:{user}@{LOOPBACK}:{server.sip_port}",
+            "-a",
+            password,
+            "-u",
+            user,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        check=False,
+    )
+
+
+def test_sipsak_registers_with_the_default_digest_algorithms(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users))
+    for _ in range(2):  # and again: each run is a new phone (a new port), MD5 on top each time
+        result = _sipsak_register(server, "alice", "alice-secret")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert any(aor.startswith(f"sip:alice@{LOOPBACK}") for aor in stored_aors(server))
+    wrong = _sipsak_register(server, "alice", "guess")
+    assert wrong.returncode != 0
+    assert metrics(server)["sip_auth_failures_total"] == 1
+
+
+def test_sipp_registers_with_the_default_digest_algorithms(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users))
+    result = register_with_digest(server, "alice", "alice-secret")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert stored_aors(server) == {f"sip:alice@{DOMAIN}"}
+
+
+def test_a_phone_that_does_not_answer_the_challenge_gets_md5_alone_and_the_log_says_so(
+    server_factory, users: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """What baresip 1.0 does: no answer to a 401 holding a SHA-256 challenge, the same REGISTER again later."""
+    server = server_factory("--users", str(users))
+    phone = Phone(server)
+    try:
+        assert _offered(phone.register("alice", call_id="baresip")) == ["MD5", "SHA-256"]
+        retry = phone.register("alice", call_id="baresip")
+        assert _offered(retry) == ["MD5"]
+        assert phone.register("alice", phone.answer(retry, "alice", "alice-secret"), call_id="baresip").status == 200
+    finally:
+        phone.close()
+    log = server.log_text()
+    assert re.search(rf"alice@127\.0\.0\.1:{phone.port} did not answer the MD5, SHA-256 challenge", log), log[-3000:]
 
 
 def test_open_server_says_so_at_start_up(server) -> None:  # type: ignore[no-untyped-def]
@@ -326,26 +392,20 @@ def test_svcrack_is_blocked_before_it_reaches_the_password(server_factory, users
     output = _svcrack(server, wordlist)
     assert _table(output) == {} and "1234" not in output, output[-3000:]
     log = server.log_text()
-    assert re.search(r"Blocked source 127\.0\.0\.1 for 900 s after 5 failed authentications", log), log[-3000:]
+    assert re.search(r"Blocked user 101 at 127\.0\.0\.1 for 900 s after 5 failed authentications", log), log[-3000:]
     counts = metrics(server)
     assert counts["sip_auth_failures_total"] == 5
     assert counts['sip_blocked_requests_total{reason="auth"}'] >= 1
 
-    # the blocked address is refused even with the right password: a few 403s, then nothing
+    # the blocked phone is refused even with the right password; another user at that address is not
     phone = Phone(server)
-    statuses = []
     try:
-        with pytest.raises(TimeoutError):
-            for _ in range(10):
-                statuses.append(phone.register("101").status)
+        challenge = phone.register("101")
+        assert phone.register("101", phone.answer(challenge, "101", "1234")).status == 403
+        challenge = phone.register("105")
+        assert phone.register("105", phone.answer(challenge, "105", "s3cr3t")).status == 200
     finally:
         phone.close()
-    assert set(statuses) <= {403}
-    other = Phone(server, "127.0.0.2")  # another address is served
-    try:
-        assert other.register("101").status == 401
-    finally:
-        other.close()
     server.stop()
 
     # control: with a generous limit the same run finds the password, so it was the block that stopped it
@@ -353,13 +413,95 @@ def test_svcrack_is_blocked_before_it_reaches_the_password(server_factory, users
     assert _table(_svcrack(generous, wordlist)) == {"101": "1234"}
 
 
-def test_svcrack_cannot_start_against_the_default_sha256_challenge(server_factory, users: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_svcrack_against_the_defaults_is_blocked_before_it_reaches_the_password(
+    server_factory, users: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """MD5 on top lets MD5-only guessers start too; the (address, user) block stops them (``--max-failures`` 10)."""
     server = server_factory("--users", str(users))
     wordlist = tmp_path / "words.txt"
-    wordlist.write_text("1234\n")
+    wordlist.write_text("".join(f"guess{n}\n" for n in range(10)) + "1234\n")  # the right one is the 11th
     output = _svcrack(server, wordlist)
     assert _table(output) == {} and "1234" not in output, output[-3000:]
+    assert metrics(server)["sip_auth_failures_total"] == 10
     assert server.alive()
+
+
+# -- blocks: a phone, not its neighbours; spoofed packets count for nothing --------------------
+
+
+def test_a_wrong_password_blocks_its_phone_not_the_other_users_behind_the_same_address(
+    server_factory, users: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13 item 2: alice's phone with a wrong password and bob's phone behind one address."""
+    server = server_factory("--users", str(users), "--max-failures", "3")
+    alice, bob = Phone(server), Phone(server)
+    try:
+        statuses = []
+        for _ in range(3):
+            challenge = alice.register("alice")
+            statuses.append(alice.register("alice", alice.answer(challenge, "alice", "wrong")).status)
+        assert statuses == [401, 401, 403]
+        challenge = alice.register("alice")
+        assert alice.register("alice", alice.answer(challenge, "alice", "alice-secret")).status == 403
+        challenge = bob.register("bob")
+        assert bob.register("bob", bob.answer(challenge, "bob", "bob-secret")).status == 200
+    finally:
+        alice.close()
+        bob.close()
+    assert "Blocked user alice at 127.0.0.1" in server.log_text()
+    assert "Blocked source" not in server.log_text()
+
+
+def _forged_register(sock: socket.socket, server: Server, user: str, nonce: str, n: int) -> None:
+    host, port = sock.getsockname()
+    value = (
+        f'Digest username="{user}", realm="{DOMAIN}", nonce="{nonce}", uri="sip:{DOMAIN}", '
+        f'response="{"0" * 32}", algorithm=MD5, cnonce="c", nc=00000001, qop=auth'
+    )
+    sock.sendto(
+        (
+            f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-forged-{n};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=f{n}\r\nTo: <sip:{user}@{DOMAIN}>\r\n"
+            f"Call-ID: forged-{n}@{host}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{host}:{port}>\r\n"
+            f"Authorization: {value}\r\nContent-Length: 0\r\n\r\n"
+        ).encode(),
+        (LOOPBACK, server.sip_port),
+    )
+
+
+def test_registers_with_forged_nonces_from_many_addresses_lock_nobody_out(server_factory, users: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 19 item 4: made-up nonces, and a real nonce of the attacker's, sent from other addresses."""
+    server = server_factory("--users", str(users), "--max-failures", "3")
+    bob = Phone(server)  # bob's registered phone
+    try:
+        challenge = bob.register("bob")
+        assert bob.register("bob", bob.answer(challenge, "bob", "bob-secret")).status == 200
+        attacker = Phone(server, "127.0.0.200")  # the one address where its nonce is good
+        try:
+            real_nonce = parse_auth_params(attacker.register("bob").get_all("www-authenticate")[0])[1]["nonce"]
+        finally:
+            attacker.close()
+        n = 0
+        for last in range(2, 14):  # from 127.0.0.2 ... 127.0.0.13, and from bob's own address
+            for address in (f"127.0.0.{last}", LOOPBACK):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind((address, 0))
+                    for nonce in (f"made-up-{n}", real_nonce):
+                        n += 1
+                        _forged_register(sock, server, "bob", nonce, n)
+        # bob's phone refreshes, and bob registers from a new address: neither is blocked
+        challenge = bob.register("bob")
+        assert bob.register("bob", bob.answer(challenge, "bob", "bob-secret")).status == 200
+        elsewhere = Phone(server, "127.0.0.99")
+        try:
+            challenge = elsewhere.register("bob")
+            assert elsewhere.register("bob", elsewhere.answer(challenge, "bob", "bob-secret")).status == 200
+        finally:
+            elsewhere.close()
+    finally:
+        bob.close()
+    assert metrics(server)["sip_auth_failures_total"] == 0, server.log_text()[-6000:]
+    assert "Blocked" not in server.log_text()
 
 
 # -- rate and size limits ------------------------------------------------------------------

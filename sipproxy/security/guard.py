@@ -1,0 +1,237 @@
+# -*- test-case-name: tests.test_security_guard -*-
+"""The admission guard: a filter in front of the message sink, before any transaction state.
+
+RFC 3261 §26.1.5 and §26.4.4 leave defence against flooding to the
+implementation; the guard answers for it with the responses the RFC has
+for it: ``403 Forbidden`` (§21.4.4) for a blocked source, ``503 Service
+Unavailable`` with ``Retry-After`` (§21.5.4, §20.33) over the rate or under
+overload, ``513 Message Too Large`` (§21.5.14).  It is stateless (§8.2.6,
+the response goes straight back to the packet's source) and never answers
+an ACK.  Checked in this order for each message as it arrives:
+
+1. blocked source address (a scanner, see :mod:`sipproxy.security.blocks`):
+   requests get ``403`` (a few, then a few per ``block_for``) or are
+   dropped; responses pass.  A source that itself holds a binding and did
+   not fail is not blocked for what others at its address did.
+2. request rate per source address (token bucket: ``rate`` per second, a
+   burst of ``burst``; both times ``bound_factor`` for an address holding an
+   authenticated binding): over it, ``503`` with ``Retry-After`` (seconds
+   until the bucket is full again) for at most ``reply_burst`` requests and
+   then ``reply_rate`` per second, the rest dropped.  Unparseable messages
+   count against the rate too and are dropped (no 400) when over it.
+3. message size: a request larger than ``max_message_size`` bytes gets
+   ``513``; a larger response is dropped.
+4. transactions in flight: a new request (not ACK or CANCEL) while
+   ``max_transactions`` proxied requests await their final response gets
+   ``503`` with ``Retry-After``, unless it retransmits a request already
+   taken; so does one while the reactor lags (``--overload-lag``), unless it
+   belongs to a dialog we record-routed (:mod:`sipproxy.security.dialog`).
+
+The guard has the shape of the transport's ``MessageSink``
+(``message_received`` and ``unparseable``) and passes what it admits on to
+the next sink; :meth:`Guard.admit` is the decision alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from sipproxy.auth import RateLimiter
+from sipproxy.message import ParseError, Request, Response, make_response
+from sipproxy.metrics import Metrics
+from sipproxy.net import Clock, Source
+from sipproxy.randomness import random_hex
+from sipproxy.security.settings import SecuritySettings
+from sipproxy.security.sources import Throttle, source_key
+from sipproxy.transport.sink import MessageSink, Reply
+
+__all__ = ["Guard", "MessageSink", "Reply"]
+
+
+class Guard:
+    """The early check: every message from the network, before any transaction state (see the module docstring)."""
+
+    log = Logger(namespace="sipproxy.security")
+
+    def __init__(
+        self,
+        settings: SecuritySettings,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        sink: MessageSink | None = None,
+        reply: Reply | None = None,
+        is_blocked: Callable[[Source, float], bool] = lambda source, now: False,
+        holds_binding: Callable[[str], bool] = lambda key: False,
+        in_flight: Callable[[], int] = lambda: 0,
+        is_retransmission: Callable[[Request], bool] = lambda request: False,
+        lagging: Callable[[], float | None] = lambda: None,
+        in_dialog: Callable[[Request], bool] = lambda request: False,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.sink = sink
+        """The next sink: what the guard admits goes there."""
+        self.reply = reply
+        """How the guard answers a refused request (straight back to the packet's source)."""
+        self.is_blocked = is_blocked
+        self.holds_binding = holds_binding
+        self.in_flight = in_flight
+        self.is_retransmission = is_retransmission
+        """Retransmissions of requests already taken are never refused for overload."""
+        self.lagging = lagging
+        """How far behind the reactor runs, in seconds, when it is overloaded (``ReactorLag``); else ``None``."""
+        self.in_dialog = in_dialog
+        """Does the request belong to a dialog we record-routed (``DialogRoutes.follows_our_record_route``)?"""
+        self.rate: RateLimiter | None = None
+        if settings.rate is not None:
+            self.rate = RateLimiter(settings.rate, settings.effective_burst)
+        self.replies = RateLimiter(settings.reply_rate, settings.reply_burst)
+        self.blocked_replies = RateLimiter(settings.reply_burst / settings.block_for, settings.reply_burst)
+        self._log_once = Throttle(settings.log_every)
+
+    # -- the MessageSink shape -------------------------------------------------
+
+    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+        """Pass ``message`` on to the next sink if it is admitted; what is refused was answered or dropped."""
+        if self.admit(message, source, size) and self.sink is not None:
+            self.sink.message_received(message, source, size)
+
+    def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
+        """``False`` (drop silently) for a blocked source or over the rate; else what the next sink says."""
+        if not self.admit(None, source, size):
+            return False
+        return self.sink.unparseable(error, source, size) if self.sink is not None else True
+
+    # -- the decision ------------------------------------------------------------
+
+    def admit(self, message: Request | Response | None, source: Source, size: int, reply: Reply | None = None) -> bool:
+        """May ``message`` (``size`` bytes from ``source``) go on to the transaction layer?
+
+        ``message`` is ``None`` for what did not parse: then only the block
+        and the rate apply (both drop silently), and ``True`` lets the
+        transport send its 400.  Refusals are answered through ``reply``
+        (default: the guard's own).  Never raises.
+        """
+        try:
+            return self._admit(message, source, size, reply or self.reply or _no_reply)
+        except Exception:
+            self.log.failure("Bug in the security guard for {host}:{port}", host=source.host, port=source.port)
+            return True
+
+    def _admit(self, message: Request | Response | None, source: Source, size: int, reply: Reply) -> bool:
+        if isinstance(message, Response):
+            if size > self.settings.max_message_size:
+                self._note("size", source, "Dropped a {size}-byte response from {host}:{port}", size=size)
+                return False
+            return True
+        now = self.clock.seconds()
+        key = source_key(source.host)
+        request = message if isinstance(message, Request) else None
+        method = request.method if request is not None else None
+
+        if self.is_blocked(source, now):
+            self.metrics.inc(self.metrics.blocked, "auth")
+            if request is not None and method != "ACK" and self.blocked_replies.allow(key, now):
+                reply(_response(request, 403, "Forbidden (blocked)"), source)
+            return False
+        if self.rate is not None and not self._within_rate(request, source, key, now, reply):
+            return False
+        if request is None:
+            return True
+        if size > self.settings.max_message_size:
+            self.metrics.inc(self.metrics.blocked, "size")
+            self._note(
+                "size",
+                source,
+                "Refused a {size}-byte {method} from {host}:{port} (limit {limit}): 513",
+                size=size,
+                method=method,
+                limit=self.settings.max_message_size,
+            )
+            if method != "ACK":
+                reply(_response(request, 513, None), source)
+            return False
+        if method in ("ACK", "CANCEL"):
+            return True
+        return self._not_overloaded(request, source, now, reply)
+
+    def _within_rate(self, request: Request | None, source: Source, key: str, now: float, reply: Reply) -> bool:
+        assert self.rate is not None
+        bound = self.holds_binding(key)
+        factor = self.settings.bound_factor if bound else 1.0
+        if self.rate.allow(key, now, rate_multiplier=factor):
+            return True
+        self.metrics.inc(self.metrics.blocked, "rate")
+        if self._log_once(f"rate:{key}", now):
+            self.log.warn(
+                "Rate limit: {key} sends more than {rate:g} requests/s (burst {burst:g}); "
+                "answering 503 and dropping the rest",
+                key=key,
+                rate=self.rate.rate * factor,
+                burst=self.rate.burst * factor,
+                host=source.host,
+                port=source.port,
+                bound=bound,
+            )
+        if request is not None and request.method != "ACK" and self.replies.allow(key, now):
+            retry = max(1, math.ceil(self.rate.burst / self.rate.rate))
+            reply(_response(request, 503, None, retry), source)
+        return False
+
+    def _not_overloaded(self, request: Request, source: Source, now: float, reply: Reply) -> bool:
+        in_flight = self.in_flight()
+        if in_flight >= self.settings.max_transactions and not self.is_retransmission(request):
+            self._overloaded(
+                "transactions",
+                request,
+                source,
+                now,
+                reply,
+                "Overloaded: {count} proxied requests in flight (limit {limit}); answering 503",
+                count=in_flight,
+                limit=self.settings.max_transactions,
+            )
+            return False
+        lag = self.lagging()
+        if lag is not None and not self.in_dialog(request) and not self.is_retransmission(request):
+            # Shed new work; requests of dialogs already up (BYE, re-INVITE) still end their calls.
+            self._overloaded(
+                "lag",
+                request,
+                source,
+                now,
+                reply,
+                "Overloaded: the reactor runs {lag:.0f} ms behind; answering 503 to new requests",
+                lag=lag * 1000,
+            )
+            return False
+        return True
+
+    def _overloaded(
+        self, kind: str, request: Request, source: Source, now: float, reply: Reply, fmt: str, **fields: object
+    ) -> None:
+        """Refuse ``request`` for overload: counted by ``kind``, logged once a while, 503 with Retry-After."""
+        self.metrics.inc(self.metrics.blocked, kind)
+        if self._log_once(kind, now):
+            self.log.warn(fmt, **fields)
+        reply(_response(request, 503, None, self.settings.overload_retry_after), source)
+
+    def _note(self, kind: str, source: Source, fmt: str, **fields: object) -> None:
+        if self._log_once(f"{kind}:{source_key(source.host)}", self.clock.seconds()):
+            self.log.warn(fmt, host=source.host, port=source.port, **fields)
+
+
+def _response(request: Request, status: int, reason: str | None, retry_after: int | None = None) -> Response:
+    response = make_response(request, status, reason, to_tag=random_hex(4))
+    if retry_after is not None:
+        response.add("Retry-After", str(retry_after))
+    return response
+
+
+def _no_reply(response: Response, source: Source) -> None:
+    """No way to answer was given: refusals are dropped."""
