@@ -130,6 +130,9 @@ class Baresip:
                 return socket.create_connection((LOOPBACK, self.ctrl_port), timeout=1)
             except OSError:
                 time.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         pytest.fail(f"baresip did not start:\n{self.output()}")
 
     def output(self) -> str:
@@ -221,40 +224,16 @@ def test_baresip_answers_a_call_from_sipp(server_factory, users, baresip) -> Non
     bob = baresip("bob", server, answer=True)
     binding = wait_for_binding(server, "bob", bob.sip_port, bob.output)
     assert binding["user_agent"].startswith("baresip")
+    keys = {"domain": DOMAIN, "caller": "alice", "callee": "bob"}
     caller = subprocess.run(
         [
             require("sipp"),
             f"{LOOPBACK}:{server.sip_port}",
-            "-sf",
-            str(SCENARIOS / "auth_call.xml"),
-            "-i",
-            LOOPBACK,
-            "-p",
-            str(free_port()),
-            "-m",
-            "1",
-            "-d",
-            "300",
-            "-au",
-            "alice",
-            "-ap",
-            PASSWORDS["alice"],
-            "-key",
-            "domain",
-            DOMAIN,
-            "-key",
-            "caller",
-            "alice",
-            "-key",
-            "callee",
-            "bob",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-trace_err",
-            "-error_file",
-            str(server.workdir / "sipp-call-errors.log"),
+            *("-sf", str(SCENARIOS / "auth_call.xml"), "-i", LOOPBACK, "-p", str(free_port())),
+            *("-au", "alice", "-ap", PASSWORDS["alice"], "-m", "1", "-d", "300"),
+            *[arg for key, value in keys.items() for arg in ("-key", key, value)],
+            *("-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err"),
+            *("-error_file", str(server.workdir / "sipp-call-errors.log")),
         ],
         cwd=server.workdir,
         capture_output=True,
