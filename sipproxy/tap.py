@@ -95,7 +95,14 @@ class Options(usage.Options):
             None,
             "SHA-256,MD5",
             "Digest algorithms offered with --users (SHA-256 and/or MD5). With both, a phone not seen before "
-            "gets MD5 first and SHA-256 second, one that answered SHA-256 gets it first (see README, Security).",
+            "gets MD5 alone, is offered SHA-256 first at a later REGISTER and keeps it if it answers it "
+            "(see README, Authentication and limits).",
+        ],
+        [
+            "nonce-lifetime",
+            None,
+            "300",
+            "Seconds a digest nonce is accepted; after it the phone gets a new challenge (stale=true).",
         ],
         [
             "max-failures",
@@ -176,7 +183,7 @@ class Options(usage.Options):
         from sipproxy.auth.digest import canonical_algorithm
         from sipproxy.security.settings import load_users
 
-        for name in ("max-failures", "block-time", "max-message-size", "max-transactions"):
+        for name in ("max-failures", "block-time", "max-message-size", "max-transactions", "nonce-lifetime"):
             self[name] = _positive(name, self[name])
         self["overload-lag"] = _non_negative("overload-lag", self["overload-lag"], "a number of seconds (0: off)")
         if self["rate-limit"] is not None:

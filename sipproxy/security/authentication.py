@@ -275,7 +275,7 @@ class Authentication:
     def _challenge(self, status: int, phone: Phone, now: float, stale: bool = False) -> SipError:
         """The 401/407 for ``phone``: its challenges in its order, with a nonce bound to its address."""
         header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
-        order = self.challenges.offer(phone, now)
+        order = self.challenges.offer(phone, now, probe=status == 401)
         values = self.digest.challenge(self.realm, now, stale=stale, client=source_key(phone.host), algorithms=order)
         return SipError(status, None, [(header, value) for value in values])
 

@@ -22,20 +22,22 @@ port and its NAT binding) with a user name (the To user of a REGISTER, the
 From user of a proxied request); a one-shot tool starts each run from a new
 port and is a new phone each time:
 
-- a phone we know nothing about gets the weakest algorithm first and the
-  strongest after it (``MD5, SHA-256`` with the default
-  ``--digest-algorithms``): every SIP UA can do MD5 (RFC 3261 §22.4), so
-  the one-shot tools register at once, and a UA that reads every challenge
-  or prefers the strongest by local policy (§2.4) still takes SHA-256;
+- a phone we know nothing about gets the weakest algorithm alone (``MD5``
+  with the default ``--digest-algorithms``): every SIP UA can do MD5
+  (RFC 3261 §22.4), and with nothing else in the response even baresip
+  1.0 registers at once;
+- a phone that answered MD5 is offered the preference order (SHA-256
+  first, MD5 after it) at its next *REGISTER* challenge, once -- the
+  probe: a §2.4 UA that can do SHA-256 takes it then (pjsua2, at its
+  first registration after the nonce went stale); one that answers MD5
+  again gets MD5 first from then on.  Only a REGISTER probes: a phone
+  that fails the probe loses one refresh, which it retries while its
+  binding still holds, where a probe in a 407 would fail a call;
 - a phone that answered the strongest gets it first from then on;
-- a phone that answered MD5 gets the preference order (SHA-256 first) at
-  its next challenge, once: a §2.4 UA that can do SHA-256 takes it then
-  (pjsua2 from its second authentication on); one that answers MD5 again
-  keeps MD5 first;
 - a phone that comes back without credentials it could use -- none for
   our realm, or for an algorithm we do not take -- while a challenge to it
   is pending did not understand it: it gets MD5 alone from then on
-  (baresip 1.0 registers on its retry), and the log says so once at info
+  (baresip 1.0 after a failed probe), and the log says so once at info
   level; so does a phone that leaves ``unanswered_challenges`` challenges
   in a row unanswered (no password configured, usually).
 
@@ -113,10 +115,14 @@ class ChallengePolicy:
     def __len__(self) -> int:
         return len(self._phones)
 
-    def offer(self, phone: Phone, now: float) -> tuple[str, ...]:
-        """The algorithms to challenge ``phone`` with, in order; the challenge is pending from now."""
+    def offer(self, phone: Phone, now: float, *, probe: bool = True) -> tuple[str, ...]:
+        """The algorithms to challenge ``phone`` with, in order; the challenge is pending from now.
+
+        ``probe`` is whether this challenge may be the probe (a 401 to a
+        REGISTER; not a 407, see the module docstring).
+        """
         state = self._state(phone, now)
-        order = self._order(state)
+        order = self._order(state, probe)
         if state.answered == self.weakest and not state.probed and order[0] == self.strongest:
             state.probed = True
         state.pending, state.pending_at = order, now
@@ -149,17 +155,15 @@ class ChallengePolicy:
             return Unanswered(offered, state.unanswered, self._order(state))
         return None
 
-    def _order(self, state: _State) -> tuple[str, ...]:
+    def _order(self, state: _State, probe: bool = False) -> tuple[str, ...]:
         if len(self.algorithms) == 1:
             return self.algorithms
-        if state.weakest_alone:
+        if state.weakest_alone or state.answered is None:
             return (self.weakest,)
-        if state.answered is None:
-            return tuple(reversed(self.algorithms))
         if state.answered == self.weakest and state.probed:
             return (self.weakest, *(a for a in self.algorithms if a != self.weakest))
         if state.answered == self.weakest:
-            return self.algorithms  # the probe: the preference order, once
+            return self.algorithms if probe else (self.weakest,)  # the probe: the preference order, once
         return (state.answered, *(a for a in self.algorithms if a != state.answered))
 
     def _state(self, phone: Phone, now: float) -> _State:

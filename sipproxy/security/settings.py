@@ -113,6 +113,7 @@ def settings_from_options(options: Mapping[str, Any]) -> SecuritySettings:
         algorithms=tuple(algorithms),
         max_failures=int(_option(options, "max-failures", SecuritySettings.max_failures)),
         block_for=float(_option(options, "block-time", SecuritySettings.block_for)),
+        nonce_lifetime=float(_option(options, "nonce-lifetime", SecuritySettings.nonce_lifetime)),
         rate=rate,
         max_message_size=int(_option(options, "max-message-size", SecuritySettings.max_message_size)),
         max_transactions=int(_option(options, "max-transactions", SecuritySettings.max_transactions)),

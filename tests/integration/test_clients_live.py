@@ -7,11 +7,11 @@ and hang up.  Each is set up exactly as README's "Pointing a softphone at it"
 says: the domain in the account, the proxy as outbound proxy, user and
 password.
 
-baresip 1.0 and sipp 3.6 answer only the first ``WWW-Authenticate`` /
-``Proxy-Authenticate`` and know only MD5; pjsua2 picks the SHA-256 one.  The
-tests marked "default options" run the server as an operator would, without
-``--digest-algorithms``; the same calls with ``--digest-algorithms MD5`` pass
-on any server that can do MD5.
+sipp 3.6 answers only the first ``WWW-Authenticate`` / ``Proxy-Authenticate``
+and knows only MD5, baresip 1.0 fails on any SHA-256 challenge, pjsua2 takes
+SHA-256 when it is on top.  The tests run the server as an operator would,
+without ``--digest-algorithms``: a new phone is offered MD5 alone, SHA-256
+first at a later REGISTER (``sipproxy.security.challenges``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import queue
+import re
 import select
 import socket
 import subprocess
@@ -209,7 +210,7 @@ def baresip_calls_baresip(server: Server, baresip: Callable[..., Baresip]) -> No
 
 
 def test_baresip_registers_and_calls_baresip_under_the_default_options(server_factory, users, baresip) -> None:  # type: ignore[no-untyped-def]
-    """Fails while the default challenge leads with SHA-256: baresip 1.0 reads only that one (issue 13 item 1)."""
+    """baresip 1.0 fails on any SHA-256 challenge; a new phone gets MD5 alone and registers at once (issue 13 item 1)."""
     server = server_factory("--users", str(users))
     baresip_calls_baresip(server, baresip)
 
@@ -250,7 +251,7 @@ def test_baresip_answers_a_call_from_sipp(server_factory, users, baresip) -> Non
 
 
 def pjsua2_phone(user: str, password: str, server_port: int, sip_port: int, rtp_port: int, log: str) -> None:
-    """Child process: one pjsua2 account; commands on stdin (call URI, hangup, quit), events on stdout."""
+    """Child process: one pjsua2 account; commands on stdin (call URI, hangup, register, quit), events on stdout."""
     import pjsua2 as pj
 
     def say(line: str) -> None:
@@ -271,15 +272,27 @@ def pjsua2_phone(user: str, password: str, server_port: int, sip_port: int, rtp_
             answer.statusCode = 200
             calls[-1].answer(answer)
 
+    class LogFile(pj.LogWriter):  # type: ignore[misc]
+        """pjsua2's log, flushed line by line (its own log file is written at exit)."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - open until exit
+
+        def write(self, entry: Any) -> None:
+            self.file.write(entry.msg)
+            self.file.flush()
+
     calls: list[Any] = []
+    writer = LogFile(log)
     endpoint = pj.Endpoint()
     endpoint.libCreate()
     config = pj.EpConfig()
     config.uaConfig.threadCnt = 0  # callbacks run inside libHandleEvents, on this thread
     config.uaConfig.mainThreadOnly = True
-    config.logConfig.filename = log
+    config.logConfig.writer = writer
     config.logConfig.level = 5
-    config.logConfig.consoleLevel = 0
+    config.logConfig.consoleLevel = 5  # what goes to the writer
     endpoint.libInit(config)
     transport = pj.TransportConfig()
     transport.port = sip_port
@@ -310,6 +323,8 @@ def pjsua2_phone(user: str, password: str, server_port: int, sip_port: int, rtp_
             calls[-1].makeCall(argument, pj.CallOpParam(True))
         elif command == "hangup":
             calls[-1].hangup(pj.CallOpParam())
+        elif command == "register":  # refresh the registration now
+            account.setRegistration(True)
         else:
             break
     account.shutdown()  # unregisters
@@ -395,12 +410,23 @@ def pjsua2(tmp_path: Path) -> Iterator[Callable[[str, Server], Pjsua2]]:
         phone.stop()
 
 
-def test_pjsua2_registers_with_sha256_and_calls_pjsua2_under_the_default_options(server_factory, users, pjsua2) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory("--users", str(users))
+def _sent_algorithms(log: Path) -> list[str]:
+    """The algorithms of the Authorization headers pjsua2 sent (its log has what it received too)."""
+    return re.findall(r"^Authorization: Digest .*?algorithm=([A-Z0-9-]+)", log.read_text(), re.MULTILINE)
+
+
+def test_pjsua2_registers_moves_to_sha256_and_calls_pjsua2_under_the_default_options(
+    server_factory, users, pjsua2
+) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--users", str(users), "--nonce-lifetime", "1")
     dave, erin = pjsua2("dave", server), pjsua2("erin", server)
     assert dave.wait_line("REG ") == "REG 200" and erin.wait_line("REG ") == "REG 200"
     wait_for_binding(server, "erin", erin.sip_port, erin.output)
-    assert "algorithm=SHA-256" in dave.log.read_text()  # it answered the SHA-256 challenge, not the MD5 one
+    assert _sent_algorithms(dave.log) == ["MD5"]  # a new phone is offered MD5 alone
+    time.sleep(1.5)  # the nonce goes stale: the refresh gets a new challenge, SHA-256 on top
+    dave.send("register")
+    assert dave.wait_line("REG ") == "REG 200"
+    assert _sent_algorithms(dave.log)[-1] == "SHA-256"
     dave.send(f"call sip:erin@{DOMAIN}")
     assert dave.wait_line("CALL CONFIRMED") and erin.wait_line("CALL CONFIRMED")
     dave.send("hangup")
@@ -408,7 +434,7 @@ def test_pjsua2_registers_with_sha256_and_calls_pjsua2_under_the_default_options
 
 
 def test_pjsua2_and_baresip_call_each_other(server_factory, users, pjsua2, baresip) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory("--users", str(users), "--digest-algorithms", "MD5")  # for baresip 1.0
+    server = server_factory("--users", str(users))
     dave = pjsua2("dave", server)
     bob = baresip("bob", server, answer=True)
     assert dave.wait_line("REG ") == "REG 200"
