@@ -18,13 +18,14 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 
 from sipproxy.gctune import GarbageCollection
+from sipproxy.locality import LocalAddress
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
 from sipproxy.location.log import BindingLog
 from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
 from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
-from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
+from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack

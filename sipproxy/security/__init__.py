@@ -43,11 +43,11 @@ from twisted.logger import Logger
 
 from sipproxy.auth import DigestAuthenticator, UserDB
 from sipproxy.errors import SipError
+from sipproxy.locality import LocalAddress, Locality
 from sipproxy.location import LocationService
 from sipproxy.message import Request, Response, make_response
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, Source
-from sipproxy.proxy.routing import LocalAddress, Locality
 from sipproxy.randomness import random_hex, stable_tag
 from sipproxy.security.authentication import Authentication
 from sipproxy.security.blocks import Blocks

@@ -47,10 +47,10 @@ from twisted.logger import Logger
 from sipproxy.auth import AuthResult, DigestAuthenticator
 from sipproxy.auth.params import parse_auth_params
 from sipproxy.errors import SipError
+from sipproxy.locality import Locality
 from sipproxy.message import Request, SipURI
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, Source
-from sipproxy.proxy.routing import Locality
 from sipproxy.security.blocks import Blocks, BlockStarted
 from sipproxy.security.challenges import ChallengePolicy, Phone
 from sipproxy.security.dialog import DialogRoutes

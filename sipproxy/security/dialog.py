@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from sipproxy.locality import Locality
 from sipproxy.message import ParseError, Request, SipURI
-from sipproxy.proxy.routing import DIALOG_TOKEN_PARAM, Locality
+from sipproxy.proxy.routing import DIALOG_TOKEN_PARAM
 
 __all__ = ["DialogRoutes"]
 
