@@ -273,9 +273,11 @@ class Security:
         md5_only = sum(1 for entry in in_realm if entry.ha1_sha256 is None)
         if md5_only and "SHA-256" in digest.algorithms:
             self.log.warn(
-                "{count} users of realm {realm} have no SHA-256 HA1 (3-field lines): their phones must answer "
+                "{count} {users} of realm {realm} {have} no SHA-256 HA1 (3-field lines): their phones must answer "
                 "the MD5 challenge; rewrite them with sipproxy-passwd",
                 count=md5_only,
+                users="user" if md5_only == 1 else "users",
+                have="has" if md5_only == 1 else "have",
                 realm=self.realm,
             )
 
