@@ -2,9 +2,10 @@
 
 from sipproxy.message.errors import ParseError
 from sipproxy.message.framing import KEEPALIVE, FramingError, KeepAlive, StreamFramer
-from sipproxy.message.headers import canonical_key, split_commas
-from sipproxy.message.message import REASON_PHRASES, Header, Message, Request, Response, make_response
+from sipproxy.message.headers import Header, canonical_key, split_commas
+from sipproxy.message.message import Message, Request, Response
 from sipproxy.message.parser import parse_message
+from sipproxy.message.responses import REASON_PHRASES, make_response
 from sipproxy.message.uri import URI, AbsoluteURI, SipURI, format_host, is_ip_address, parse_uri
 from sipproxy.message.values import (
     MAGIC_COOKIE,

@@ -1,4 +1,10 @@
-"""Header names, compact forms and the comma rule (RFC 3261 §7.3, §7.3.1, §7.3.3, §20)."""
+# -*- test-case-name: tests.test_message_headers,tests.test_message_parser -*-
+"""Header lines, names, compact forms and the comma rule (RFC 3261 §7.3, §7.3.1, §7.3.3, §20).
+
+A :class:`Header` is one line as the peer wrote it (RFC 3261 §7.3); the
+functions below name it (§7.3.3 compact forms, §20 spellings), split its
+value at commas (§7.3.1) and at semicolons (§25.1 ``generic-param``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ import re
 from sipproxy.message.errors import ParseError
 
 __all__ = [
+    "Header",
+    "make_header",
+    "cached_key",
     "canonical_key",
     "display_name",
     "is_list_header",
@@ -150,6 +159,57 @@ def display_name(key: str) -> str:
     if known is not None:
         return known
     return "-".join(part.capitalize() for part in key.split("-"))
+
+
+#: name as callers spell it -> key; callers use a handful of literal names, so this stays small.
+_KEYS: dict[str, str] = {}
+
+
+def cached_key(name: str) -> str:
+    """:func:`canonical_key`, remembered for the names code asks for again and again."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_key(name)
+        if len(_KEYS) < 512:
+            _KEYS[name] = key
+    return key
+
+
+class Header:
+    """One header line: its key (lower-case long name), the name as written, its value.
+
+    ``raw`` is the exact original text of the line, folding included, without
+    the final CRLF -- or ``None`` once the value was changed by us.
+    """
+
+    __slots__ = ("key", "name", "raw", "value")
+
+    def __init__(self, key: str, name: str, value: str, raw: str | None = None) -> None:
+        self.key = key
+        self.name = name
+        self.value = value
+        self.raw = raw
+
+    def line(self) -> str:
+        if self.raw is not None:
+            return f"{self.raw}\r\n"
+        return f"{self.name}: {self.value}\r\n"
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, {self.value!r})"
+
+
+_new = object.__new__
+
+
+def make_header(key: str, name: str, value: str, raw: str | None) -> Header:
+    """``Header(key, name, value, raw)`` without the Python-level ``__init__``."""
+    h = _new(Header)
+    h.key = key
+    h.name = name
+    h.value = value
+    h.raw = raw
+    return h
 
 
 def is_list_header(key: str) -> bool:

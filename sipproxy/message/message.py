@@ -1,8 +1,13 @@
+# -*- test-case-name: tests.test_message_parser -*-
 """Requests and responses: ordered raw headers with typed access (RFC 3261 §7).
 
-Headers are kept as the peer wrote them.  A header we never touch is written
-back byte for byte, so a proxy that adds a Via, pops a Route or decrements
-Max-Forwards changes exactly those lines and nothing else.
+Headers are kept as the peer wrote them (:class:`~sipproxy.message.headers.Header`,
+§7.3).  A header we never touch is written back byte for byte, so a proxy
+that adds a Via, pops a Route or decrements Max-Forwards changes exactly
+those lines and nothing else.  The typed accessors read §20's values (Via
+§20.42, From §20.20, To §20.39, CSeq §20.16, Contact §20.10...) lazily and
+keep them until a line of that header changes.  Responses are built in
+:mod:`sipproxy.message.responses` (§8.2.6).
 """
 
 from __future__ import annotations
@@ -11,65 +16,24 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar
 
 from sipproxy.message.errors import ParseError
-from sipproxy.message.headers import canonical_key, display_name, is_list_header, split_commas
+from sipproxy.message.headers import (
+    Header,
+    cached_key,
+    canonical_key,
+    display_name,
+    is_list_header,
+    make_header,
+    split_commas,
+)
 from sipproxy.message.uri import URI, parse_uri
-from sipproxy.message.values import CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via
+from sipproxy.message.values import CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_vias
 
-__all__ = ["Header", "Message", "Request", "Response", "REASON_PHRASES", "make_response", "parse_vias"]
+__all__ = ["Message", "Request", "Response"]
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 
-
-class Header:
-    """One header line: its key (lower-case long name), the name as written, its value.
-
-    ``raw`` is the exact original text of the line, folding included, without
-    the final CRLF -- or ``None`` once the value was changed by us.
-    """
-
-    __slots__ = ("key", "name", "raw", "value")
-
-    def __init__(self, key: str, name: str, value: str, raw: str | None = None) -> None:
-        self.key = key
-        self.name = name
-        self.value = value
-        self.raw = raw
-
-    def line(self) -> str:
-        if self.raw is not None:
-            return f"{self.raw}\r\n"
-        return f"{self.name}: {self.value}\r\n"
-
-    def __repr__(self) -> str:
-        return f"Header({self.name!r}, {self.value!r})"
-
-
 _T = TypeVar("_T")
-
-_new = object.__new__
-#: name as callers spell it -> key; callers use a handful of literal names, so this stays small.
-_KEYS: dict[str, str] = {}
-
-
-def _key(name: str) -> str:
-    """:func:`canonical_key`, remembered for the names code asks for again and again."""
-    key = _KEYS.get(name)
-    if key is None:
-        key = canonical_key(name)
-        if len(_KEYS) < 512:
-            _KEYS[name] = key
-    return key
-
-
-def _header(key: str, name: str, value: str, raw: str | None) -> Header:
-    """``Header(key, name, value, raw)`` without the Python-level ``__init__``."""
-    h = _new(Header)
-    h.key = key
-    h.name = name
-    h.value = value
-    h.raw = raw
-    return h
 
 
 def _naming(key: str, parse: Callable[[str], _T], values: list[str]) -> list[_T]:
@@ -78,20 +42,6 @@ def _naming(key: str, parse: Callable[[str], _T], values: list[str]) -> list[_T]
         return [parse(v) for v in values]
     except ParseError as exc:
         raise exc.in_header(display_name(key)) from None
-
-
-def parse_vias(values: list[str]) -> list[Via]:
-    """Every Via value of these header lines, top first (§7.3.1 comma lists included)."""
-    vias: list[Via] = []
-    try:
-        for value in values:
-            if "," in value:
-                vias.extend(parse_via(v) for v in split_commas(value))
-            elif value:
-                vias.append(parse_via(value))
-    except ParseError as exc:
-        raise exc.in_header("Via") from None
-    return vias
 
 
 class Message:
@@ -108,7 +58,7 @@ class Message:
 
     def get(self, name: str) -> str | None:
         """The first value of ``name`` as written (the whole line's value)."""
-        key = _key(name)
+        key = cached_key(name)
         for h in self.headers:
             if h.key == key:
                 return h.value
@@ -116,7 +66,7 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, list headers split at their commas (§7.3.1)."""
-        key = _key(name)
+        key = cached_key(name)
         out: list[str] = []
         if is_list_header(key):
             for h in self.headers:
@@ -127,11 +77,11 @@ class Message:
         return out
 
     def has(self, name: str) -> bool:
-        key = _key(name)
+        key = cached_key(name)
         return any(h.key == key for h in self.headers)
 
     def count(self, name: str) -> int:
-        key = _key(name)
+        key = cached_key(name)
         return sum(1 for h in self.headers if h.key == key)
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
@@ -141,8 +91,8 @@ class Message:
         a proxy's Via, Route and Record-Route belong (RFC 3261 §7.3.1 advises
         these early, so that proxies need not parse the whole message).
         """
-        key = _key(name)
-        header = _header(key, display_name(key) if len(name) == 1 else name, value, None)
+        key = cached_key(name)
+        header = make_header(key, display_name(key) if len(name) == 1 else name, value, None)
         vias = self._cache.get("via") if first and key == "via" else None
         self._changed(key)
         if vias is not None:  # a proxy's own Via on top: the others stay parsed
@@ -161,7 +111,7 @@ class Message:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` with one line, kept where the first one was."""
-        key = _key(name)
+        key = cached_key(name)
         self._changed(key)
         for i, h in enumerate(self.headers):
             if h.key == key:
@@ -172,13 +122,13 @@ class Message:
         self.headers.append(Header(key, display_name(key), value))
 
     def remove(self, name: str) -> None:
-        key = _key(name)
+        key = cached_key(name)
         self._changed(key)
         self.headers = [h for h in self.headers if h.key != key]
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of a list header (top Via, top Route)."""
-        key = _key(name)
+        key = cached_key(name)
         for i, h in enumerate(self.headers):
             if h.key == key:
                 cache = self._cache
@@ -282,7 +232,7 @@ class Message:
 
     def addresses(self, name: str) -> list[NameAddr]:
         """Every name-addr of a list header: Contact, Route, Record-Route, Path."""
-        key = _key(name)
+        key = cached_key(name)
         return self._cached(f"list:{key}", lambda: _naming(key, parse_name_addr, self.get_all(key)))  # type: ignore[return-value]
 
     @property
@@ -351,7 +301,7 @@ class Message:
         return "".join(out).encode(_ENCODING, _ERRORS) + body
 
     def copy_headers(self) -> list[Header]:
-        return [_header(h.key, h.name, h.value, h.raw) for h in self.headers]
+        return [make_header(h.key, h.name, h.value, h.raw) for h in self.headers]
 
     def _copy_parsed(self, other: Message) -> None:
         """Give ``other`` (a copy of this message) our parsed Vias, as copies of its own."""
@@ -433,107 +383,3 @@ class Response(Message):
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
-
-
-REASON_PHRASES: dict[int, str] = {
-    100: "Trying",
-    180: "Ringing",
-    181: "Call Is Being Forwarded",
-    182: "Queued",
-    183: "Session Progress",
-    200: "OK",
-    202: "Accepted",
-    300: "Multiple Choices",
-    301: "Moved Permanently",
-    302: "Moved Temporarily",
-    305: "Use Proxy",
-    380: "Alternative Service",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    410: "Gone",
-    413: "Request Entity Too Large",
-    414: "Request-URI Too Long",
-    415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme",
-    420: "Bad Extension",
-    421: "Extension Required",
-    423: "Interval Too Brief",
-    429: "Too Many Requests",
-    480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected",
-    483: "Too Many Hops",
-    484: "Address Incomplete",
-    485: "Ambiguous",
-    486: "Busy Here",
-    487: "Request Terminated",
-    488: "Not Acceptable Here",
-    491: "Request Pending",
-    493: "Undecipherable",
-    500: "Server Internal Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Server Time-out",
-    505: "Version Not Supported",
-    513: "Message Too Large",
-    600: "Busy Everywhere",
-    603: "Decline",
-    604: "Does Not Exist Anywhere",
-    606: "Not Acceptable",
-}
-
-_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
-
-
-def make_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None) -> Response:
-    """Build a response to ``request`` (RFC 3261 §8.2.6.2).
-
-    Via (all of them, in order), From, To, Call-ID and CSeq are copied as
-    written; a To tag is added when ``to_tag`` is given and the request's To
-    has none (never on 100 Trying).
-    """
-    headers = []
-    single_seen: set[str] = set()
-    for h in request.headers:
-        key = h.key
-        if key in _RESPONSE_COPIED:
-            if key != "via":
-                if key in single_seen:
-                    continue  # a repeated identical From/To/Call-ID/CSeq is copied once
-                single_seen.add(key)
-            headers.append(_header(key, h.name, h.value, h.raw))
-    response = _new(Response)  # Response(status, reason, headers) without the __init__ chain
-    response.headers = headers
-    response.body = b""
-    response.status = status
-    response.reason = reason if reason is not None else REASON_PHRASES.get(status, "")
-    response._cache = copied = {}
-    cache = request._cache
-    for key in ("via", "from", "cseq", "to"):
-        if key in cache:  # the request's parsed values describe the copied lines too
-            value = cache[key]
-            copied[key] = list(value) if isinstance(value, list) else value  # type: ignore[arg-type]
-    if to_tag and status > 100:
-        for h in headers:
-            if h.key == "to":
-                if _lacks_tag(request, h.value):
-                    h.value = f"{h.value.rstrip()};tag={to_tag}"
-                    h.raw = None
-                    response._cache.pop("to", None)
-                break
-    return response
-
-
-def _lacks_tag(request: Request, value: str) -> bool:
-    try:
-        to = request._cache.get("to")
-        return (to if isinstance(to, NameAddr) else parse_name_addr(value)).tag is None
-    except ParseError:
-        return True

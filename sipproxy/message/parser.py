@@ -21,10 +21,10 @@ import re
 
 from sipproxy.message import _accel
 from sipproxy.message.errors import ParseError
-from sipproxy.message.headers import COMPACT_FORMS, canonical_key, display_name, is_token, known_names
-from sipproxy.message.message import Header, Request, Response, parse_vias
+from sipproxy.message.headers import COMPACT_FORMS, Header, canonical_key, display_name, is_token, known_names
+from sipproxy.message.message import Request, Response
 from sipproxy.message.uri import SipURI
-from sipproxy.message.values import CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via
+from sipproxy.message.values import CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, parse_vias
 
 __all__ = ["parse_message", "MAX_HEADERS"]
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_message_values -*-
 """Typed header values: name-addr, Via, CSeq (RFC 3261 §20, §25.1)."""
 
 from __future__ import annotations
@@ -7,10 +8,10 @@ from dataclasses import dataclass, field
 
 from sipproxy.message import _accel
 from sipproxy.message.errors import ParseError
-from sipproxy.message.headers import TOKEN, format_params, is_token, quote, split_params, unquote
+from sipproxy.message.headers import TOKEN, format_params, is_token, quote, split_commas, split_params, unquote
 from sipproxy.message.uri import DOMAIN, URI, SipURI, format_host, parse_uri
 
-__all__ = ["NameAddr", "Via", "CSeq", "parse_name_addr", "parse_via", "parse_cseq", "MAGIC_COOKIE"]
+__all__ = ["NameAddr", "Via", "CSeq", "parse_name_addr", "parse_via", "parse_vias", "parse_cseq", "MAGIC_COOKIE"]
 
 _new = object.__new__  # hot paths fill slots directly instead of running the generated __init__
 
@@ -256,6 +257,20 @@ def parse_via(text: str) -> Via:
             via.protocol = "SIP/2.0"
             return via
     return _parse_via(text)
+
+
+def parse_vias(values: list[str]) -> list[Via]:
+    """Every Via value of these header lines, top first (§7.3.1 comma lists included)."""
+    vias: list[Via] = []
+    try:
+        for value in values:
+            if "," in value:
+                vias.extend(parse_via(v) for v in split_commas(value))
+            elif value:
+                vias.append(parse_via(value))
+    except ParseError as exc:
+        raise exc.in_header("Via") from None
+    return vias
 
 
 def _parse_via(text: str) -> Via:
