@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -37,6 +37,7 @@ from sipproxy.transport import (
     SipListeners,
     StreamSender,
     TransportLayer,
+    TransportLimits,
     WireLog,
     tcp_connector,
 )
@@ -119,6 +120,7 @@ def build_core(
     registrar_settings: RegistrarSettings | None = None,
     proxy_settings: ProxySettings = ProxySettings(),
     wirelog: WireLog | None = None,
+    transport_limits: TransportLimits = TransportLimits(),
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -134,7 +136,9 @@ def build_core(
         log=Logger(namespace="sipproxy.registrar"),
         local=local,
     )
-    transport = TransportLayer(wirelog, metrics)
+    # A stream buffers no more than the guard would accept (513 above it).
+    limits = replace(transport_limits, max_message=security.settings.max_message_size)
+    transport = TransportLayer(wirelog, metrics, limits)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(

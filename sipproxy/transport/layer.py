@@ -44,6 +44,8 @@ class TransportLimits:
     connect_timeout: float = 10.0
     max_head: int = 65536
     max_body: int = 1 << 20
+    max_message: int | None = None
+    """The largest message a stream may buffer (``--max-message-size``; ``None``: ``max_head`` + ``max_body``)."""
 
 
 class Sender(Protocol):

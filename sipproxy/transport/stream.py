@@ -51,11 +51,15 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
     def __init__(self, layer: TransportLayer, transport_name: str) -> None:
         self.layer = layer
         self.transport_name = transport_name
-        self.framer = StreamFramer(layer.limits.max_head, layer.limits.max_body)
+        self.framer = self._new_framer()
         self.host = ""
         self.port = 0
         self.alive = False
         self.source: Source | None = None
+
+    def _new_framer(self) -> StreamFramer:
+        limits = self.layer.limits
+        return StreamFramer(limits.max_head, limits.max_body, limits.max_message)
 
     def connectionMade(self) -> None:
         peer: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
@@ -99,7 +103,9 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
             except ParseError as inner:
                 message = inner.partial
             if isinstance(message, Request) and message.method != "ACK":
-                self.send(make_response(message, 400, exc.reason).to_bytes())
+                if exc.status == 513:
+                    self.layer.metrics.inc(self.layer.metrics.blocked, "size")
+                self.send(make_response(message, exc.status, exc.reason).to_bytes())
         self.close()
 
     def send(self, data: bytes) -> None:
@@ -122,9 +128,19 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
         self.close()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Leave the table and let go of what the connection held, so that reference counting frees it.
+
+        The server runs full garbage collections only every 10 minutes
+        (:mod:`sipproxy.gctune`): a closed connection still in a reference
+        cycle (its :class:`~sipproxy.net.Source` names it) kept its partial
+        message for that long, 1 MiB each.  Transactions still holding the
+        source see ``alive`` False and let go of it when they end.
+        """
         self.alive = False
         self.setTimeout(None)
         self.layer.connection_lost(self)
+        self.source = None
+        self.framer = self._new_framer()
 
 
 class SipStreamFactory(Factory):
