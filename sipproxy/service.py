@@ -41,6 +41,7 @@ from sipproxy.transport import (
     WireLog,
     tcp_connector,
 )
+from sipproxy.transport.flows import RegisteredFlows
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
@@ -138,7 +139,9 @@ def build_core(
     )
     # A stream buffers no more than the guard would accept (513 above it).
     limits = replace(transport_limits, max_message=security.settings.max_message_size)
-    transport = TransportLayer(wirelog, metrics, limits)
+    flows = RegisteredFlows()  # the connections that carry a binding: the limits keep them
+    store.subscribe(flows.changed)
+    transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(
@@ -234,6 +237,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         ),
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),
+        transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
     )
     listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
     services.append(listeners)
@@ -242,7 +246,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         services.append(lag_watch)
 
     def healthy() -> bool:
-        return listeners.listening > 0 and not store.last_commit_failed
+        # Every TCP slot taken by registered phones: new ones are refused (sip_blocked_requests, tcp-connections).
+        return listeners.listening > 0 and not store.last_commit_failed and not core.transport.full
 
     description = options["web"]
     resource = make_web_resource(

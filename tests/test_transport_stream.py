@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 from collections.abc import Iterator
@@ -125,3 +126,114 @@ def test_a_whole_oversized_message_still_reaches_the_guard_and_the_connection_st
     proto.dataReceived(big)  # arrived whole: the transport passes it on (the guard answers 513 in the server)
     assert parse_message(wire.value()).status == 200  # type: ignore[union-attr]
     assert not wire.disconnecting
+
+
+# -- item 3: slow and idle connections ----------------------------------------------------
+
+
+def test_a_message_must_arrive_whole_within_the_deadline_of_its_first_byte() -> None:
+    transport, clock = make_layer(TransportLimits(message_timeout=30, idle_timeout=600))
+    proto, wire = connect(transport, clock)
+    message = options("slow")
+    for i in range(40):  # one byte a second: never idle, never done
+        proto.dataReceived(message[i : i + 1])
+        clock.advance(1)
+        if wire.disconnecting:
+            break
+    assert wire.disconnecting and i == 29
+    assert 'sip_tcp_connections_closed_total{reason="timeout"} 1.0' in metrics_text(transport)
+
+
+def test_each_message_gets_its_own_deadline_and_a_quiet_connection_only_the_idle_timeout() -> None:
+    transport, clock = make_layer(TransportLimits(message_timeout=30, idle_timeout=600))
+    proto, wire = connect(transport, clock)
+    for n in range(5):
+        first, second = options(f"d{n}"), options(f"e{n}")
+        proto.dataReceived(first + second[:20])  # the second message starts now
+        clock.advance(20)
+        proto.dataReceived(second[20:])
+        clock.advance(20)  # 40 s since the first one's first byte, 20 s since the second's
+    assert not wire.disconnecting
+    assert wire.value().count(b"SIP/2.0 200 OK") == 10
+    clock.advance(500)  # nothing buffered: only the idle timeout applies
+    assert not wire.disconnecting
+    clock.advance(100)
+    assert wire.disconnecting
+
+
+def metrics_text(transport: TransportLayer) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(transport.metrics.registry).decode()
+
+
+def test_at_the_per_address_limit_the_longest_idle_connection_without_a_flow_makes_room() -> None:
+    transport, clock = make_layer(TransportLimits(max_connections_per_address=3))
+    flows = {("TCP", "192.0.2.9", 1)}
+    transport.holds_flow = lambda t, host, port: (t, host, port) in flows
+    protos = {}
+    for port in (1, 2, 3):
+        protos[port] = connect(transport, clock, port=port)
+        clock.advance(10)
+    protos[3][0].dataReceived(b"\r\n\r\n")  # 3 spoke last; 1 is the oldest but holds a registered flow
+    newcomer, _ = connect(transport, clock, port=4)
+    assert newcomer is not None
+    assert protos[2][1].disconnecting and not protos[1][1].disconnecting and not protos[3][1].disconnecting
+    assert sorted(port for _, _, port in transport.connections) == [1, 3, 4]
+    assert 'sip_tcp_connections_closed_total{reason="evicted"} 1.0' in metrics_text(transport)
+    assert "sip_tcp_connections 3.0" in metrics_text(transport)
+    clock.advance(1)
+    connect(transport, clock, port=5)  # then 3, idle longest now
+    assert protos[3][1].disconnecting
+    flows.update({("TCP", "192.0.2.9", 4), ("TCP", "192.0.2.9", 5)})
+    assert connect(transport, clock, port=6) == (None, None)  # all three hold flows: refused
+    assert 'sip_blocked_requests_total{reason="tcp-connections"} 1.0' in metrics_text(transport)
+
+
+def test_at_the_total_limit_another_address_makes_room_and_health_says_full_only_when_none_can() -> None:
+    transport, clock = make_layer(TransportLimits(max_connections=4, max_connections_per_address=64))
+    flows: set[tuple[str, str, int]] = set()
+    transport.holds_flow = lambda t, host, port: (t, host, port) in flows
+    idle = [connect(transport, clock, host="192.0.2.66", port=p) for p in (1, 2, 3, 4)]
+    clock.advance(5)
+    phone, _ = connect(transport, clock, host="192.0.2.7", port=5060)
+    assert phone is not None and idle[0][1].disconnecting and not transport.full
+    flows.add(("TCP", "192.0.2.7", 5060))
+    for port in (1, 2, 3):
+        connect(transport, clock, host="192.0.2.8", port=port)
+        flows.add(("TCP", "192.0.2.8", port))
+    assert transport.full
+    assert connect(transport, clock, host="192.0.2.99", port=1) == (None, None)
+
+
+def test_the_per_address_limit_counts_an_ipv6_slash_64_as_one_address() -> None:
+    transport, clock = make_layer(TransportLimits(max_connections_per_address=2))
+    transport.holds_flow = lambda t, host, port: True
+    assert connect(transport, clock, host="2001:db8:1:2::1", port=1)[0] is not None
+    assert connect(transport, clock, host="2001:db8:1:2::ffff:1", port=1)[0] is not None
+    assert connect(transport, clock, host="2001:db8:1:2:abcd::9", port=1) == (None, None)  # same /64
+    assert connect(transport, clock, host="2001:db8:1:3::1", port=1)[0] is not None  # the next /64
+
+
+def test_registered_flows_follow_the_location_service() -> None:
+    from sipproxy.location import Binding, BindingEvent
+    from sipproxy.transport.flows import RegisteredFlows
+
+    flows = RegisteredFlows()
+    tcp = Binding(
+        aor="sip:alice@example.test",
+        contact="sip:alice@192.0.2.9:5060;transport=tcp",
+        call_id="c1",
+        cseq=1,
+        expires_at=100.0,
+        transport="TCP",
+        source_host="192.0.2.9",
+        source_port=40400,
+    )
+    flows.changed(BindingEvent("added", tcp, "registered"))
+    assert flows("TCP", "192.0.2.9", 40400) and not flows("TCP", "192.0.2.9", 40401)
+    moved = dataclasses.replace(tcp, source_port=40401)
+    flows.changed(BindingEvent("refreshed", moved, "replaced"))  # the phone reconnected
+    assert flows("TCP", "192.0.2.9", 40401) and not flows("TCP", "192.0.2.9", 40400)
+    flows.changed(BindingEvent("expired", moved, "expired"))
+    assert not flows("TCP", "192.0.2.9", 40401)

@@ -1,5 +1,10 @@
 # -*- test-case-name: tests.test_transport -*-
-"""SIP over a stream: framing by Content-Length, CRLF keep-alives, idle timeout (RFC 3261 §18.3, RFC 5626 §3.5.1).
+"""SIP over a stream: framing by Content-Length, CRLF keep-alives, timeouts (RFC 3261 §18.3, RFC 5626 §3.5.1).
+
+Two clocks run on a connection: the idle timeout (any byte resets it), and
+the message deadline: a message must arrive whole within
+``message_timeout`` seconds of its first byte, so that a peer trickling a
+byte at a time cannot hold a connection slot for ever.
 
 One protocol for every stream transport; its name (``"TCP"`` today,
 ``"TLS"`` next) comes from the factory that built it, and goes into its
@@ -22,7 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from sipproxy.message import KEEPALIVE, FramingError, ParseError, Request, StreamFramer, make_response, parse_message
-from sipproxy.net import Source
+from sipproxy.net import Clock, DelayedCall, Source
 from sipproxy.transport.address import normalize_host
 
 if TYPE_CHECKING:
@@ -48,14 +53,19 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
 
     log = Logger()
 
-    def __init__(self, layer: TransportLayer, transport_name: str) -> None:
+    def __init__(self, layer: TransportLayer, transport_name: str, clock: Clock, *, inbound: bool = False) -> None:
         self.layer = layer
         self.transport_name = transport_name
+        self.clock = clock
+        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        self.inbound = inbound
         self.framer = self._new_framer()
         self.host = ""
         self.port = 0
         self.alive = False
         self.source: Source | None = None
+        self.last_active = clock.seconds()
+        self._deadline: DelayedCall | None = None
 
     def _new_framer(self) -> StreamFramer:
         limits = self.layer.limits
@@ -72,6 +82,7 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self.last_active = self.clock.seconds()
         try:
             items = self.framer.feed(data)
         except FramingError as exc:
@@ -82,9 +93,39 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
                 self.transport.write(_PONG)  # type: ignore[union-attr]
             else:
                 assert isinstance(item, bytes) and self.source is not None
+                self._stop_deadline()  # a message arrived whole: the next one gets its own deadline
                 self.layer.received(item, self.source)
             if not self.alive:
                 return
+        if self.framer.buffered and self._deadline is None:
+            self._deadline = self.callLater(self.layer.limits.message_timeout, self._message_timed_out)
+        elif not self.framer.buffered:
+            self._stop_deadline()
+
+    @property
+    def idle(self) -> float:
+        """Seconds since this connection last received a byte (the limits drop the longest idle first)."""
+        return self.clock.seconds() - self.last_active
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _message_timed_out(self) -> None:
+        """A message started ``message_timeout`` seconds ago and is still not whole: a slow sender holding a slot."""
+        self._deadline = None
+        self.log.warn(
+            "Closing {transport} connection from {host}:{port}: no whole message within {timeout:g} s of its "
+            "first byte ({size} bytes buffered)",
+            transport=self.transport_name,
+            host=self.host,
+            port=self.port,
+            timeout=self.layer.limits.message_timeout,
+            size=self.framer.buffered,
+        )
+        self.abort("timeout")
 
     def _framing_error(self, exc: FramingError) -> None:
         assert self.source is not None
@@ -118,6 +159,12 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
         self.alive = False
         self.transport.loseConnection()  # type: ignore[union-attr]
 
+    def abort(self, reason: str) -> None:
+        """Drop this connection now, unsent bytes and all (a peer that does not read cannot hold it open)."""
+        self.alive = False
+        self.layer.metrics.inc(self.layer.metrics.tcp_closed, reason)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
     def timeoutConnection(self) -> None:
         self.log.info(
             "Closing idle {transport} connection {host}:{port}",
@@ -138,6 +185,7 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
         """
         self.alive = False
         self.setTimeout(None)
+        self._stop_deadline()
         self.layer.connection_lost(self)
         self.source = None
         self.framer = self._new_framer()
@@ -158,13 +206,13 @@ class SipStreamFactory(Factory):
         host = normalize_host(addr.host)  # type: ignore[attr-defined]
         if not self.layer.admit(host):
             self.log.warn(
-                "Refused {transport} connection from {host}: connection limit", transport=self.name, host=host
+                "Refused {transport} connection from {host}: connection limit, every slot holds a registered flow",
+                transport=self.name,
+                host=host,
             )
             self.layer.metrics.blocked.labels(f"{self.name.lower()}-connections").inc()
             return None
-        proto = SipStreamProtocol(self.layer, self.name)
-        proto.callLater = self.clock.callLater  # type: ignore[method-assign]
-        return proto
+        return SipStreamProtocol(self.layer, self.name, self.clock, inbound=True)
 
 
 class SipClientFactory(ClientFactory):
@@ -180,9 +228,7 @@ class SipClientFactory(ClientFactory):
         self.name = name
 
     def buildProtocol(self, addr: IAddress) -> SipStreamProtocol:  # type: ignore[override]
-        proto = SipStreamProtocol(self.layer, self.name)
-        proto.callLater = self.clock.callLater  # type: ignore[method-assign]
-        return proto
+        return SipStreamProtocol(self.layer, self.name, self.clock)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.layer.connect_failed(self.name, self.host, self.port, reason.getErrorMessage())
