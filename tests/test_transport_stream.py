@@ -237,3 +237,57 @@ def test_registered_flows_follow_the_location_service() -> None:
     assert flows("TCP", "192.0.2.9", 40401) and not flows("TCP", "192.0.2.9", 40400)
     flows.changed(BindingEvent("expired", moved, "expired"))
     assert not flows("TCP", "192.0.2.9", 40401)
+
+
+# -- item 9: half-close ---------------------------------------------------------------------
+
+
+class HeldSink:
+    """A sink that answers later: what the registrar does while its commit is made durable."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[object, object]] = []
+
+    def message_received(self, message, source, size) -> None:  # type: ignore[no-untyped-def]
+        self.held.append((message, source))
+
+    def unparseable(self, error, source, size) -> bool:  # type: ignore[no-untyped-def]
+        return True
+
+
+def test_a_half_closed_connection_gets_its_answers_then_closes() -> None:
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+
+    from sipproxy.message import make_response
+
+    transport, clock = make_layer()
+    sink = HeldSink()
+    transport.sink = sink  # type: ignore[assignment]
+    proto, wire = connect(transport, clock)
+    assert IHalfCloseableProtocol.providedBy(proto)  # else Twisted closes it at the peer's shutdown(SHUT_WR)
+    proto.dataReceived(options("h1") + options("h2"))
+    proto.readConnectionLost()
+    assert not wire.disconnecting and proto.alive
+    for n, (request, source) in enumerate(sink.held):
+        transport.send_response(make_response(request, 100, "Trying"), source)  # type: ignore[arg-type]
+        assert not wire.disconnecting
+        transport.send_response(make_response(request, 200, "OK"), source)  # type: ignore[arg-type]
+        assert wire.disconnecting == (n == 1)  # closed after the last final response
+    assert wire.value().count(b"SIP/2.0 200 OK") == 2
+
+
+def test_a_half_closed_connection_with_nothing_to_answer_closes_and_one_never_answered_lingers_32_s() -> None:
+    transport, clock = make_layer()
+    transport.sink = HeldSink()  # type: ignore[assignment]
+    proto, wire = connect(transport, clock)
+    proto.dataReceived(b"\r\n\r\n")
+    proto.readConnectionLost()
+    assert wire.disconnecting
+
+    proto, wire = connect(transport, clock, port=40401)
+    proto.dataReceived(options("never"))
+    proto.readConnectionLost()
+    clock.advance(31)
+    assert not wire.disconnecting
+    clock.advance(2)
+    assert wire.disconnecting

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sipproxy.message import KEEPALIVE, FramingError, ParseError, Request, StreamFramer, make_response, parse_message
 from sipproxy.net import Clock, DelayedCall, Source
@@ -44,12 +45,21 @@ __all__ = [
 
 _PONG = b"\r\n"
 
+HALF_CLOSED_LINGER = 32.0
+"""Seconds a half-closed connection waits for its answers: 64*T1, Timer F, a non-INVITE's longest (§17.1.2.2)."""
+
 Connect = Callable[[str, int, "TransportLayer", float], Any]
 """``connect(host, port, layer, timeout)``: open an outbound connection whose protocol reports to ``layer``."""
 
 
+@implementer(IHalfCloseableProtocol)
 class SipStreamProtocol(Protocol, TimeoutMixin):
-    """One stream connection, inbound or outbound; registered in the transport's connection table."""
+    """One stream connection, inbound or outbound; registered in the transport's connection table.
+
+    A peer may shut down its sending side after its request (a half-close):
+    the connection stays open until every request it sent has its final
+    response (or ``HALF_CLOSED_LINGER`` seconds), then closes.
+    """
 
     log = Logger()
 
@@ -66,6 +76,10 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
         self.source: Source | None = None
         self.last_active = clock.seconds()
         self._deadline: DelayedCall | None = None
+        self.read_closed = False
+        """The peer half-closed: it sends nothing more."""
+        self._unanswered = 0
+        """Requests received (not ACK) minus final responses sent: what a half-closed connection waits for."""
 
     def _new_framer(self) -> StreamFramer:
         limits = self.layer.limits
@@ -94,6 +108,8 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
             else:
                 assert isinstance(item, bytes) and self.source is not None
                 self._stop_deadline()  # a message arrived whole: the next one gets its own deadline
+                if not item.startswith((b"SIP/", b"ACK ")):
+                    self._unanswered += 1
                 self.layer.received(item, self.source)
             if not self.alive:
                 return
@@ -153,6 +169,22 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
         """Write one message (or keep-alive answer) on this connection, with the SIP trace."""
         self.layer.wire.outgoing(self.transport_name, self.host, self.port, data)
         self.transport.write(data)  # type: ignore[union-attr]
+        if data.startswith(b"SIP/2.0 ") and data[8:9] in b"23456" and len(data) > 8:
+            self._unanswered -= 1
+            if self.read_closed and self._unanswered <= 0:
+                self.close()
+
+    def readConnectionLost(self) -> None:
+        """The peer shut down its side (``shutdown(SHUT_WR)``): answer what it asked, then close (§18.2.2)."""
+        self.read_closed = True
+        self._stop_deadline()  # a partial message will never be finished
+        if self._unanswered <= 0:
+            self.close()
+        else:
+            self.setTimeout(min(HALF_CLOSED_LINGER, self.layer.limits.idle_timeout))
+
+    def writeConnectionLost(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close this connection; what was written is still sent."""
