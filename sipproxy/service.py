@@ -141,7 +141,7 @@ def build_core(
     limits = replace(transport_limits, max_message=security.settings.max_message_size)
     flows = RegisteredFlows()  # the connections that carry a binding: the limits keep them
     store.subscribe(flows.changed)
-    transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows)
+    transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(

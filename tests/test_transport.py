@@ -30,7 +30,7 @@ def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLa
     clock = Clock()
     connector = Connector()
     metrics = Metrics()
-    transport = TransportLayer(metrics=metrics, limits=limits)
+    transport = TransportLayer(metrics=metrics, limits=limits, clock=clock)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connector))
     stack = SipStack(Domains(["example.test", "192.0.2.1"]), metrics)

@@ -25,8 +25,9 @@ from twisted.logger import Logger
 from sipproxy.message import ParseError, Request, Response, make_response, parse_message
 from sipproxy.message.uri import is_ip_address
 from sipproxy.metrics import Metrics
-from sipproxy.net import Connection, Source, Target, is_reliable
+from sipproxy.net import Clock, Connection, Source, Target, is_reliable
 from sipproxy.transport.address import address_key, normalize_host
+from sipproxy.transport.droplog import DropLog
 from sipproxy.transport.sink import MessageSink
 from sipproxy.transport.wirelog import WireLog
 
@@ -117,11 +118,14 @@ class TransportLayer:
         sink: MessageSink | None = None,
         *,
         holds_flow: HoldsFlow = lambda transport, host, port: False,
+        clock: Clock | None = None,
     ) -> None:
         self.wire = wirelog if wirelog is not None else WireLog()
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits
         self.holds_flow = holds_flow
+        self.drops = DropLog(clock)
+        """Warnings about what is dropped, bounded per source and per 10 s (``clock``: none, every one is written)."""
         """Connections holding a registered binding are never closed to make room (``flows.RegisteredFlows``)."""
         self.sink = sink
         """Where every message received goes (the guard in front of the transaction layer)."""
@@ -172,19 +176,21 @@ class TransportLayer:
         self.metrics.inc(self.metrics.parse_errors, source.transport)
         partial = exc.partial
         if partial is None or partial.method == "ACK":
-            self.log.warn(
+            self.drops.warn(
+                "unparseable",
+                source.host,
                 "Dropped unparseable message from {transport} {host}:{port}: {reason}",
                 transport=source.transport,
-                host=source.host,
                 port=source.port,
                 reason=exc.reason,
             )
             return
-        self.log.warn(
+        self.drops.warn(
+            "rejected",
+            source.host,
             "Rejected {method} from {transport} {host}:{port}: {status} {reason}",
             method=partial.method,
             transport=source.transport,
-            host=source.host,
             port=source.port,
             status=exc.status,
             reason=exc.reason,
@@ -356,11 +362,12 @@ class TransportLayer:
             return False
         key = (victim.transport_name, victim.host, victim.port)
         del self.connections[key]
-        self.log.warn(
+        self.drops.warn(
+            "evicted",
+            victim.host,
             "Closing {transport} connection from {host}:{port}, idle {idle:.0f} s without a registered binding, "
             "to make room for a new one (connection limit)",
             transport=victim.transport_name,
-            host=victim.host,
             port=victim.port,
             idle=victim.idle,
         )

@@ -132,11 +132,12 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
     def _message_timed_out(self) -> None:
         """A message started ``message_timeout`` seconds ago and is still not whole: a slow sender holding a slot."""
         self._deadline = None
-        self.log.warn(
+        self.layer.drops.warn(
+            "timeout",
+            self.host,
             "Closing {transport} connection from {host}:{port}: no whole message within {timeout:g} s of its "
             "first byte ({size} bytes buffered)",
             transport=self.transport_name,
-            host=self.host,
             port=self.port,
             timeout=self.layer.limits.message_timeout,
             size=self.framer.buffered,
@@ -145,10 +146,11 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
 
     def _framing_error(self, exc: FramingError) -> None:
         assert self.source is not None
-        self.log.warn(
+        self.layer.drops.warn(
+            "framing",
+            self.host,
             "Closing {transport} connection from {host}:{port}: {reason}",
             transport=self.transport_name,
-            host=self.host,
             port=self.port,
             reason=exc.reason,
         )
@@ -226,7 +228,6 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
 class SipStreamFactory(Factory):
     """Accepts inbound connections of one stream transport (``name``), within the transport's limits."""
 
-    log = Logger()
     noisy = False
 
     def __init__(self, layer: TransportLayer, clock: Any, name: str = "TCP") -> None:
@@ -237,10 +238,11 @@ class SipStreamFactory(Factory):
     def buildProtocol(self, addr: IAddress) -> SipStreamProtocol | None:  # type: ignore[override]
         host = normalize_host(addr.host)  # type: ignore[attr-defined]
         if not self.layer.admit(host):
-            self.log.warn(
+            self.layer.drops.warn(
+                "refused",
+                host,
                 "Refused {transport} connection from {host}: connection limit, every slot holds a registered flow",
                 transport=self.name,
-                host=host,
             )
             self.layer.metrics.blocked.labels(f"{self.name.lower()}-connections").inc()
             return None
