@@ -55,6 +55,13 @@ class Metrics:
         self.client_transactions = Gauge("sip_client_transactions", "Active client transactions", registry=r)
         self.bindings = Gauge("sip_bindings", "Current registration bindings", registry=r)
         self.aors = Gauge("sip_aors", "Addresses-of-record with at least one binding", registry=r)
+        self.tcp_connections = Gauge("sip_tcp_connections", "Open TCP connections, inbound and outbound", registry=r)
+        self.tcp_closed = Counter(
+            "sip_tcp_connections_closed",
+            "TCP connections the server dropped, by reason (evicted, timeout)",
+            ["reason"],
+            registry=r,
+        )
 
         self._children: dict[tuple[int, str], Any] = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -37,9 +37,11 @@ from sipproxy.transport import (
     SipListeners,
     StreamSender,
     TransportLayer,
+    TransportLimits,
     WireLog,
     tcp_connector,
 )
+from sipproxy.transport.flows import RegisteredFlows
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
@@ -119,6 +121,7 @@ def build_core(
     registrar_settings: RegistrarSettings | None = None,
     proxy_settings: ProxySettings = ProxySettings(),
     wirelog: WireLog | None = None,
+    transport_limits: TransportLimits = TransportLimits(),
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -134,7 +137,11 @@ def build_core(
         log=Logger(namespace="sipproxy.registrar"),
         local=local,
     )
-    transport = TransportLayer(wirelog, metrics)
+    # A stream buffers no more than the guard would accept (513 above it).
+    limits = replace(transport_limits, max_message=security.settings.max_message_size)
+    flows = RegisteredFlows()  # the connections that carry a binding: the limits keep them
+    store.subscribe(flows.changed)
+    transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(
@@ -230,6 +237,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         ),
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),
+        transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
     )
     listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
     services.append(listeners)
@@ -238,7 +246,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         services.append(lag_watch)
 
     def healthy() -> bool:
-        return listeners.listening > 0 and not store.last_commit_failed
+        # Every TCP slot taken by registered phones: new ones are refused (sip_blocked_requests, tcp-connections).
+        return listeners.listening > 0 and not store.last_commit_failed and not core.transport.full
 
     description = options["web"]
     resource = make_web_resource(

@@ -143,6 +143,14 @@ class Options(usage.Options):
             "Seconds the reactor may run behind (three times in a row, sampled every 50 ms) before new requests "
             "get 503 + Retry-After; requests of established dialogs still pass. 0: off.",
         ],
+        # -- TCP (sipproxy.transport.stream) --
+        [
+            "tcp-message-timeout",
+            None,
+            "30",
+            "Seconds a TCP message (header section and body) may take to arrive from its first byte; "
+            "slower senders are disconnected.",
+        ],
     ]
     optFlags = [  # noqa: RUF012
         ["log-sip", None, "Log every SIP message in and out (info level)."],
@@ -178,6 +186,7 @@ class Options(usage.Options):
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
         self._security_options()
+        self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
 
     def _security_options(self) -> None:
         from sipproxy.auth.digest import canonical_algorithm

@@ -30,7 +30,7 @@ def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLa
     clock = Clock()
     connector = Connector()
     metrics = Metrics()
-    transport = TransportLayer(metrics=metrics, limits=limits)
+    transport = TransportLayer(metrics=metrics, limits=limits, clock=clock)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connector))
     stack = SipStack(Domains(["example.test", "192.0.2.1"]), metrics)
@@ -213,7 +213,9 @@ def test_tcp_idle_connection_closed() -> None:
 
 
 def test_tcp_connection_limit_per_address() -> None:
+    """Per address, connections that hold registered flows are kept: the next one is refused."""
     transport, _, clock, _ = make_stack(TransportLimits(max_connections_per_address=2))
+    transport.holds_flow = lambda transport, host, port: True
     factory = SipStreamFactory(transport, clock)
     for port in (1, 2):
         tcp_connection(transport, clock, ("192.0.2.9", port))

@@ -30,12 +30,12 @@ KEEPALIVE = KeepAlive()
 class FramingError(ParseError):
     """The stream cannot be framed any further; the connection must close.
 
-    ``head`` holds the header block that was read, if any, so that a 400 can
-    still be built for it.
+    ``head`` holds the header block that was read, if any, so that a 400 (or
+    the 513 of a message over ``max_message``) can still be built for it.
     """
 
-    def __init__(self, reason: str, head: bytes = b"") -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, head: bytes = b"", status: int = 400) -> None:
+        super().__init__(reason, status)
         self.head = head
 
 
@@ -43,13 +43,19 @@ class StreamFramer:
     """Feed arbitrary chunks with :meth:`feed`; get whole messages and keep-alives back.
 
     Memory is bounded: a header block longer than ``max_head`` or a body
-    longer than ``max_body`` is a :class:`FramingError`.  The buffer is never
-    rescanned from its start, so a slow peer costs linear time.
+    longer than ``max_body`` is a :class:`FramingError`; so is, with
+    ``max_message``, a message larger than that which has not arrived whole
+    (513 once its header block is read: RFC 3261 §21.5.14), so that no
+    more than ``max_message`` bytes are ever buffered for what will be
+    refused.  The buffer is never rescanned from its start, so a slow peer
+    costs linear time.
     """
 
-    def __init__(self, max_head: int = 65536, max_body: int = 1 << 20) -> None:
+    def __init__(self, max_head: int = 65536, max_body: int = 1 << 20, max_message: int | None = None) -> None:
         self.max_head = max_head
         self.max_body = max_body
+        self.max_message = max_message
+        self._head_limit = max_head if max_message is None else min(max_head, max_message)
         self._buf = bytearray()
         self._scanned = 0
         self._head_end: int | None = None
@@ -83,7 +89,7 @@ class StreamFramer:
             end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
             if end < 0:
                 self._scanned = len(buf)
-                if len(buf) > self.max_head:
+                if len(buf) > self._head_limit:
                     raise FramingError("Message header too large")
                 return None
             if end > self.max_head:
@@ -100,6 +106,8 @@ class StreamFramer:
                 raise FramingError("Message body too large", head)
             self._head_end = end + 4
             self._need = self._head_end + length
+            if self.max_message is not None and self._need > self.max_message and len(buf) < self._need:
+                raise FramingError("Message Too Large", head, 513)
         assert self._need is not None
         if len(buf) < self._need:
             return None

@@ -16,7 +16,7 @@ raised here escapes into the reactor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -25,12 +25,13 @@ from twisted.logger import Logger
 from sipproxy.message import ParseError, Request, Response, make_response, parse_message
 from sipproxy.message.uri import is_ip_address
 from sipproxy.metrics import Metrics
-from sipproxy.net import Connection, Source, Target, is_reliable
-from sipproxy.transport.address import normalize_host
+from sipproxy.net import Clock, Connection, Source, Target, is_reliable
+from sipproxy.transport.address import address_key, normalize_host
+from sipproxy.transport.droplog import DropLog
 from sipproxy.transport.sink import MessageSink
 from sipproxy.transport.wirelog import WireLog
 
-__all__ = ["Sender", "SentResponse", "StreamConnection", "TransportLayer", "TransportLimits"]
+__all__ = ["HoldsFlow", "Sender", "SentResponse", "StreamConnection", "TransportLayer", "TransportLimits"]
 
 OnError = Callable[[str], None]
 
@@ -41,9 +42,13 @@ class TransportLimits:
     max_connections: int = 1024
     max_connections_per_address: int = 64
     idle_timeout: float = 600.0
+    message_timeout: float = 30.0
+    """Seconds a stream message (header section and body) may take from its first byte (``--tcp-message-timeout``)."""
     connect_timeout: float = 10.0
     max_head: int = 65536
     max_body: int = 1 << 20
+    max_message: int | None = None
+    """The largest message a stream may buffer (``--max-message-size``; ``None``: ``max_head`` + ``max_body``)."""
 
 
 class Sender(Protocol):
@@ -63,9 +68,22 @@ class StreamConnection(Connection, Protocol):
     transport_name: str
     host: str
     port: int
+    inbound: bool
+    """Did the peer open it (the limits may close it), or did we (to send)?"""
+
+    @property
+    def idle(self) -> float:
+        """Seconds since it last received a byte."""
 
     def close(self) -> None:
         """Close the connection (what is queued is still written)."""
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, for ``reason`` (a ``sip_tcp_connections_closed`` label)."""
+
+
+HoldsFlow = Callable[[str, str, int], bool]
+"""``holds_flow(transport, host, port)``: does a registered binding come from that connection (RFC 5626 §3)?"""
 
 
 class SentResponse(NamedTuple):
@@ -98,10 +116,17 @@ class TransportLayer:
         metrics: Metrics | None = None,
         limits: TransportLimits = TransportLimits(),
         sink: MessageSink | None = None,
+        *,
+        holds_flow: HoldsFlow = lambda transport, host, port: False,
+        clock: Clock | None = None,
     ) -> None:
         self.wire = wirelog if wirelog is not None else WireLog()
         self.metrics = metrics if metrics is not None else Metrics()
         self.limits = limits
+        self.holds_flow = holds_flow
+        self.drops = DropLog(clock)
+        """Warnings about what is dropped, bounded per source and per 10 s (``clock``: none, every one is written)."""
+        """Connections holding a registered binding are never closed to make room (``flows.RegisteredFlows``)."""
         self.sink = sink
         """Where every message received goes (the guard in front of the transaction layer)."""
         self.senders: dict[str, Sender] = {}
@@ -112,6 +137,7 @@ class TransportLayer:
         """Open stream connections by (transport, host, port), inbound and outbound alike."""
         self._pending: dict[tuple[str, str, int], list[tuple[bytes, OnError]]] = {}
         self.listening = 0
+        self.metrics.watch(self.metrics.tcp_connections, lambda: len(self.connections))
 
     def register(self, sender: Sender) -> None:
         """Send on ``sender.name`` through ``sender`` (one registration per transport)."""
@@ -150,19 +176,21 @@ class TransportLayer:
         self.metrics.inc(self.metrics.parse_errors, source.transport)
         partial = exc.partial
         if partial is None or partial.method == "ACK":
-            self.log.warn(
+            self.drops.warn(
+                "unparseable",
+                source.host,
                 "Dropped unparseable message from {transport} {host}:{port}: {reason}",
                 transport=source.transport,
-                host=source.host,
                 port=source.port,
                 reason=exc.reason,
             )
             return
-        self.log.warn(
+        self.drops.warn(
+            "rejected",
+            source.host,
             "Rejected {method} from {transport} {host}:{port}: {status} {reason}",
             method=partial.method,
             transport=source.transport,
-            host=source.host,
             port=source.port,
             status=exc.status,
             reason=exc.reason,
@@ -292,11 +320,59 @@ class TransportLayer:
             conn.close()
 
     def admit(self, host: str) -> bool:
-        """May one more connection from ``host`` be accepted?"""
-        if len(self.connections) >= self.limits.max_connections:
+        """May one more connection from ``host`` be accepted?  Makes room if it can.
+
+        At ``max_connections_per_address`` (counted per IPv6 /64) from the
+        same peer, or ``max_connections`` in all, the connection that
+        received nothing for longest among those the peers opened and that
+        carry no registered binding (:attr:`holds_flow`) is dropped for the
+        newcomer: a peer holding slots idle loses them to the next one, a
+        registered phone keeps its flow.  False when every candidate holds a
+        flow (:attr:`full`, if it is the total).
+        """
+        limits = self.limits
+        key = address_key(host)
+        same = [conn for conn in self.connections.values() if address_key(conn.host) == key]
+        if len(same) >= limits.max_connections_per_address:
+            return self._make_room(same)
+        if len(self.connections) >= limits.max_connections:
+            return self._make_room(self.connections.values())
+        return True
+
+    @property
+    def full(self) -> bool:
+        """Is every connection slot taken by connections the limits keep (we opened them, or they hold a flow)?"""
+        conns = self.connections
+        return len(conns) >= self.limits.max_connections and self._evictable(conns.values()) is None
+
+    def _evictable(self, candidates: Iterable[StreamConnection]) -> StreamConnection | None:
+        oldest: StreamConnection | None = None
+        longest = -1.0
+        for conn in candidates:
+            if not conn.inbound:
+                continue
+            idle = conn.idle
+            if idle > longest and not self.holds_flow(conn.transport_name, conn.host, conn.port):
+                oldest, longest = conn, idle
+        return oldest
+
+    def _make_room(self, candidates: Iterable[StreamConnection]) -> bool:
+        victim = self._evictable(candidates)
+        if victim is None:
             return False
-        same = sum(1 for _, h, _ in self.connections if h == host)
-        return same < self.limits.max_connections_per_address
+        key = (victim.transport_name, victim.host, victim.port)
+        del self.connections[key]
+        self.drops.warn(
+            "evicted",
+            victim.host,
+            "Closing {transport} connection from {host}:{port}, idle {idle:.0f} s without a registered binding, "
+            "to make room for a new one (connection limit)",
+            transport=victim.transport_name,
+            port=victim.port,
+            idle=victim.idle,
+        )
+        victim.abort("evicted")
+        return True
 
     def connection_made(self, conn: StreamConnection) -> None:
         key = (conn.transport_name, conn.host, conn.port)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 
 from sipproxy.net import Source
 from sipproxy.transport.address import normalize_host
@@ -24,7 +23,6 @@ __all__ = ["DatagramSender", "SipDatagramProtocol"]
 
 
 class SipDatagramProtocol(DatagramProtocol):
-    log = Logger()
     noisy = False
 
     def __init__(self, layer: TransportLayer, family: int) -> None:
@@ -43,7 +41,7 @@ class SipDatagramProtocol(DatagramProtocol):
         if not datagram.strip(b"\r\n\x00 "):
             return  # keep-alive (CRLF or NUL padding): nothing to answer on UDP
         if len(datagram) > self.layer.limits.max_datagram:
-            self.log.warn("Dropped oversized datagram from {host}:{port}", host=host, port=port)
+            self.layer.drops.warn("oversized", host, "Dropped oversized datagram from {host}:{port}", port=port)
             return
         self.layer.received(datagram, Source("UDP", host, port))
 

@@ -1,0 +1,69 @@
+# -*- test-case-name: tests.test_transport_stream -*-
+"""Which connections carry a registered binding: the flows the connection limits keep (RFC 5626 §3).
+
+A phone registered over TCP is reached through the connection its REGISTER
+came on (RFC 3261 §18.2.2, RFC 5626 §5.3); closing that connection to let a
+stranger in would cut the phone off.  :class:`RegisteredFlows` follows the
+location service's changes, read by shape (the transport imports nothing
+from ``sipproxy.location``): wiring subscribes :meth:`RegisteredFlows.changed`
+and hands the object to the transport layer as its ``holds_flow``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from sipproxy.net import is_reliable
+from sipproxy.transport.address import normalize_host
+
+__all__ = ["RegisteredFlows"]
+
+Flow = tuple[str, str, int]
+
+
+class _Binding(Protocol):
+    @property
+    def aor(self) -> str: ...
+    @property
+    def contact(self) -> str: ...
+    @property
+    def transport(self) -> str: ...
+    @property
+    def source_host(self) -> str: ...
+    @property
+    def source_port(self) -> int: ...
+
+
+class _Event(Protocol):
+    """A ``sipproxy.location.BindingEvent``, by shape."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def binding(self) -> _Binding: ...
+
+
+class RegisteredFlows:
+    """``flows(transport, host, port)``: does a live binding come from that connection?"""
+
+    def __init__(self) -> None:
+        self._where: dict[tuple[str, str], Flow] = {}
+        self._count: Counter[Flow] = Counter()
+
+    def __call__(self, transport: str, host: str, port: int) -> bool:
+        return (transport.upper(), host, port) in self._count
+
+    def changed(self, event: _Event) -> None:
+        """One change of the location service (a ``BindingEvent``)."""
+        binding = event.binding
+        key = (binding.aor, binding.contact)
+        old = self._where.pop(key, None)
+        if old is not None:
+            self._count[old] -= 1
+            if self._count[old] <= 0:
+                del self._count[old]
+        if event.kind in ("added", "refreshed") and is_reliable(binding.transport) and binding.source_host:
+            flow = (binding.transport.upper(), normalize_host(binding.source_host), binding.source_port)
+            self._where[key] = flow
+            self._count[flow] += 1
