@@ -1,7 +1,7 @@
 """Shared fixtures for the proxy tests: messages through the real parser, a fake transaction layer, a harness.
 
-Not a test module by itself (pytest collects it and finds nothing); the
-``test_proxy_*`` modules import from it.
+A helpers module, not a test module: the ``test_proxy_*`` modules import
+from it.
 """
 
 from __future__ import annotations
