@@ -26,21 +26,27 @@ DEFAULTS = (
 )
 
 
-def _header_lines(defaults: tuple[tuple[str, str], ...], method: str, headers: dict[str, str | None]) -> list[str]:
+#: A keyword header's value: one line, one line per item (``via=(top, next)``), or ``None`` for none.
+Value = str | tuple[str, ...] | None
+
+
+def _header_lines(defaults: tuple[tuple[str, str], ...], method: str, headers: dict[str, Value]) -> list[str]:
     """``call_id=`` names Call-ID, ``from_=`` From; a header not among the defaults is written after them."""
     wanted = {name.rstrip("_").replace("_", "-").lower(): value for name, value in headers.items()}
     lines = []
-    for name, value in defaults:
+    for name, default in defaults:
         key = name.lower()
-        if key in wanted:
-            value = wanted.pop(key)  # type: ignore[assignment]
-            if value is None:
-                continue
-        lines.append(f"{name}: {value.format(method=method)}")
+        value: Value = wanted.pop(key) if key in wanted else default.format(method=method)
+        lines += _lines(name, value)
     for key, value in wanted.items():
-        if value is not None and key != "content-length":
-            lines.append(f"{'-'.join(p.capitalize() for p in key.split('-'))}: {value}")
+        if key != "content-length":
+            lines += _lines("-".join(p.capitalize() for p in key.split("-")), value)
     return lines
+
+
+def _lines(name: str, value: Value) -> list[str]:
+    values = () if value is None else (value,) if isinstance(value, str) else value
+    return [f"{name}: {v}" for v in values]
 
 
 def _finish(
@@ -67,13 +73,14 @@ def make_request(
     body: bytes | str = b"",
     extra: Iterable[str | bytes] = (),
     content_length: object = "auto",
-    **headers: str | None,
+    **headers: Value,
 ) -> bytes:
     """Wire bytes of a request.
 
     The mandatory headers come first (a keyword overrides one, ``None`` drops
-    it: ``call_id=None``), then other keywords, then the raw ``extra`` lines,
-    then ``Content-Length`` (the body's length, a given value, or none).
+    it: ``call_id=None``, a tuple writes one line per item), then other
+    keywords, then the raw ``extra`` lines, then ``Content-Length`` (the
+    body's length, a given value, or none).
     """
     lines = _header_lines(DEFAULTS, method, headers)
     return _finish(f"{method} {uri} {version}", lines, extra, body, content_length)
@@ -87,7 +94,7 @@ def make_response_bytes(
     body: bytes | str = b"",
     extra: Iterable[str | bytes] = (),
     content_length: object = "auto",
-    **headers: str | None,
+    **headers: Value,
 ) -> bytes:
     """Wire bytes of a response: the request's defaults without Max-Forwards (RFC 3261 §8.2.6.2), same keywords."""
     defaults = tuple((n, v) for n, v in DEFAULTS if n != "Max-Forwards")

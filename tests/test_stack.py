@@ -24,6 +24,11 @@ from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.stack import SipStack
 from sipproxy.transaction import Source, TransactionError
 
+try:
+    from tests.messages import make_request, parse_request
+except ImportError:  # pragma: no cover
+    from messages import make_request, parse_request  # type: ignore[no-redef]
+
 LOCAL = LocalAddress("127.0.0.1", 5070)
 DOMAINS = Domains(["example.test"])  # --domain example.test: our address is not one of the domains
 ALICE = Source("UDP", "127.0.0.1", 40000)
@@ -38,21 +43,19 @@ def request(
     headers: tuple[str, ...] = (),
     contact: str | None = None,
 ) -> Request:
-    lines = [
-        f"{method} {uri} SIP/2.0",
-        "Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-stack1;rport",
-        "Max-Forwards: 70",
-        "From: <sip:monitor@example.test>;tag=m1",
-        f"To: <{to}>",
-        "Call-ID: stack-1@127.0.0.1",
-        f"CSeq: 1 {method}",
-        *headers,
-    ]
-    if contact is not None:
-        lines.append(f"Contact: {contact}")
-    message = parse_message(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
-    assert isinstance(message, Request)
-    return message
+    """What a monitor on 127.0.0.1:40000 sends (an OPTIONS to our address and port unless told), parsed."""
+    contact_line = () if contact is None else (f"Contact: {contact}",)
+    return parse_request(
+        make_request(
+            method,
+            uri,
+            via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-stack1;rport",
+            from_="<sip:monitor@example.test>;tag=m1",
+            to=f"<{to}>",
+            call_id="stack-1@127.0.0.1",
+            extra=(*headers, *contact_line),
+        )
+    )
 
 
 class ServerTx:
