@@ -25,9 +25,9 @@ from sipproxy.stack import SipStack
 from sipproxy.transaction import Source, TransactionError
 
 try:
-    from tests.messages import make_request, parse_request
+    from tests.messages import make_request, make_response_bytes, parse_request, parse_response
 except ImportError:  # pragma: no cover
-    from messages import make_request, parse_request  # type: ignore[no-redef]
+    from messages import make_request, make_response_bytes, parse_request, parse_response  # type: ignore[no-redef]
 
 LOCAL = LocalAddress("127.0.0.1", 5070)
 DOMAINS = Domains(["example.test"])  # --domain example.test: our address is not one of the domains
@@ -276,11 +276,15 @@ def test_an_answer_the_transaction_refuses_is_logged_not_raised() -> None:
 
 
 def test_stray_responses_go_to_the_proxy_or_are_dropped() -> None:
-    response = parse_message(
-        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\nFrom: <sip:a@x>;tag=1\r\n"
-        b"To: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    response = parse_response(
+        make_response_bytes(
+            method="BYE",
+            via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx",
+            from_="<sip:a@x>;tag=1",
+            to="<sip:b@x>;tag=2",
+            call_id="c",
+        )
     )
-    assert isinstance(response, Response)
     server = Server()
     server.stack.response_received(response, ALICE)
     assert server.proxy is not None and server.proxy.responses == [response]
