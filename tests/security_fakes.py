@@ -25,8 +25,10 @@ from sipproxy.stack import Domains
 from sipproxy.transport import SipDatagramProtocol
 
 try:
+    from tests import messages
     from tests.fakes import Connector, FakeUDP
 except ImportError:  # pragma: no cover
+    import messages  # type: ignore[no-redef]
     from fakes import Connector, FakeUDP  # type: ignore[no-redef]
 
 REALM = "example.test"
@@ -149,23 +151,21 @@ def register(
     authorization: str | None = None,
     contact_user: str | None = None,
 ) -> bytes:
+    """A REGISTER from ``addr`` for the AOR of ``user`` (or ``aor_user``), its Contact at ``addr``, for an hour."""
     host, port = addr
     aor = aor_user or user
-    lines = [
-        "REGISTER sip:example.test SIP/2.0",
-        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKreg{next(_branches)}",
-        "Max-Forwards: 70",
-        f"From: <sip:{aor}@example.test>;tag=r{aor}",
-        f"To: <sip:{aor}@example.test>",
-        f"Call-ID: {call_id or f'reg-{aor}-{host}'}",
-        f"CSeq: {cseq} REGISTER",
-        f"Contact: <sip:{contact_user or aor}@{host}:{port}>",
-        "Expires: 3600",
-    ]
-    if authorization is not None:
-        lines.append(f"Authorization: {authorization}")
-    lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return messages.make_request(
+        "REGISTER",
+        "sip:example.test",
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKreg{next(_branches)}",
+        from_=f"<sip:{aor}@example.test>;tag=r{aor}",
+        to=f"<sip:{aor}@example.test>",
+        call_id=call_id or f"reg-{aor}-{host}",
+        cseq=f"{cseq} REGISTER",
+        contact=f"<sip:{contact_user or aor}@{host}:{port}>",
+        expires="3600",
+        authorization=authorization,
+    )
 
 
 def request(
@@ -181,20 +181,19 @@ def request(
     branch: str | None = None,
     headers: Iterable[str] = (),
 ) -> bytes:
+    """A request from ``addr`` (From tag ``f1``, a Contact at ``addr``), the raw ``headers`` lines after the rest."""
     host, port = addr
-    lines = [
-        f"{method} {uri} SIP/2.0",
-        f"Via: SIP/2.0/UDP {host}:{port};branch={branch or f'z9hG4bKr{next(_branches)}'}",
-        "Max-Forwards: 70",
-        f"From: <{from_}>;tag=f1",
-        f"To: <{to}>" + (f";tag={to_tag}" if to_tag else ""),
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {method}",
-        f"Contact: <sip:{host}:{port}>",
-        *headers,
-        "Content-Length: 0",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return messages.make_request(
+        method,
+        uri,
+        via=f"SIP/2.0/UDP {host}:{port};branch={branch or f'z9hG4bKr{next(_branches)}'}",
+        from_=f"<{from_}>;tag=f1",
+        to=f"<{to}>" + (f";tag={to_tag}" if to_tag else ""),
+        call_id=call_id,
+        cseq=f"{cseq} {method}",
+        contact=f"<sip:{host}:{port}>",
+        extra=headers,
+    )
 
 
 def challenges(response: Response, header: str = "www-authenticate") -> list[dict[str, str]]:

@@ -13,9 +13,14 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from sipproxy.location import Binding, LocationStore, MemoryLocation
 from sipproxy.location.log import BindingLog
-from sipproxy.message import Request, parse_message
+from sipproxy.message import Request
 from sipproxy.net import Source
 from sipproxy.registrar import Registrar, RegistrarSettings
+
+try:
+    from tests.messages import make_request, parse_request
+except ImportError:  # pragma: no cover
+    from messages import make_request, parse_request  # type: ignore[no-redef]
 
 ALICE = "sip:alice@example.test"
 PHONE = "sip:alice@192.0.2.7:5062"
@@ -49,20 +54,18 @@ def test_registration_and_expiry_are_logged_at_info() -> None:
 
 
 def register(*contacts: str, call_id: str = "c1@192.0.2.7", cseq: int = 1, expires: int | None = None) -> Request:
-    lines = [
-        "REGISTER sip:example.test SIP/2.0",
-        "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK" + str(cseq),
-        "Max-Forwards: 70",
-        f"To: <{ALICE}>",
-        f"From: <{ALICE}>;tag=1",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} REGISTER",
-        *(f"Contact: {c}" for c in contacts),
-        *([f"Expires: {expires}"] if expires is not None else []),
-    ]
-    message = parse_message(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
-    assert isinstance(message, Request)
-    return message
+    return parse_request(
+        make_request(
+            "REGISTER",
+            "sip:example.test",
+            via=f"SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK{cseq}",
+            from_=f"<{ALICE}>;tag=1",
+            to=f"<{ALICE}>",
+            call_id=call_id,
+            cseq=f"{cseq} REGISTER",
+            extra=(*(f"Contact: {c}" for c in contacts), *([f"Expires: {expires}"] if expires is not None else [])),
+        )
+    )
 
 
 class Phone:

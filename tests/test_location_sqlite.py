@@ -23,8 +23,10 @@ from sipproxy.location.sqlite import SCHEMA_VERSION
 
 try:
     from tests.location_helpers import ALICE, BOB, REPO, advance_to, make_binding, on_disk
+    from tests.messages import make_request
 except ImportError:  # pragma: no cover
     from location_helpers import ALICE, BOB, REPO, advance_to, make_binding, on_disk  # type: ignore[no-redef]
+    from messages import make_request  # type: ignore[no-redef]
 
 
 @pytest.fixture
@@ -289,10 +291,15 @@ class TestNotUtf8:
             b"User-Agent": b"User-Agent: Phone/1",
         }
         lines[header.split(b":")[0]] = header
-        data = (
-            b"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1\r\n"
-            b"Max-Forwards: 70\r\nTo: <sip:alice@example.test>\r\nFrom: <sip:alice@example.test>;tag=1\r\n"
-            b"CSeq: 1 REGISTER\r\n" + b"\r\n".join(lines.values()) + b"\r\nContent-Length: 0\r\n\r\n"
+        data = make_request(
+            "REGISTER",
+            "sip:example.test",
+            via="SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1",
+            from_="<sip:alice@example.test>;tag=1",
+            to="<sip:alice@example.test>",
+            call_id=None,  # among the raw lines
+            cseq="1 REGISTER",
+            extra=lines.values(),
         )
         clock.advance(1000)
         store = SQLiteLocation(clock, db_path)

@@ -6,20 +6,25 @@ import pytest
 
 from sipproxy.message import KEEPALIVE, FramingError, ParseError, StreamFramer, parse_message
 
+try:
+    from tests.messages import make_request
+except ImportError:  # pragma: no cover
+    from messages import make_request  # type: ignore[no-redef]
+
 
 def message(n: int, body: bytes = b"", *, length_header: str = "Content-Length") -> bytes:
-    head = (
-        f"OPTIONS sip:bob@example.test SIP/2.0\r\n"
-        f"Via: SIP/2.0/TCP client.example.test;branch=z9hG4bK{n}\r\n"
-        f"Max-Forwards: 70\r\n"
-        f"From: <sip:alice@example.test>;tag={n}\r\n"
-        f"To: <sip:bob@example.test>\r\n"
-        f"Call-ID: stream-{n}@client.example.test\r\n"
-        f"CSeq: {n} OPTIONS\r\n"
-        f"{length_header}: {len(body)}\r\n"
-        f"\r\n"
+    """The ``n``-th OPTIONS on a TCP connection, its body's length under ``length_header`` (``l`` is compact)."""
+    return make_request(
+        "OPTIONS",
+        via=f"SIP/2.0/TCP client.example.test;branch=z9hG4bK{n}",
+        from_=f"<sip:alice@example.test>;tag={n}",
+        to="<sip:bob@example.test>",
+        call_id=f"stream-{n}@client.example.test",
+        cseq=f"{n} OPTIONS",
+        extra=(f"{length_header}: {len(body)}",),
+        content_length=None,
+        body=body,
     )
-    return head.encode() + body
 
 
 ONE = message(1)

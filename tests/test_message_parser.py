@@ -1,7 +1,7 @@
 """Parsing and writing whole messages (RFC 3261 §7, §8.2.6, §18.3, §20, §25).
 
-The builders at the top make wire bytes; each test changes the one thing it
-is about.  Addresses are documentation ones (example.test, 192.0.2.0/24).
+The builders in ``tests/messages.py`` make wire bytes; each test changes the
+one thing it is about.  Addresses are documentation ones (example.test, 192.0.2.0/24).
 """
 
 from __future__ import annotations
@@ -22,81 +22,13 @@ from sipproxy.message import (
 )
 from sipproxy.message.parser import MAX_HEADERS
 
-_DEFAULTS = (
-    ("Via", "SIP/2.0/UDP client.example.test:5060;branch=z9hG4bK74bf9"),
-    ("Max-Forwards", "70"),
-    ("From", "Alice <sip:alice@example.test>;tag=9fxced76sl"),
-    ("To", "Bob <sip:bob@example.test>"),
-    ("Call-ID", "3848276298220188511@client.example.test"),
-    ("CSeq", "1 {method}"),
-)
+try:
+    from tests.messages import make_request, make_response_bytes, parse_request
+except ImportError:  # pragma: no cover
+    from messages import make_request, make_response_bytes, parse_request  # type: ignore[no-redef]
 
 #: Each test runs with the C accelerator in front and with the Python parser alone.
 pytestmark = pytest.mark.usefixtures("both_parsers")
-
-
-def _header_lines(defaults: tuple[tuple[str, str], ...], method: str, headers: dict[str, str | None]) -> list[str]:
-    wanted = {name.replace("_", "-").lower(): value for name, value in headers.items()}
-    lines = []
-    for name, value in defaults:
-        key = name.lower()
-        if key in wanted:
-            value = wanted.pop(key)  # type: ignore[assignment]
-            if value is None:
-                continue
-        lines.append(f"{name}: {value.format(method=method)}")
-    for key, value in wanted.items():
-        if value is not None and key != "content-length":
-            lines.append(f"{'-'.join(p.capitalize() for p in key.split('-'))}: {value}")
-    return lines
-
-
-def _finish(first: str, lines: list[str], extra: tuple[str, ...], body: bytes, content_length: object) -> bytes:
-    lines = [*lines, *extra]
-    if content_length is not None:
-        lines.append(f"Content-Length: {len(body) if content_length == 'auto' else content_length}")
-    return ("\r\n".join([first, *lines]) + "\r\n\r\n").encode() + body
-
-
-def make_request(
-    method: str = "INVITE",
-    uri: str = "sip:bob@example.test",
-    *,
-    version: str = "SIP/2.0",
-    body: bytes = b"",
-    extra: tuple[str, ...] = (),
-    content_length: object = "auto",
-    **headers: str | None,
-) -> bytes:
-    """Wire bytes of a request.
-
-    The mandatory headers come first (a keyword overrides one, ``None`` drops
-    it: ``call_id=None``), then other keywords, then the raw ``extra`` lines,
-    then ``Content-Length`` (the body's length, a given value, or none).
-    """
-    lines = _header_lines(_DEFAULTS, method, headers)
-    return _finish(f"{method} {uri} {version}", lines, extra, body, content_length)
-
-
-def make_response_bytes(
-    status: int = 200,
-    reason: str = "OK",
-    *,
-    method: str = "INVITE",
-    body: bytes = b"",
-    extra: tuple[str, ...] = (),
-    content_length: object = "auto",
-    **headers: str | None,
-) -> bytes:
-    defaults = tuple((n, v) for n, v in _DEFAULTS if n != "Max-Forwards")
-    lines = _header_lines(defaults, method, headers)
-    return _finish(f"SIP/2.0 {status} {reason}", lines, extra, body, content_length)
-
-
-def parse_request(data: bytes) -> Request:
-    message = parse_message(data)
-    assert isinstance(message, Request)
-    return message
 
 
 def parse_error(data: bytes) -> ParseError:

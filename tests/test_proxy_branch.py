@@ -15,9 +15,9 @@ from typing import Any
 from twisted.internet.task import Clock
 
 try:
-    from tests.test_proxy_helpers import ALICE, DOMAINS, LOCAL, RecordingLog, binding, make_request
+    from tests.proxy_helpers import ALICE, DOMAINS, LOCAL, RecordingLog, binding, make_request
 except ImportError:  # pragma: no cover
-    from test_proxy_helpers import ALICE, DOMAINS, LOCAL, RecordingLog, binding, make_request  # type: ignore[no-redef]
+    from proxy_helpers import ALICE, DOMAINS, LOCAL, RecordingLog, binding, make_request  # type: ignore[no-redef]
 
 from sipproxy.location import LocationStore
 from sipproxy.message import Request, Response, make_response, parse_message

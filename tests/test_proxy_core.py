@@ -7,9 +7,11 @@ from typing import Any
 from twisted.internet.task import Clock
 
 try:
-    from tests.test_proxy_helpers import ALICE, DOMAINS, LOCAL, Harness, binding, make_request
+    from tests.messages import make_response_bytes, parse_response
+    from tests.proxy_helpers import ALICE, DOMAINS, LOCAL, Harness, binding, make_request
 except ImportError:  # pragma: no cover
-    from test_proxy_helpers import ALICE, DOMAINS, LOCAL, Harness, binding, make_request  # type: ignore[no-redef]
+    from messages import make_response_bytes, parse_response  # type: ignore[no-redef]
+    from proxy_helpers import ALICE, DOMAINS, LOCAL, Harness, binding, make_request  # type: ignore[no-redef]
 
 from sipproxy.location import LocationStore
 from sipproxy.message import Request, Response, make_response, parse_message
@@ -90,18 +92,17 @@ def test_ack_to_a_host_name_is_resolved() -> None:
 
 
 def _response(status: int, *vias: str) -> Response:
-    lines = [f"SIP/2.0 {status} OK"]
-    lines += [f"Via: {v}" for v in vias]
-    lines += [
-        "From: <sip:alice@example.test>;tag=a1",
-        "To: <sip:bob@example.test>;tag=b1",
-        "Call-ID: c1",
-        "CSeq: 1 INVITE",
-        "Content-Length: 0",
-    ]
-    message = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
-    assert isinstance(message, Response)
-    return message
+    """A response to Alice's INVITE with these Via lines, as it arrives from downstream."""
+    return parse_response(
+        make_response_bytes(
+            status,
+            "OK",
+            via=vias,
+            from_="<sip:alice@example.test>;tag=a1",
+            to="<sip:bob@example.test>;tag=b1",
+            call_id="c1",
+        )
+    )
 
 
 def test_stray_2xx_retransmission_with_our_via_is_forwarded() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 try:
-    from tests.test_proxy_helpers import ALICE, ALICE_TCP, Harness, binding, make_request
+    from tests.proxy_helpers import ALICE, ALICE_TCP, Harness, binding, make_request
 except ImportError:  # pragma: no cover
-    from test_proxy_helpers import ALICE, ALICE_TCP, Harness, binding, make_request  # type: ignore[no-redef]
+    from proxy_helpers import ALICE, ALICE_TCP, Harness, binding, make_request  # type: ignore[no-redef]
 
 from sipproxy.message import Request
 from sipproxy.proxy import ProxySettings

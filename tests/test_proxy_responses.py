@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 try:
-    from tests.test_proxy_helpers import Harness, binding, make_request
+    from tests.proxy_helpers import Harness, binding, make_request
 except ImportError:  # pragma: no cover
-    from test_proxy_helpers import Harness, binding, make_request  # type: ignore[no-redef]
+    from proxy_helpers import Harness, binding, make_request  # type: ignore[no-redef]
 
 from sipproxy.message import Request, Response, make_response
 from sipproxy.proxy import ProxySettings, choose_best

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 try:
-    from tests.test_proxy_helpers import LOCAL, Harness, binding, make_request
+    from tests.proxy_helpers import LOCAL, Harness, binding, make_request
 except ImportError:  # pragma: no cover - pytest's rootdir-less import mode
-    from test_proxy_helpers import LOCAL, Harness, binding, make_request  # type: ignore[no-redef]
+    from proxy_helpers import LOCAL, Harness, binding, make_request  # type: ignore[no-redef]
 
 from sipproxy.errors import SipError
 from sipproxy.proxy import ALLOW, ProxySettings

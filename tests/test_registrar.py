@@ -24,8 +24,10 @@ from sipproxy.transaction.interfaces import Source
 
 try:
     from tests.fakes import CommitFailsPersistence
+    from tests.messages import make_request, parse_request
 except ImportError:  # pragma: no cover
     from fakes import CommitFailsPersistence  # type: ignore[no-redef]
+    from messages import make_request, parse_request  # type: ignore[no-redef]
 
 ALICE = "sip:alice@example.test"
 BOB = "sip:bob@example.test"
@@ -56,23 +58,22 @@ def register(
 
     Each item of ``contacts`` is one Contact header line (it may hold a comma list).
     """
-    lines = [
-        f"{method} {ruri} SIP/2.0",
-        "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKnashds7",
-        "Max-Forwards: 70",
-        f"To: <{to}>",
-        f"From: <{to}>;tag=456248",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} {method}",
-    ]
-    lines += [f"Contact: {value}" for value in contacts]
+    lines = [f"Contact: {value}" for value in contacts]
     if expires is not None:
         lines.append(f"Expires: {expires}")
     lines += [f"{name}: {value}" for name, value in headers]
-    data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8")
-    message = parse_message(data)
-    assert isinstance(message, Request)
-    return message
+    return parse_request(
+        make_request(
+            method,
+            ruri,
+            via="SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKnashds7",
+            from_=f"<{to}>;tag=456248",
+            to=f"<{to}>",
+            call_id=call_id,
+            cseq=f"{cseq} {method}",
+            extra=lines,
+        )
+    )
 
 
 def wire(response: Response) -> Response:

@@ -14,6 +14,7 @@ from sipproxy.net import Source
 from sipproxy.security import Guard, Security, source_key
 
 try:
+    from tests.messages import make_response_bytes
     from tests.security_fakes import (
         ALICE_ADDR,
         BOB_ADDR,
@@ -29,6 +30,7 @@ try:
         settings,
     )
 except ImportError:  # pragma: no cover
+    from messages import make_response_bytes  # type: ignore[no-redef]
     from security_fakes import (  # type: ignore[no-redef]
         ALICE_ADDR,
         BOB_ADDR,
@@ -120,8 +122,13 @@ def test_oversized_request_gets_513_and_oversized_response_is_dropped() -> None:
     assert response.status == 513 and response.reason == "Message Too Large"
     assert metrics.blocked.labels("size")._value.get() == 1
     ok = parse_message(
-        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n"
-        b"To: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        make_response_bytes(
+            method="MESSAGE",
+            via="SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1",
+            from_="<sip:a@b>;tag=1",
+            to="<sip:a@b>",
+            call_id="x",
+        )
     )
     assert guard.admit(ok, source, 5000, lambda r, s: out.append((r, s))) is False
     assert len(out) == 1

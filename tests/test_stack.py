@@ -24,6 +24,11 @@ from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.stack import SipStack
 from sipproxy.transaction import Source, TransactionError
 
+try:
+    from tests.messages import make_request, make_response_bytes, parse_request, parse_response
+except ImportError:  # pragma: no cover
+    from messages import make_request, make_response_bytes, parse_request, parse_response  # type: ignore[no-redef]
+
 LOCAL = LocalAddress("127.0.0.1", 5070)
 DOMAINS = Domains(["example.test"])  # --domain example.test: our address is not one of the domains
 ALICE = Source("UDP", "127.0.0.1", 40000)
@@ -38,21 +43,19 @@ def request(
     headers: tuple[str, ...] = (),
     contact: str | None = None,
 ) -> Request:
-    lines = [
-        f"{method} {uri} SIP/2.0",
-        "Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-stack1;rport",
-        "Max-Forwards: 70",
-        "From: <sip:monitor@example.test>;tag=m1",
-        f"To: <{to}>",
-        "Call-ID: stack-1@127.0.0.1",
-        f"CSeq: 1 {method}",
-        *headers,
-    ]
-    if contact is not None:
-        lines.append(f"Contact: {contact}")
-    message = parse_message(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
-    assert isinstance(message, Request)
-    return message
+    """What a monitor on 127.0.0.1:40000 sends (an OPTIONS to our address and port unless told), parsed."""
+    contact_line = () if contact is None else (f"Contact: {contact}",)
+    return parse_request(
+        make_request(
+            method,
+            uri,
+            via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-stack1;rport",
+            from_="<sip:monitor@example.test>;tag=m1",
+            to=f"<{to}>",
+            call_id="stack-1@127.0.0.1",
+            extra=(*headers, *contact_line),
+        )
+    )
 
 
 class ServerTx:
@@ -273,11 +276,15 @@ def test_an_answer_the_transaction_refuses_is_logged_not_raised() -> None:
 
 
 def test_stray_responses_go_to_the_proxy_or_are_dropped() -> None:
-    response = parse_message(
-        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\nFrom: <sip:a@x>;tag=1\r\n"
-        b"To: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    response = parse_response(
+        make_response_bytes(
+            method="BYE",
+            via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx",
+            from_="<sip:a@x>;tag=1",
+            to="<sip:b@x>;tag=2",
+            call_id="c",
+        )
     )
-    assert isinstance(response, Response)
     server = Server()
     server.stack.response_received(response, ALICE)
     assert server.proxy is not None and server.proxy.responses == [response]

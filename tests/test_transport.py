@@ -22,8 +22,10 @@ from sipproxy.transport import (
 
 try:
     from tests.fakes import Connector, FakeUDP
+    from tests.messages import make_request
 except ImportError:  # pragma: no cover
     from fakes import Connector, FakeUDP  # type: ignore[no-redef]
+    from messages import make_request  # type: ignore[no-redef]
 
 
 def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLayer, FakeUDP, Clock, Connector]:
@@ -43,19 +45,22 @@ def make_stack(limits: TransportLimits = TransportLimits()) -> tuple[TransportLa
 
 
 def options(
-    via: str = "SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-o1", extra: str = "", uri: str = "sip:example.test"
+    via: str = "SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-o1",
+    extra: tuple[str, ...] = (),
+    uri: str = "sip:example.test",
 ) -> bytes:
-    return (
-        f"OPTIONS {uri} SIP/2.0\r\n"
-        f"Via: {via}\r\n"
-        "From: <sip:alice@example.test>;tag=a1\r\n"
-        "To: <sip:example.test>\r\n"
-        "Call-ID: c1@192.0.2.7\r\n"
-        "CSeq: 7 OPTIONS\r\n"
-        "Max-Forwards: 70\r\n"
-        f"{extra}"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+    """An OPTIONS to the server, Max-Forwards after CSeq as some phones write it."""
+    return make_request(
+        "OPTIONS",
+        uri,
+        via=via,
+        max_forwards=None,
+        from_="<sip:alice@example.test>;tag=a1",
+        to="<sip:example.test>",
+        call_id="c1@192.0.2.7",
+        cseq="7 OPTIONS",
+        extra=("Max-Forwards: 70", *extra),
+    )
 
 
 def datagram(transport: TransportLayer, data: bytes, addr: tuple[str, int]) -> None:

@@ -21,8 +21,10 @@ from sipproxy.transport import DatagramSender, Reply, SipDatagramProtocol, Trans
 
 try:
     from tests.fakes import FakeUDP
+    from tests.messages import make_request
 except ImportError:  # pragma: no cover
     from fakes import FakeUDP  # type: ignore[no-redef]
+    from messages import make_request  # type: ignore[no-redef]
 
 from twisted.internet.task import Clock
 
@@ -32,16 +34,18 @@ MALLORY = ("198.51.100.66", 5060)
 
 
 def options(via: str = "SIP/2.0/UDP 10.0.0.7:5062;branch=z9hG4bK-s1;rport", call_id: str = "s1") -> bytes:
-    return (
-        "OPTIONS sip:example.test SIP/2.0\r\n"
-        f"Via: {via}\r\n"
-        "From: <sip:alice@example.test>;tag=a1\r\n"
-        "To: <sip:example.test>\r\n"
-        f"Call-ID: {call_id}@192.0.2.7\r\n"
-        "CSeq: 7 OPTIONS\r\n"
-        "Max-Forwards: 70\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+    """An OPTIONS to the server, Max-Forwards after CSeq as some phones write it."""
+    return make_request(
+        "OPTIONS",
+        "sip:example.test",
+        via=via,
+        max_forwards=None,
+        from_="<sip:alice@example.test>;tag=a1",
+        to="<sip:example.test>",
+        call_id=f"{call_id}@192.0.2.7",
+        cseq="7 OPTIONS",
+        extra=("Max-Forwards: 70",),
+    )
 
 
 class Recording:

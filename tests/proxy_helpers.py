@@ -1,7 +1,7 @@
 """Shared fixtures for the proxy tests: messages through the real parser, a fake transaction layer, a harness.
 
-Not a test module by itself (pytest collects it and finds nothing); the
-``test_proxy_*`` modules import from it.
+A helpers module, not a test module: the ``test_proxy_*`` modules import
+from it.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from sipproxy.message import Request, Response, make_response, parse_message
 from sipproxy.proxy import LocalAddress, Proxy, ProxySettings
 from sipproxy.transaction import Source, Target, TransactionError, build_cancel
 
+try:
+    from tests import messages
+    from tests.messages import parse_request
+except ImportError:  # pragma: no cover
+    import messages  # type: ignore[no-redef]
+    from messages import parse_request  # type: ignore[no-redef]
+
 LOCAL = LocalAddress("192.0.2.1", 5060)
 DOMAINS = frozenset({"example.test", "192.0.2.1", "proxy.example.test"})
 ALICE = Source("UDP", "192.0.2.7", 5060)
 ALICE_TCP = Source("TCP", "192.0.2.7", 40001)
 
 _counter = iter(range(1, 10**9))
-
-
-def parse(text: str) -> Request | Response:
-    """A message from text with ``\\n`` line ends, through the real parser."""
-    head, sep, body = text.partition("\n\n")
-    data = head.strip("\n").replace("\n", "\r\n") + "\r\n\r\n" + body
-    return parse_message(data.encode())
 
 
 def make_request(
@@ -46,20 +46,22 @@ def make_request(
     headers: tuple[str, ...] = (),
     body: str = "",
 ) -> Request:
-    """A request as it arrives from Alice (UDP 192.0.2.7:5060) unless told otherwise."""
+    """A request as it arrives from Alice (UDP 192.0.2.7:5060) unless told otherwise, through the real parser."""
     if via is None:
         via = f"SIP/2.0/{transport} 192.0.2.7:5060;branch={branch or f'z9hG4bKalice{next(_counter)}'}"
-    lines = [f"{method} {uri} SIP/2.0", f"Via: {via}"]
-    if max_forwards is not None:
-        lines.append(f"Max-Forwards: {max_forwards}")
-    lines += [f"From: {from_}", f"To: {to}", f"Call-ID: {call_id}", f"CSeq: {cseq} {method}"]
-    lines += list(headers)
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body.encode())}")
-    message = parse("\n".join(lines) + "\n\n" + body)
-    assert isinstance(message, Request)
-    return message
+    data = messages.make_request(
+        method,
+        uri,
+        via=via,
+        max_forwards=None if max_forwards is None else str(max_forwards),
+        from_=from_,
+        to=to,
+        call_id=call_id,
+        cseq=f"{cseq} {method}",
+        extra=(*headers, *(["Content-Type: application/sdp"] if body else [])),
+        body=body,
+    )
+    return parse_request(data)
 
 
 def binding(
