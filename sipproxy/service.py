@@ -258,6 +258,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         password=options.get("web-password"),
         public=not is_loopback_description(description),
         debug=bool(options.get("debug")),
+        hosts=[*domains, advertised],
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]

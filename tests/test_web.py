@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -14,18 +13,15 @@ from typing import Any
 
 import jinja2
 import pytest
-import treq
 from hypothesis import given
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
-from twisted.python.failure import Failure
 
-from sipproxy.location import Binding, LocationStore
+from sipproxy.location import LocationStore
 from sipproxy.metrics import Metrics
-from sipproxy.web import BindingsPage, is_loopback_description, make_environment, make_web_resource
+from sipproxy.web import is_loopback_description, make_environment, make_web_resource
 from sipproxy.web.app import PING_INTERVAL, sse_message
 from sipproxy.web.render import (
     EMPTY_BINDING,
@@ -38,81 +34,22 @@ from sipproxy.web.render import (
     readable,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-ALICE = "sip:alice@example.test"
-BOB = "sip:bob@example.test"
-START = 1_714_566_896.0  # 2024-05-01T12:34:56Z
-BASE = "http://127.0.0.1:8080"
-JSON_KEYS = {
-    "aor", "contact", "expires_in", "q", "call_id", "cseq", "user_agent", "source", "transport",
-    "source_host", "source_port", "path", "instance", "reg_id", "registered_at", "refreshed_at",
-}  # fmt: skip
-
-
-def make_binding(
-    aor: str = ALICE, contact: str = "sip:alice@192.0.2.7:5062", *, ttl: float = 3600, **fields: Any
-) -> Binding:
-    values: dict[str, Any] = {
-        "call_id": "a84b4c76e66710@pc33.example.test",
-        "cseq": 1,
-        "expires_at": START + ttl,
-        "user_agent": "Linphone/5.2",
-        "source_host": "192.0.2.7",
-        "source_port": 5062,
-        "registered_at": START,
-        "refreshed_at": START,
-    }
-    values.update(fields)
-    return Binding(aor=aor, contact=contact, **values)
-
-
-class Web:
-    """One page over a real in-memory store, driven through StubTreq on a fake clock."""
-
-    def __init__(
-        self, *, password: str | None = None, public: bool = False, persistence: Any = None, debug: bool = False
-    ) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.store = LocationStore(self.clock, persistence)
-        self.metrics = Metrics()
-        self.metrics.watch(self.metrics.bindings, self.store.count)
-        self.healthy = True
-        self.page = BindingsPage(
-            self.store,
-            self.clock,
-            self.metrics,
-            make_environment(),
-            lambda: self.healthy,
-            password=password,
-            public=public,
-            debug=debug,
-        )
-        self.stub = StubTreq(self.page.app.resource())
-
-    def put(self, *bindings: Binding) -> None:
-        for binding in bindings:
-            self.store.update(binding.aor, put=[binding])
-
-    def request(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
-        """(response, body) of one request; the page answers synchronously."""
-        response = _result(self.stub.request(method, BASE + path, **kwargs))
-        return response, _result(response.content())
-
-    def get_json(self, path: str) -> Any:
-        response, body = self.request("GET", path)
-        assert response.code == 200
-        assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
-        return json.loads(body)
-
-
-def _result(deferred: Any) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the deferred did not fire synchronously"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
+try:
+    from tests.web_helpers import ALICE, BASE, BOB, JSON_KEYS, REPO, START, Stream, Web, basic, make_binding, result
+except ImportError:  # pragma: no cover
+    from web_helpers import (  # type: ignore[no-redef]
+        ALICE,
+        BASE,
+        BOB,
+        JSON_KEYS,
+        REPO,
+        START,
+        Stream,
+        Web,
+        basic,
+        make_binding,
+        result,
+    )  # fmt: skip
 
 
 def template_source(name: str) -> str:
@@ -125,11 +62,6 @@ def template_source(name: str) -> str:
 def outside_templates(page: str) -> str:
     """The page without its ``<template>`` elements (the script's blank rows)."""
     return re.sub(r"<template\b.*?</template>", "", page, flags=re.DOTALL)
-
-
-def basic(user: str, password: str) -> dict[str, list[str]]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": [f"Basic {token}"]}
 
 
 @pytest.fixture
@@ -520,7 +452,7 @@ def test_make_web_resource_serves_the_page() -> None:
     clock = Clock()
     store = LocationStore(clock)
     stub = StubTreq(make_web_resource(store, clock, Metrics(), lambda: True))
-    response = _result(stub.get(BASE + "/healthz"))
+    response = result(stub.get(BASE + "/healthz"))
     assert response.code == 200
 
 
@@ -547,32 +479,6 @@ def test_is_loopback_description(description: str, loopback: bool) -> None:
 
 
 # -- live updates -------------------------------------------------------------
-
-
-class Stream:
-    """An open ``/api/events`` response, its body chunks as they arrive."""
-
-    def __init__(self, web: Web) -> None:
-        self.web = web
-        self.chunks: list[bytes] = []
-        self.response = _result(web.stub.get(BASE + "/api/events"))
-        treq.collect(self.response, self.chunks.append)
-        web.stub.flush()
-
-    def events(self) -> list[tuple[str, Any]]:
-        self.web.stub.flush()
-        found = []
-        for message in b"".join(self.chunks).decode().split("\n\n"):
-            lines = dict(line.split(": ", 1) for line in message.splitlines() if line.startswith(("event:", "data:")))
-            if "event" in lines:
-                found.append((lines["event"], json.loads(lines["data"])))
-        return found
-
-    def close(self) -> None:
-        for stream in list(self.web.page.streams):
-            stream.request.transport.loseConnection()  # type: ignore[attr-defined]
-            stream.request.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
-        self.web.stub.flush()
 
 
 def test_sse_message_format() -> None:

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterable
 
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -46,18 +45,21 @@ def make_web_resource(
     password: str | None = None,
     public: bool = False,
     debug: bool = False,
+    hosts: Iterable[str] = (),
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
     ``public`` says the listener is reachable beyond loopback (see
     :func:`is_loopback_description`); then removing bindings needs
     ``password``, and without one the page is read-only. ``debug``
-    (``--debug``) logs event streams opening and closing.
+    (``--debug``) logs event streams opening and closing. ``hosts``: the
+    server's own names, accepted in ``Host`` on a loopback listener besides
+    ``localhost`` and the loopback addresses.
     """
     page = BindingsPage(
-        store, clock, metrics, make_environment(), healthy, password=password, public=public, debug=debug
+        store, clock, metrics, make_environment(), healthy, password=password, public=public, debug=debug, hosts=hosts
     )
-    return cast(IResource, page.app.resource())
+    return page.resource()
 
 
 def _unescape(value: str) -> str:

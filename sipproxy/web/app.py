@@ -14,26 +14,29 @@ Routes (a Klein app on :class:`BindingsPage`):
 
 Removing bindings is open on a loopback-only listener and needs HTTP Basic
 credentials (user ``admin``) on a public one; without a password a public
-listener is read-only.
+listener is read-only. On a loopback listener every request's ``Host`` must
+name this machine (:mod:`sipproxy.web.access`, against DNS rebinding).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import jinja2
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from sipproxy.location import BindingEvent, LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, DelayedCall
+from sipproxy.web.access import AccessGuard, HostCheck, forwarded
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
 __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_message"]
@@ -62,9 +65,6 @@ _SECURITY_HEADERS = {
     b"referrer-policy": b"no-referrer",
 }
 
-_LOOPBACK_NAMES = ("localhost", "::1", "[::1]")
-
-
 _JSON = json.JSONEncoder(separators=(",", ":"))
 """``json.dumps(..., separators=...)`` builds an encoder per call; the event stream reuses this one."""
 
@@ -72,18 +72,6 @@ _JSON = json.JSONEncoder(separators=(",", ":"))
 def sse_message(event: str, data: object) -> bytes:
     """One Server-Sent Events message: an event name and JSON data on a single line."""
     return f"event: {event}\ndata: {_JSON.encode(data)}\n\n".encode()
-
-
-def _is_loopback_host(host: str) -> bool:
-    """Whether a Host header (without port) names this machine's loopback interface."""
-    host = host.lower()
-    return host in _LOOPBACK_NAMES or host.startswith("127.") or host.endswith(".localhost")
-
-
-def _host_without_port(host: str) -> str:
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class EventStream:
@@ -113,8 +101,13 @@ class BindingsPage:
         password: str | None = None,
         public: bool = False,
         debug: bool = False,
+        hosts: Iterable[str] = (),
     ) -> None:
         """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
+
+        ``hosts``: the server's names (domains, advertised host) that a
+        ``Host`` header may carry on a loopback listener besides the
+        loopback ones (:class:`HostCheck`).
 
         ``debug`` logs every event stream opening and closing (at debug
         level: ``twistd`` prints every level, so without ``--debug`` these
@@ -128,6 +121,7 @@ class BindingsPage:
         self.password = password
         self.public = public
         self.debug = debug
+        self.hosts = HostCheck(hosts)
         self.streams: set[EventStream] = set()
         self._outgoing: list[bytes] = []
         """Event messages of this reactor turn, written to every stream together by ``_flush``."""
@@ -135,13 +129,17 @@ class BindingsPage:
         self._unsubscribe: Callable[[], None] | None = None
         self._ping: DelayedCall | None = None
 
+    def resource(self) -> IResource:
+        """What to serve: the Klein app behind the :class:`AccessGuard` (every request's Host checked first)."""
+        return AccessGuard(cast(IResource, self.app.resource()), public_listener=self.public, hosts=self.hosts)
+
     def can_remove(self, request: Request) -> bool:
         """Whether the page shown to ``request`` offers removal buttons at all."""
         return not self._is_public(request) or self.password is not None
 
     def _is_public(self, request: Request) -> bool:
         """Public listener, or a loopback one reached through a reverse proxy."""
-        return self.public or _forwarded(request)
+        return self.public or forwarded(request)
 
     # -- the page ---------------------------------------------------------
 
@@ -342,15 +340,12 @@ class BindingsPage:
 
         A request that came through a reverse proxy (``Forwarded`` or
         ``X-Forwarded-For``) is treated as public even on a loopback
-        listener, and on loopback the Host must be a loopback name, which
-        stops DNS rebinding. Cross-site requests need no check of their own:
+        listener; on loopback, :class:`AccessGuard` has already checked the
+        Host, which stops DNS rebinding. Cross-site requests need no check of their own:
         a DELETE from another origin needs a CORS preflight that this server
         never grants.
         """
         if not self._is_public(request):
-            host = (request.getHeader(b"host") or b"").decode("latin-1")
-            if not _is_loopback_host(_host_without_port(host)):
-                return self._refused(request, 403, "removal over loopback needs a loopback host name")
             return None
         if self.password is None:
             return self._refused(request, 403, "removal is disabled: the web listener is public and has no password")
@@ -391,11 +386,6 @@ def _query(request: Request, name: str) -> str | None:
     """The first ``name=`` query parameter, decoded as UTF-8."""
     values = request.args.get(name.encode()) if request.args is not None else None
     return values[0].decode("utf-8", "replace") if values else None
-
-
-def _forwarded(request: Request) -> bool:
-    """Whether a reverse proxy says it forwarded ``request`` for someone else."""
-    return request.getHeader(b"forwarded") is not None or request.getHeader(b"x-forwarded-for") is not None
 
 
 def _client(request: Request) -> str:

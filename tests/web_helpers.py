@@ -1,0 +1,172 @@
+"""The bindings page in process for the web tests: a real store on a fake clock, StubTreq, raw HTTP over StringTransport."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import treq
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from sipproxy.location import Binding, LocationStore
+from sipproxy.metrics import Metrics
+from sipproxy.web import BindingsPage, make_environment
+
+REPO = Path(__file__).resolve().parent.parent
+ALICE = "sip:alice@example.test"
+BOB = "sip:bob@example.test"
+START = 1_714_566_896.0  # 2024-05-01T12:34:56Z
+BASE = "http://127.0.0.1:8080"
+JSON_KEYS = {
+    "aor", "contact", "expires_in", "q", "call_id", "cseq", "user_agent", "source", "transport",
+    "source_host", "source_port", "path", "instance", "reg_id", "registered_at", "refreshed_at",
+}  # fmt: skip
+
+
+def make_binding(
+    aor: str = ALICE, contact: str = "sip:alice@192.0.2.7:5062", *, ttl: float = 3600, **fields: Any
+) -> Binding:
+    values: dict[str, Any] = {
+        "call_id": "a84b4c76e66710@pc33.example.test",
+        "cseq": 1,
+        "expires_at": START + ttl,
+        "user_agent": "Linphone/5.2",
+        "source_host": "192.0.2.7",
+        "source_port": 5062,
+        "registered_at": START,
+        "refreshed_at": START,
+    }
+    values.update(fields)
+    return Binding(aor=aor, contact=contact, **values)
+
+
+class Web:
+    """One page over a real in-memory store, driven through StubTreq on a fake clock."""
+
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        public: bool = False,
+        persistence: Any = None,
+        debug: bool = False,
+        **page_options: Any,
+    ) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = LocationStore(self.clock, persistence)
+        self.metrics = Metrics()
+        self.metrics.watch(self.metrics.bindings, self.store.count)
+        self.healthy = True
+        self.page = BindingsPage(
+            self.store,
+            self.clock,
+            self.metrics,
+            make_environment(),
+            lambda: self.healthy,
+            password=password,
+            public=public,
+            debug=debug,
+            **page_options,
+        )
+        self.resource = self.page.resource()
+        self.stub = StubTreq(self.resource)
+
+    def put(self, *bindings: Binding) -> None:
+        for binding in bindings:
+            self.store.update(binding.aor, put=[binding])
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
+        """(response, body) of one request; the page answers synchronously."""
+        response = result(self.stub.request(method, BASE + path, **kwargs))
+        return response, result(response.content())
+
+    def raw(self, data: bytes, peer: str = "127.0.0.1") -> RawConnection:
+        """One HTTP connection from ``peer`` to a real ``Site`` over a ``StringTransport``, ``data`` sent on it."""
+        connection = RawConnection(self, peer)
+        connection.send(data)
+        return connection
+
+    def get_json(self, path: str) -> Any:
+        response, body = self.request("GET", path)
+        assert response.code == 200
+        assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
+        return json.loads(body)
+
+
+def result(deferred: Any) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the deferred did not fire synchronously"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def basic(user: str, password: str) -> dict[str, list[str]]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": [f"Basic {token}"]}
+
+
+class Stream:
+    """An open ``/api/events`` response, its body chunks as they arrive."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+        self.chunks: list[bytes] = []
+        self.response = result(web.stub.get(BASE + "/api/events"))
+        treq.collect(self.response, self.chunks.append)
+        web.stub.flush()
+
+    def events(self) -> list[tuple[str, Any]]:
+        self.web.stub.flush()
+        found = []
+        for message in b"".join(self.chunks).decode().split("\n\n"):
+            lines = dict(line.split(": ", 1) for line in message.splitlines() if line.startswith(("event:", "data:")))
+            if "event" in lines:
+                found.append((lines["event"], json.loads(lines["data"])))
+        return found
+
+    def close(self) -> None:
+        for stream in list(self.web.page.streams):
+            stream.request.transport.loseConnection()  # type: ignore[attr-defined]
+            stream.request.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.web.stub.flush()
+
+
+class RawConnection:
+    """A real ``HTTPChannel`` of a ``Site`` serving the page, its transport a ``StringTransport``."""
+
+    def __init__(self, web: Web, peer: str) -> None:
+        site = Site(web.resource, reactor=web.clock)
+        self.channel = site.buildProtocol(IPv4Address("TCP", peer, 40000))
+        assert self.channel is not None
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def received(self) -> bytes:
+        """Everything the server wrote so far."""
+        return bytes(self.transport.value())
+
+    def status(self) -> int:
+        return int(self.received().split(b" ", 2)[1])
+
+    def body(self) -> bytes:
+        return self.received().partition(b"\r\n\r\n")[2]
+
+
+def get(path: str, host: str | None = "127.0.0.1:8080", *headers: str) -> bytes:
+    """A raw HTTP/1.1 GET (``host=None``: without a Host header)."""
+    lines = [f"GET {path} HTTP/1.1", *([f"Host: {host}"] if host is not None else []), *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
