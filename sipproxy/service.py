@@ -259,6 +259,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         public=not is_loopback_description(description),
         debug=bool(options.get("debug")),
         hosts=[*domains, advertised],
+        max_streams=options.get("max-event-streams", 100),
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]

@@ -83,6 +83,12 @@ class Options(usage.Options):
             None,
             "Password (user 'admin') needed to remove bindings over the web when --web listens beyond loopback.",
         ],
+        [
+            "max-event-streams",
+            None,
+            "100",
+            "Live event streams (/api/events) open at once; one more gets 503 and its page polls instead.",
+        ],
         ["db", None, "sipproxy.sqlite", "SQLite file for the bindings (':memory:' keeps them in memory only)."],
         ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
         ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
@@ -183,6 +189,7 @@ class Options(usage.Options):
         if not self["web"]:
             raise usage.UsageError("--web needs a strports description such as tcp:8080:interface=127.0.0.1")
         _strports("web", self["web"])
+        self["max-event-streams"] = _positive("max-event-streams", self["max-event-streams"])
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
         self._security_options()

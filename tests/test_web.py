@@ -22,7 +22,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from sipproxy.location import LocationStore
 from sipproxy.metrics import Metrics
 from sipproxy.web import is_loopback_description, make_environment, make_web_resource
-from sipproxy.web.app import PING_INTERVAL, sse_message
+from sipproxy.web.events import PING_INTERVAL, sse_message
 from sipproxy.web.render import (
     EMPTY_BINDING,
     SOURCE_TEMPLATES,
@@ -576,12 +576,12 @@ def test_idle_streams_get_a_ping_and_closed_streams_are_dropped(web: Web) -> Non
     assert web.clock.getDelayedCalls() == []
     web.put(make_binding())  # no subscriber left to write to a closed request
     assert web.store.callback_errors == type(web.store.callback_errors)()
-    assert web.page._unsubscribe is None
+    assert web.page.hub._unsubscribe is None
 
 
 def test_a_page_subscribes_only_while_someone_watches(web: Web) -> None:
     calls: list[object] = []
-    web.page.on_binding_event = calls.append  # type: ignore[method-assign]
+    web.page.hub.on_binding_event = calls.append  # type: ignore[method-assign]
     web.put(make_binding())
     assert calls == []
     stream = Stream(web)

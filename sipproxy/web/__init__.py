@@ -13,6 +13,7 @@ from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.app import BindingsPage
+from sipproxy.web.events import MAX_STREAMS
 from sipproxy.web.render import make_environment
 
 __all__ = ["BindingsPage", "QuietSite", "is_loopback_description", "make_environment", "make_web_resource"]
@@ -46,6 +47,7 @@ def make_web_resource(
     public: bool = False,
     debug: bool = False,
     hosts: Iterable[str] = (),
+    max_streams: int = MAX_STREAMS,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
@@ -54,10 +56,20 @@ def make_web_resource(
     ``password``, and without one the page is read-only. ``debug``
     (``--debug``) logs event streams opening and closing. ``hosts``: the
     server's own names, accepted in ``Host`` on a loopback listener besides
-    ``localhost`` and the loopback addresses.
+    ``localhost`` and the loopback addresses. ``max_streams``:
+    ``--max-event-streams``.
     """
     page = BindingsPage(
-        store, clock, metrics, make_environment(), healthy, password=password, public=public, debug=debug, hosts=hosts
+        store,
+        clock,
+        metrics,
+        make_environment(),
+        healthy,
+        password=password,
+        public=public,
+        debug=debug,
+        hosts=hosts,
+        max_streams=max_streams,
     )
     return page.resource()
 

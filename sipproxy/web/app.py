@@ -33,22 +33,17 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
-from sipproxy.location import BindingEvent, LocationService
+from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
-from sipproxy.net import Clock, DelayedCall
+from sipproxy.net import Clock
 from sipproxy.web.access import AccessGuard, HostCheck, forwarded
+from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
 __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_message"]
 
 ADMIN_USER = "admin"
 """The only user name accepted for removals on a public listener."""
-
-PING_INTERVAL = 15.0
-"""Seconds between comment lines on idle event streams (keeps proxies and NATs from closing them)."""
-
-RETRY_MS = 2000
-"""How long a browser waits before reconnecting a dropped event stream."""
 
 _STATIC = {
     "bindings.js": b"text/javascript; charset=utf-8",
@@ -64,25 +59,6 @@ _SECURITY_HEADERS = {
     b"x-frame-options": b"DENY",
     b"referrer-policy": b"no-referrer",
 }
-
-_JSON = json.JSONEncoder(separators=(",", ":"))
-"""``json.dumps(..., separators=...)`` builds an encoder per call; the event stream reuses this one."""
-
-
-def sse_message(event: str, data: object) -> bytes:
-    """One Server-Sent Events message: an event name and JSON data on a single line."""
-    return f"event: {event}\ndata: {_JSON.encode(data)}\n\n".encode()
-
-
-class EventStream:
-    """One open ``text/event-stream`` response."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-
-    def send(self, message: bytes) -> None:
-        """Write ``message`` unless the client has gone."""
-        self.request.write(message)
 
 
 class BindingsPage:
@@ -102,12 +78,14 @@ class BindingsPage:
         public: bool = False,
         debug: bool = False,
         hosts: Iterable[str] = (),
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
 
         ``hosts``: the server's names (domains, advertised host) that a
         ``Host`` header may carry on a loopback listener besides the
-        loopback ones (:class:`HostCheck`).
+        loopback ones (:class:`HostCheck`). ``max_streams``:
+        ``--max-event-streams``.
 
         ``debug`` logs every event stream opening and closing (at debug
         level: ``twistd`` prints every level, so without ``--debug`` these
@@ -122,12 +100,7 @@ class BindingsPage:
         self.public = public
         self.debug = debug
         self.hosts = HostCheck(hosts)
-        self.streams: set[EventStream] = set()
-        self._outgoing: list[bytes] = []
-        """Event messages of this reactor turn, written to every stream together by ``_flush``."""
-        self._flush_call: DelayedCall | None = None
-        self._unsubscribe: Callable[[], None] | None = None
-        self._ping: DelayedCall | None = None
+        self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client)
 
     def resource(self) -> IResource:
         """What to serve: the Klein app behind the :class:`AccessGuard` (every request's Host checked first)."""
@@ -224,87 +197,28 @@ class BindingsPage:
     # -- live updates -----------------------------------------------------
 
     @app.route("/api/events", methods=["GET"])
-    def events(self, request: Request) -> Deferred[None]:
+    def events(self, request: Request) -> bytes | Deferred[None]:
         """A ``text/event-stream``: a ``snapshot`` of every binding, then one ``binding`` event per change.
 
+        Bounded (:mod:`sipproxy.web.events`): 503 beyond ``--max-event-streams``.
         The returned Deferred never fires; Klein cancels it when the client
         goes away, and ``notifyFinish`` drops the stream.
         """
+        if self.hub.is_full():
+            return self.hub.refuse(request)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
         if request.method == b"HEAD":
             return succeed(None)
-        self._flush()  # the changes so far go to the streams already open; the snapshot has them
-        stream = EventStream(request)
-        stream.send(f"retry: {RETRY_MS}\n\n".encode())
-        stream.send(sse_message("snapshot", self._snapshot(None)))
-        self._open(stream)
-        request.notifyFinish().addBoth(self._closed, stream)
+        stream = self.hub.open(request)
+        request.notifyFinish().addBoth(self.hub.closed, stream)
         return Deferred()
 
-    def on_binding_event(self, event: BindingEvent) -> None:
-        """Store subscriber: one ``binding`` event for every open stream, written at the end of the reactor turn.
-
-        A busy registrar changes thousands of bindings a second: one write per
-        stream per turn, not one per change.
-        """
-        if not self.streams:
-            return
-        payload = {
-            "kind": event.kind,
-            "reason": event.reason,
-            "binding": binding_json(event.binding, self.clock.seconds()),
-        }
-        self._outgoing.append(sse_message("binding", payload))
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        if not self._outgoing:
-            return
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        for stream in list(self.streams):
-            stream.send(data)
-
-    def _open(self, stream: EventStream) -> None:
-        if not self.streams:
-            self._unsubscribe = self.store.subscribe(self.on_binding_event)
-            self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
-        self.streams.add(stream)
-        if self.debug:
-            self.log.debug(
-                "Event stream opened for {client}; {count} open",
-                client=_client(stream.request),
-                count=len(self.streams),
-            )
-
-    def _closed(self, result: object, stream: EventStream) -> None:
-        """``notifyFinish`` callback: forget the stream; the last one stops the subscription and pings.
-
-        Returns None, so a dropped connection's failure ends here.
-        """
-        self.streams.discard(stream)
-        if self.debug:
-            self.log.debug("Event stream closed; {count} open", count=len(self.streams))
-        if self.streams:
-            return
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._ping is not None and self._ping.active():
-            self._ping.cancel()
-        self._ping = None
-        self._flush()  # nobody left to write to: drop what was pending
-
-    def _send_ping(self) -> None:
-        for stream in list(self.streams):
-            stream.send(b": ping\n\n")
-        self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping) if self.streams else None
+    @property
+    def streams(self) -> set[EventStream]:
+        """The event streams open now."""
+        return self.hub.streams
 
     # -- operations -------------------------------------------------------
 
