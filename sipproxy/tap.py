@@ -81,7 +81,7 @@ class Options(usage.Options):
             "web-password",
             None,
             None,
-            "Password (user 'admin') needed to remove bindings over the web when --web listens beyond loopback.",
+            "Password (user 'admin') for the page and API when --web listens beyond loopback (required there).",
         ],
         [
             "max-event-streams",
@@ -190,10 +190,24 @@ class Options(usage.Options):
             raise usage.UsageError("--web needs a strports description such as tcp:8080:interface=127.0.0.1")
         _strports("web", self["web"])
         self["max-event-streams"] = _positive("max-event-streams", self["max-event-streams"])
+        self._web_password()
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
+
+    def _web_password(self) -> None:
+        """A page beyond loopback shows every binding's address, User-Agent and Call-ID: only with a password."""
+        from sipproxy.web import is_loopback_description
+
+        if self["web-password"] is not None and not self["web-password"]:
+            raise usage.UsageError("--web-password must not be empty")
+        if self["web-password"] is None and not is_loopback_description(self["web"]):
+            raise usage.UsageError(
+                f"--web {self['web']} listens beyond loopback, where the page shows every binding's address, "
+                "User-Agent and Call-ID: give --web-password (and put TLS in front, see the README) "
+                "or listen on interface=127.0.0.1"
+            )
 
     def _security_options(self) -> None:
         from sipproxy.auth.digest import canonical_algorithm

@@ -409,7 +409,7 @@ def test_public_with_password_needs_basic_auth() -> None:
     response, _ = web.request("DELETE", "/api/bindings/" + ALICE, headers=basic("admin", "s3cret"))
     assert response.code == 200
     assert web.store.count() == 0
-    page = web.request("GET", "/")[1].decode()
+    page = web.request("GET", "/", headers=basic("admin", "s3cret"))[1].decode()  # reads need it too (issue 19)
     assert 'data-can-remove="true"' in page and "admin password" in page
 
 

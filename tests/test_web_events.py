@@ -180,3 +180,16 @@ def test_streams_are_bounded() -> None:
     close(first)
     assert web.raw(get("/api/events")).status() == 200
     assert len(web.page.streams) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_max_event_streams_must_be_a_positive_number(value: str) -> None:
+    from twisted.python.usage import UsageError
+
+    from sipproxy.tap import Options
+
+    with pytest.raises(UsageError, match=r"^--max-event-streams must be a positive whole number"):
+        Options().parseOptions(["--max-event-streams", value])
+    options = Options()
+    options.parseOptions(["--max-event-streams", "7"])
+    assert options["max-event-streams"] == 7

@@ -12,15 +12,18 @@ Routes (a Klein app on :class:`BindingsPage`):
 - ``DELETE /api/bindings/<aor>`` (``?contact=`` for one contact): removes bindings.
 - ``GET /healthz`` and ``GET /metrics``.
 
-Removing bindings is open on a loopback-only listener and needs HTTP Basic
-credentials (user ``admin``) on a public one; without a password a public
-listener is read-only. On a loopback listener every request's ``Host`` must
-name this machine (:mod:`sipproxy.web.access`, against DNS rebinding).
+Who may do what is decided in front of the routes (:mod:`sipproxy.web.access`):
+on a loopback listener every request's ``Host`` must name this machine
+(against DNS rebinding); a public request (public listener, or forwarded
+by a reverse proxy) needs HTTP Basic credentials (user ``admin``, the
+``--web-password``) for everything but ``/healthz`` and ``/metrics``, wrong
+ones throttled per client address. Removing bindings is open on a
+loopback-only listener; a public request without a password configured
+gets the page read-only.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -36,14 +39,12 @@ from twisted.web.server import Request
 from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
-from sipproxy.web.access import AccessGuard, HostCheck, forwarded
+from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
 from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
 __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_message"]
 
-ADMIN_USER = "admin"
-"""The only user name accepted for removals on a public listener."""
 
 _STATIC = {
     "bindings.js": b"text/javascript; charset=utf-8",
@@ -103,8 +104,15 @@ class BindingsPage:
         self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client)
 
     def resource(self) -> IResource:
-        """What to serve: the Klein app behind the :class:`AccessGuard` (every request's Host checked first)."""
-        return AccessGuard(cast(IResource, self.app.resource()), public_listener=self.public, hosts=self.hosts)
+        """What to serve: the Klein app behind the :class:`AccessGuard` (Host, password and its throttle)."""
+        return AccessGuard(
+            cast(IResource, self.app.resource()),
+            self.clock,
+            public_listener=self.public,
+            hosts=self.hosts,
+            password=self.password,
+            is_public=self._is_public,
+        )
 
     def can_remove(self, request: Request) -> bool:
         """Whether the page shown to ``request`` offers removal buttons at all."""
@@ -254,8 +262,9 @@ class BindingsPage:
 
         A request that came through a reverse proxy (``Forwarded`` or
         ``X-Forwarded-For``) is treated as public even on a loopback
-        listener; on loopback, :class:`AccessGuard` has already checked the
-        Host, which stops DNS rebinding. Cross-site requests need no check of their own:
+        listener. :class:`AccessGuard` has already checked the Host (on
+        loopback, which stops DNS rebinding) and the password (on a public
+        request, when one is set). Cross-site requests need no check of their own:
         a DELETE from another origin needs a CORS preflight that this server
         never grants.
         """
@@ -263,16 +272,7 @@ class BindingsPage:
             return None
         if self.password is None:
             return self._refused(request, 403, "removal is disabled: the web listener is public and has no password")
-        if not self._authorised(request):
-            request.setHeader(b"www-authenticate", b'Basic realm="sipproxy", charset="UTF-8"')
-            return self._refused(request, 401, "removal needs the admin password")
-        return None
-
-    def _authorised(self, request: Request) -> bool:
-        assert self.password is not None
-        user_ok = hmac.compare_digest(request.getUser(), ADMIN_USER.encode())
-        password_ok = hmac.compare_digest(request.getPassword(), self.password.encode())
-        return user_ok and password_ok
+        return None  # the AccessGuard has checked the password (and throttles wrong ones)
 
     def _refused(self, request: Request, status: int, reason: str) -> bytes:
         self.log.warn(

@@ -86,7 +86,7 @@ def sse_message(event: str, data: object) -> bytes:
 class _Snapshot:
     """What is left to send of one stream's ``snapshot`` event: the same bytes as ``sse_message("snapshot", ...)``."""
 
-    def __init__(self, bindings: list[Binding], now: int) -> None:
+    def __init__(self, bindings: list[Binding], now: float) -> None:
         self.bindings = bindings
         self.now = now
         self.sent = 0
@@ -205,8 +205,9 @@ class EventHub:
         self._slice_call: DelayedCall | None = None
         self._view: dict[tuple[str, str], Binding] | None = None
         """Every binding by (aor, contact), kept up to date by the events while streams are open."""
-        self._encoded: dict[int, dict[int, tuple[Binding, bytes]]] = {}
-        """Second of snapshot time -> id(binding) -> (binding, its JSON): one encoding per binding per second."""
+        self._shown_at: float | None = None
+        self._encoded: dict[float, dict[int, tuple[Binding, bytes]]] = {}
+        """Snapshot time -> id(binding) -> (binding, its JSON): one encoding per binding per second."""
 
     def is_full(self) -> bool:
         return len(self.streams) >= self.max_streams
@@ -228,7 +229,7 @@ class EventHub:
         if not self.streams:
             self._unsubscribe = self.store.subscribe(self.on_binding_event)
             self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
-        stream.snapshot = _Snapshot(self._every_binding(), math.floor(self.clock.seconds()))
+        stream.snapshot = _Snapshot(self._every_binding(), self._snapshot_time())
         stream.on_resume = self._resumed
         self.streams.add(stream)
         self._sending.append(stream)
@@ -293,6 +294,13 @@ class EventHub:
         self._outgoing.clear()
         for stream in list(self.streams):
             stream.send(data)
+
+    def _snapshot_time(self) -> float:
+        """The time snapshots are shown at: the first stream's of this second, so that they share encodings."""
+        now = self.clock.seconds()
+        if self._shown_at is None or math.floor(now) != math.floor(self._shown_at):
+            self._shown_at = now
+        return self._shown_at
 
     def _every_binding(self) -> list[Binding]:
         """Every binding now, for a new stream's snapshot, without walking the index each time.
