@@ -80,9 +80,12 @@ def round_trips(sip_port: int, samples: int) -> list[float]:
             message = register("probe", port, "probe-call", i + 1, sip_port)
             start = time.perf_counter()
             s.sendto(message, (LOOPBACK, sip_port))
+            wanted = f"CSeq: {i + 1} REGISTER".encode()
             try:
-                while not s.recv(65535).startswith(b"SIP/2.0 200"):
-                    pass
+                while True:  # a late answer to an earlier probe is not this one's
+                    data = s.recv(65535)
+                    if data.startswith(b"SIP/2.0 200") and wanted in data:
+                        break
                 times.append(time.perf_counter() - start)
             except TimeoutError:
                 times.append(2.0)
