@@ -247,7 +247,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
 
     def healthy() -> bool:
         # Every TCP slot taken by registered phones: new ones are refused (sip_blocked_requests, tcp-connections).
-        return listeners.listening > 0 and not store.last_commit_failed and not core.transport.full
+        return listeners.listening > 0 and store.storage_problem is None and not core.transport.full
 
     description = options["web"]
     resource = make_web_resource(

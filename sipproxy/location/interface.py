@@ -106,6 +106,10 @@ class LocationService(Protocol):
 class LocationBackend(LocationService, Protocol):
     """A :class:`LocationService` as wiring sees it: with the lifecycle only wiring uses."""
 
+    @property
+    def storage_problem(self) -> str | None:
+        """Why durable storage is not healthy, one line (``/healthz`` fails while there is one); ``None`` if it is."""
+
     def restore(self) -> int:
         """Load what durable storage holds (at start-up); return how many live bindings there are."""
 

@@ -24,9 +24,14 @@ class _Checkpointable(Protocol):
 
     def checkpoint(self) -> tuple[int, int]: ...
 
+    def check_file(self, *, write_back: bool = True) -> str | None: ...
+
 
 class WalCheckpointer(TimerService):
-    """Checkpoints the SQLite write-ahead log every ``interval`` seconds in a worker thread.
+    """Checks the SQLite file is still there, and checkpoints its write-ahead log, every ``interval`` seconds.
+
+    The checkpoint runs in a worker thread; the check (a ``stat``, and
+    writing the file back if it was deleted) on the reactor.
 
     Left to the commits (SQLite's default), a checkpoint copies a thousand
     pages and ``fsync``s in the middle of a reactor turn: p99 REGISTER
@@ -46,7 +51,16 @@ class WalCheckpointer(TimerService):
         self._running: Deferred[object] | None = None
 
     def checkpoint(self) -> None:
-        """Start one checkpoint, unless the previous one is still running."""
+        """Check the database file, then start one checkpoint unless the previous one is still running.
+
+        Writing a deleted file back (``SQLitePersistence.check_file``) moves
+        the connections, so it happens between two checkpoints, never
+        during one.
+        """
+        try:
+            self.persistence.check_file(write_back=self._running is None)
+        except Exception:
+            log.failure("Checking the database file failed")
         if self._running is not None:
             return
         running = self._run(self.persistence.checkpoint)

@@ -9,24 +9,25 @@ journal mode with ``synchronous=NORMAL``: a committed transaction survives
 the process being killed (it may be lost only on an operating-system crash
 or power failure). :class:`SQLiteLocation` is the location service over it.
 
-Header values are text as the parser decoded them: UTF-8, with the bytes
-that are not valid UTF-8 kept as surrogate escapes (``User-Agent:
-Téléphone`` sent in Latin-1 arrives as ``"T\\udce9l\\udce9phone"``).
-SQLite text must be valid UTF-8, so such a value is stored as a BLOB of the
-bytes the phone sent, and read back into the same string: nothing is lost,
-and nothing is refused.
+Values that are not valid UTF-8 are stored losslessly (``rows.py``). A
+database file deleted under the running server is noticed within a second
+and written back from the connection still open on it
+(:meth:`SQLitePersistence.check_file`, ``dbfile.py``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from twisted.logger import Logger
+
 from sipproxy.location.binding import Binding
+from sipproxy.location.dbfile import copy_to, identity, remove_log
 from sipproxy.location.interface import BindingEvent
+from sipproxy.location.rows import COLUMNS, from_row, key, to_row
 from sipproxy.location.store import LocationStore
 from sipproxy.net import Clock
 
@@ -41,23 +42,7 @@ B-tree, keyed by aor and contact: an upsert writes about a third less) and
 where the value is not valid UTF-8.
 """
 
-_COLUMNS = (
-    "aor",
-    "contact",
-    "call_id",
-    "cseq",
-    "expires_at",
-    "q",
-    "transport",
-    "source_host",
-    "source_port",
-    "path",
-    "user_agent",
-    "instance",
-    "reg_id",
-    "registered_at",
-    "refreshed_at",
-)
+log = Logger(namespace="sipproxy.location")
 
 _SCHEMA = """
 CREATE TABLE bindings (
@@ -87,75 +72,9 @@ CREATE TABLE server_secret (
 )
 """
 
-_UPSERT = "INSERT OR REPLACE INTO bindings ({}) VALUES ({})".format(", ".join(_COLUMNS), ", ".join("?" * len(_COLUMNS)))
+_UPSERT = "INSERT OR REPLACE INTO bindings ({}) VALUES ({})".format(", ".join(COLUMNS), ", ".join("?" * len(COLUMNS)))
 _DELETE = "DELETE FROM bindings WHERE aor = ? AND contact = ?"
-_SELECT = "SELECT {} FROM bindings ORDER BY aor, contact".format(", ".join(_COLUMNS))
-
-_Text = str | bytes
-"""A text column's value: text, or the raw bytes of a value that is not valid UTF-8."""
-
-_Row = tuple[_Text, _Text, _Text, int, float, float, str, str, int, str, _Text, _Text | None, int | None, float, float]
-
-
-def _text(value: str) -> _Text:
-    """``value`` as SQLite can store it: itself when it is valid UTF-8, else the bytes it escapes."""
-    if value.isascii():  # nearly always: a flag check, no scan
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape")
-    return value
-
-
-def _str(value: _Text) -> str:
-    """The inverse of :func:`_text`."""
-    return value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogateescape")
-
-
-def _key(aor: str, contact: str) -> tuple[_Text, _Text]:
-    return _text(aor), _text(contact)
-
-
-def _to_row(binding: Binding) -> _Row:
-    return (
-        _text(binding.aor),
-        _text(binding.contact),
-        _text(binding.call_id),
-        binding.cseq,
-        binding.expires_at,
-        binding.q,
-        binding.transport,
-        binding.source_host,
-        binding.source_port,
-        json.dumps(list(binding.path)) if binding.path else "[]",
-        _text(binding.user_agent),
-        None if binding.instance is None else _text(binding.instance),
-        binding.reg_id,
-        binding.registered_at,
-        binding.refreshed_at,
-    )
-
-
-def _from_row(row: _Row) -> Binding:
-    instance = row[11]
-    return Binding(
-        aor=_str(row[0]),
-        contact=_str(row[1]),
-        call_id=_str(row[2]),
-        cseq=row[3],
-        expires_at=row[4],
-        q=row[5],
-        transport=row[6],
-        source_host=row[7],
-        source_port=row[8],
-        path=tuple(json.loads(row[9])),
-        user_agent=_str(row[10]),
-        instance=None if instance is None else _str(instance),
-        reg_id=row[12],
-        registered_at=row[13],
-        refreshed_at=row[14],
-    )
+_SELECT = "SELECT {} FROM bindings ORDER BY aor, contact".format(", ".join(COLUMNS))
 
 
 @contextmanager
@@ -185,20 +104,40 @@ class SQLitePersistence:
         Raises ``RuntimeError`` if the file was written by a newer schema.
         """
         self.path = path
+        self._file = path
+        """The file open: ``path``, or where sipproxy's own went when another file replaced it (:meth:`check_file`)."""
+        self._autocheckpoint = autocheckpoint
         self._checkpointer: sqlite3.Connection | None = None
-        if path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+        self._on_disk = path != ":memory:" and not path.startswith("file:")
+        if self._on_disk and not os.path.exists(path):
             # The file holds the server secret and who is registered where: private from the start.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._connection = sqlite3.connect(path, isolation_level=None)
+        self._connection = self._connect()
+        self._identity = identity(path) if self._on_disk else None
+        self._reconnect = False
+        """Was the connection closed to move to a written-back file, which is still to be opened?"""
+        self.file_problem: str | None = None
+        """What is wrong with the file at ``path`` (:meth:`check_file`), ``None`` while it is the one opened."""
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._file, isolation_level=None)
         try:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            if not autocheckpoint:
-                self._connection.execute("PRAGMA wal_autocheckpoint=0")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            if not self._autocheckpoint:
+                connection.execute("PRAGMA wal_autocheckpoint=0")
+                # Opened now, by the file's name, while the file is the one just opened:
+                # opened later, after the file was deleted, it would create an empty one.
+                self._checkpointer = sqlite3.connect(self._file, isolation_level=None, check_same_thread=False)
+            self._connection = connection
             self._migrate()
         except BaseException:
-            self._connection.close()
+            connection.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             raise
+        return connection
 
     def _migrate(self) -> None:
         (version,) = self._connection.execute("PRAGMA user_version").fetchone()
@@ -211,7 +150,7 @@ class SQLitePersistence:
             if version == 1:  # rebuild the rowid table under the version 2 definition
                 connection.execute("ALTER TABLE bindings RENAME TO bindings_v1")
                 connection.execute(_SCHEMA)
-                connection.execute(f"INSERT INTO bindings SELECT {', '.join(_COLUMNS)} FROM bindings_v1")
+                connection.execute(f"INSERT INTO bindings SELECT {', '.join(COLUMNS)} FROM bindings_v1")
                 connection.execute("DROP TABLE bindings_v1")
             else:
                 connection.execute(_SCHEMA)
@@ -235,7 +174,7 @@ class SQLitePersistence:
 
     def load(self) -> list[Binding]:
         """Every stored binding, ordered by aor then contact."""
-        return [_from_row(row) for row in self._connection.execute(_SELECT)]
+        return [from_row(row) for row in self._connection.execute(_SELECT)]
 
     def write(self, put: Sequence[Binding], remove: Sequence[tuple[str, str]]) -> None:
         """Delete the ``(aor, contact)`` keys in ``remove``, then insert or replace ``put``.
@@ -252,19 +191,19 @@ class SQLitePersistence:
             # One statement is atomic on its own, in a batch or not: the
             # common REGISTER costs one round through SQLite, not three.
             if put:
-                connection.execute(_UPSERT, _to_row(put[0]))
+                connection.execute(_UPSERT, to_row(put[0]))
             else:
-                connection.execute(_DELETE, _key(*remove[0]))
+                connection.execute(_DELETE, key(*remove[0]))
             return
         if not connection.in_transaction:
             with _transaction(connection):
-                connection.executemany(_DELETE, [_key(*k) for k in remove])
-                connection.executemany(_UPSERT, [_to_row(b) for b in put])
+                connection.executemany(_DELETE, [key(*k) for k in remove])
+                connection.executemany(_UPSERT, [to_row(b) for b in put])
             return
         connection.execute("SAVEPOINT write")
         try:
-            connection.executemany(_DELETE, [_key(*k) for k in remove])
-            connection.executemany(_UPSERT, [_to_row(b) for b in put])
+            connection.executemany(_DELETE, [key(*k) for k in remove])
+            connection.executemany(_UPSERT, [to_row(b) for b in put])
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK TO write")
@@ -305,15 +244,17 @@ class SQLitePersistence:
         Never call it concurrently with itself.
         """
         if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._checkpointer = sqlite3.connect(self._file, isolation_level=None, check_same_thread=False)
         _busy, log_frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return log_frames, copied
 
     def close(self) -> None:
-        """Checkpoint and close; later calls raise ``sqlite3.ProgrammingError``.
+        """Check the file (:meth:`check_file`: one deleted since the last check is written back), checkpoint, close.
 
-        Not while :meth:`checkpoint` runs in another thread.
+        Later calls raise ``sqlite3.ProgrammingError``. Not while
+        :meth:`checkpoint` runs in another thread.
         """
+        self.check_file()
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
@@ -323,6 +264,105 @@ class SQLitePersistence:
         except sqlite3.Error:
             pass  # closing is what matters; the next open replays the log
         self._connection.close()
+
+    # -- the file under the connection -------------------------------------
+
+    def check_file(self, *, write_back: bool = True) -> str | None:
+        """Is ``path`` still the file this opened?  If not, write it back; return what is wrong, or ``None``.
+
+        ``twistd sipproxy`` calls this every second, with each WAL checkpoint
+        (:class:`~sipproxy.location.services.WalCheckpointer`; with
+        ``write_back=False`` while one runs in its thread, as writing back
+        moves the connections), and at :meth:`close`. Never raises.
+
+        The recovery, rather than running on until a restart that would
+        lose every binding and the server secret: a deleted file is written
+        back at once from the connection still open on it
+        (:func:`~sipproxy.location.dbfile.copy_to`: every committed binding
+        and the secret), and the connections move to the new file. An error
+        is logged when the deletion is found, an info line when the file is
+        back. While a batch is open, or while writing the file fails (its
+        directory gone or not writable), :attr:`file_problem` says so, so
+        ``/healthz`` fails, and each call tries again.
+
+        A file that *another file replaced* (``mv old.sqlite sipproxy.sqlite``)
+        is the operator's: it is left alone, and sipproxy's own is written
+        to ``PATH.displaced`` instead (its log beside ``path`` would
+        otherwise be read as the new file's). Health fails until a restart,
+        which opens the new file, without what ``PATH.displaced`` holds.
+        """
+        if self._identity is None:
+            return None
+        if self._reconnect:  # a file written back that could not be opened yet
+            if write_back and identity(self._file) == self._identity:
+                self._open_again()
+            return self.file_problem
+        now = identity(self._file)
+        if now == self._identity:
+            if self._file == self.path and self.file_problem is not None:
+                log.info("The database file {path} is sipproxy's again", path=self.path)
+                self.file_problem = None
+            return self.file_problem
+        target = self._file
+        if now is None:
+            first = self._problem(f"the database file {target} was deleted while in use")
+        else:
+            target = f"{self.path}.displaced"
+            first = self._problem(
+                f"the database file {self.path} was replaced by another file; sipproxy keeps its bindings and "
+                f"server secret in {target} until restarted (then it uses the new file, without them)"
+            )
+        if not write_back or self._connection.in_transaction:
+            return self.file_problem  # after the checkpoint, or the reactor turn's commit: the next check
+        try:
+            copy_to(self._connection, target)
+        except (OSError, sqlite3.Error) as error:
+            if first:
+                log.error(
+                    "Writing the database file {path} failed ({error}); trying again every second",
+                    path=target,
+                    error=error,
+                )
+            return self.file_problem
+        self._checkpointer, checkpointer = None, self._checkpointer
+        if checkpointer is not None:
+            checkpointer.close()
+        self._connection.close()
+        try:
+            remove_log(self._file)
+        except OSError as error:
+            log.error("Removing the old log beside {path} failed: {error}", path=self._file, error=error)
+        self._file = target
+        self._identity = identity(target)
+        self._reconnect = True
+        self._open_again()
+        return self.file_problem
+
+    def _open_again(self) -> None:
+        """Open the file :meth:`check_file` wrote; on failure say so (each check tries again)."""
+        try:
+            self._connection = self._connect()
+        except (OSError, sqlite3.Error) as error:
+            self._problem(f"the database file {self._file} was written but cannot be opened ({error})")
+            return
+        self._reconnect = False
+        (count,) = self._connection.execute("SELECT count(*) FROM bindings").fetchone()
+        log.info(
+            "Wrote the database file {path}: {count} {bindings} and the server secret, as last committed",
+            path=self._file,
+            count=count,
+            bindings="binding" if count == 1 else "bindings",
+        )
+        if self._file == self.path:
+            self.file_problem = None
+
+    def _problem(self, problem: str) -> bool:
+        """Record what is wrong with the file, logging it as an error when it is news; return whether it was."""
+        if problem == self.file_problem:
+            return False
+        log.error("Location service: {problem}", problem=problem)
+        self.file_problem = problem
+        return True
 
 
 class SQLiteLocation(LocationStore):

@@ -77,6 +77,18 @@ class LocationStore:
         """Whether the most recent commit to the journal failed (``/healthz`` reports it)."""
         return self._commit is not None and self._commit.last_commit_failed
 
+    @property
+    def storage_problem(self) -> str | None:
+        """Why durable storage is not healthy, one line (``/healthz`` fails while there is one); ``None`` if it is.
+
+        The last commit failed, or the journal's file is not the one it
+        opened (``SQLitePersistence.file_problem``: deleted and not yet
+        written back, or replaced).
+        """
+        if self.last_commit_failed:
+            return "the last commit to the database failed"
+        return getattr(self._persistence, "file_problem", None)
+
     # -- lifecycle (wiring) -----------------------------------------------------
 
     def restore(self) -> int:

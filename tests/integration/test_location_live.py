@@ -1,4 +1,4 @@
-"""The location service in the real ``twistd -n sipproxy``: values that are not UTF-8, and why bindings go.
+"""The location service in the real ``twistd -n sipproxy``: values that are not UTF-8, its file deleted.
 
 Issue "Hardening" item 7: a REGISTER whose User-Agent, Call-ID or
 ``+sip.instance`` is Latin-1 (``T\\xe9l\\xe9phone``) got ``500 Location
@@ -10,7 +10,11 @@ byte, and the page's API shows it readably.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sqlite3
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -84,3 +88,72 @@ def test_latin_1_register_gets_200_and_survives_a_restart(
     assert response.status == 200
     assert api_bindings(server) == []
     assert "(unregistered by the phone)" in server.log_text()
+
+
+# -- Issue "Hardening" item 9: the database file deleted under the running server ------------------------------
+
+WAIT = 10.0
+"""Seconds to wait for the server's once-a-second check of its file."""
+
+
+def healthz(server: Server) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{server.web_port}/healthz", timeout=5) as answer:
+            return answer.status  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def server_secret(server: Server) -> bytes:
+    """The secret in the database file, read as another process would."""
+    connection = sqlite3.connect(f"file:{server.db}?mode=ro", uri=True)
+    try:
+        (secret,) = connection.execute("SELECT secret FROM server_secret").fetchone()
+        return bytes(secret)
+    finally:
+        connection.close()
+
+
+def wait_for_log(server: Server, text: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{server.log_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_a_deleted_database_file_is_written_back_and_survives_kill_9(server: Server) -> None:
+    assert register(server, b"User-Agent: Phone/1").status == 200
+    secret = server_secret(server)
+    assert healthz(server) == 200
+
+    server.db.unlink()
+    wait_for_log(server, f"Wrote the database file {server.db}: 1 binding and the server secret")
+    assert server.log_text().count(f"the database file {server.db} was deleted while in use") == 1
+    assert healthz(server) == 200
+    assert server_secret(server) == secret
+
+    server.kill9()  # no orderly close to lean on
+    server.start()
+    assert "Restored 1 binding from" in server.log_text()
+    [contact] = register_query(server.sip_port, "carol")
+    assert contact.startswith("<sip:carol@127.0.0.1:5999>;expires=")
+    assert server_secret(server) == secret
+
+
+def test_a_database_file_replaced_by_another_fails_health_until_restart(server: Server) -> None:
+    assert register(server, b"User-Agent: Phone/1").status == 200
+    other = server.db.with_name("restored-backup.sqlite")
+    sqlite3.connect(other).close()
+    os.replace(other, server.db)
+
+    deadline = time.monotonic() + WAIT
+    while healthz(server) != 503:
+        assert time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.05)
+    assert f"the database file {server.db} was replaced by another file" in server.log_text()
+    assert register(server, b"Call-ID: again@127.0.0.1", expires=1800).status == 200  # still serving, from its own file
+
+    server.stop()
+    server.start()
+    assert healthz(server) == 200
+    assert "Restored 0 bindings from" in server.log_text()  # the operator's file, as the log said
