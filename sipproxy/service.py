@@ -145,7 +145,12 @@ def build_core(
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(
-        domains, metrics, registrar=registrar, is_registered=lambda aor: bool(store.lookup(aor)), local=local
+        domains,
+        metrics,
+        registrar=registrar,
+        is_registered=lambda aor: bool(store.lookup(aor)),
+        challenged=security.proxy_challenges,
+        local=local,
     )
     transactions = TransactionLayer(clock, transport, stack)
 

@@ -44,8 +44,10 @@ class SipStack:
 
     ``local`` is our address (``None``: only ``domains`` are us, on port
     5060); ``is_registered(aor)`` tells whether an address-of-record (in
-    :func:`canonical_aor` form) has bindings; ``proxy_extensions`` are the
-    option tags the proxy accepts in Proxy-Require (its
+    :func:`canonical_aor` form) has bindings; ``challenged(request)``
+    whether the proxy would ask the request for credentials (§16.3 step 6:
+    ``Security.proxy_challenges``); ``proxy_extensions`` are the option
+    tags the proxy accepts in Proxy-Require (its
     ``ProxySettings.extensions``).
     """
 
@@ -60,6 +62,7 @@ class SipStack:
         is_registered: Callable[[str], bool] = lambda aor: False,
         server_name: str = SERVER,
         *,
+        challenged: Callable[[Request], bool] = lambda request: False,
         local: LocalAddress | None = None,
         proxy_extensions: Collection[str] = frozenset(),
     ) -> None:
@@ -69,6 +72,7 @@ class SipStack:
         self.registrar = registrar
         self.proxy = proxy
         self.is_registered = is_registered
+        self.challenged = challenged
         self.server_name = server_name
         self.proxy_extensions = proxy_extensions
 
@@ -138,11 +142,21 @@ class SipStack:
         ping such as ``sipsak -s sip:ping@proxy``, whose 0.9.8 release cuts a
         five-digit port in the Request-URI to four); an OPTIONS to a
         registered user is proxied to the phone.
+
+        Except, with a user part, a request the proxy would challenge
+        (``--users``, From one of our domains): it goes to the proxy
+        whatever the user, which answers 407 before it looks anyone up
+        (§16.3 step 6 before §16.5), then the phone's answer or 480. Were
+        an unregistered user answered 200 here, the 407 for a registered
+        one would tell a scanner (sipvicious ``svwar -m OPTIONS``) who
+        exists.
         """
         uri = request.uri
         if not isinstance(uri, SipURI) or not self.locality.is_us_or_our_domain(uri):
             return False
-        return uri.user is None or not self.is_registered(canonical_aor(uri))
+        if uri.user is None:
+            return True
+        return not self.challenged(request) and not self.is_registered(canonical_aor(uri))
 
     def options_response(self, request: Request) -> Response:
         """RFC 3261 §11.2 what we can do, or §8.2.2.3 420 (raised as :class:`SipError`) for an unknown Require."""

@@ -138,3 +138,44 @@ def test_record_route_carries_the_dialog_token() -> None:
 def test_options_to_the_server_is_answered_without_a_challenge() -> None:
     server = FakeServer()
     assert server.final(request("OPTIONS", "sip:example.test", to="sip:example.test")).status == 200
+
+
+# -- Issue "Hardening" item 9: OPTIONS must not tell a scanner who exists ------------------------------------------
+
+
+def shape(response: Response) -> tuple[int, str, list[str]]:
+    """Status, reason and header names in order: what a scanner compares."""
+    return response.status, response.reason, [h.key for h in response.headers]
+
+
+def test_options_to_a_registered_and_an_unknown_user_get_the_same_407() -> None:
+    server = registered()
+    to_bob = server.final(request("OPTIONS", "sip:bob@example.test", call_id="o1"))
+    to_nobody = server.final(request("OPTIONS", "sip:nobody@example.test", to="sip:nobody@example.test", call_id="o2"))
+    assert to_bob.status == 407
+    assert shape(to_bob) == shape(to_nobody)
+    assert [sorted(c) for c in challenges(to_bob, "proxy-authenticate")] == [
+        sorted(c) for c in challenges(to_nobody, "proxy-authenticate")
+    ]
+
+
+def test_authenticated_options_reach_the_phone_or_get_480() -> None:
+    server = registered()
+    for uri, call_id in (("sip:bob@example.test", "o3"), ("sip:nobody@example.test", "o4")):
+        challenge = server.final(request("OPTIONS", uri, to=uri, call_id=call_id))
+        auth = authorization(challenge, "alice", "alice-pw", "OPTIONS", uri, header="proxy-authenticate")
+        out = server.send(
+            request("OPTIONS", uri, to=uri, call_id=call_id, cseq=2, headers=(f"Proxy-Authorization: {auth}",))
+        )
+        if uri.startswith("sip:bob"):
+            assert [m.method for m in sent_to(server, out, BOB_ADDR)] == ["OPTIONS"]
+        else:
+            [response] = [m for m, _ in out if isinstance(m, Response) and m.status >= 200]
+            assert response.status == 480
+
+
+def test_options_from_another_domain_to_an_unknown_user_is_still_a_ping_answered_200() -> None:
+    """Not challenged (that is how other domains reach our users): the monitoring ping ``sip:ping@proxy``."""
+    server = registered()
+    ping = request("OPTIONS", "sip:ping@example.test", to="sip:ping@example.test", from_="sip:monitor@other.test")
+    assert server.final(ping).status == 200

@@ -199,6 +199,16 @@ class Security:
         if self.authentication is not None:
             self.authentication.authenticate_proxy(request, source)
 
+    def proxy_challenges(self, request: Request) -> bool:
+        """Would :meth:`authenticate_proxy` ask ``request`` for credentials (the rule in ``authentication.py``)?
+
+        The stack asks before it answers an OPTIONS to a user of ours
+        itself: such a request goes to the proxy whether or not the user is
+        registered, so that its answer (407 alike) does not tell a scanner
+        who exists.
+        """
+        return self.authentication is not None and self.authentication.needs_proxy_auth(request)
+
     def registrar_hook(self, request: Request, aor: str) -> Response | str | None:
         """Compatibility shim for ``Registrar(authenticate=...)``: the refusal as a response, else the user name.
 
