@@ -211,3 +211,16 @@ def test_the_checkpointer_keeps_ticking_through_a_check_that_raises(db_path: str
         checkpointer.clock.advance(1)
     assert [formatEvent(e) for e in events].count("Checking the database file failed") == 3
     checkpointer.stopService()
+
+
+def test_a_check_that_cannot_stat_the_file_logs_and_does_not_raise(
+    store: SQLiteLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(path: str) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("sipproxy.location.sqlite.identity", refused)
+    with capturedLogs() as events:
+        assert store.persistence.check_file() is None
+        store.close()  # closing checks too
+    assert [formatEvent(e).split(" ", 3)[:3] for e in events] == [["Checking", "the", "database"]] * 2

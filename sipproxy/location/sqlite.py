@@ -291,6 +291,13 @@ class SQLitePersistence:
         otherwise be read as the new file's). Health fails until a restart,
         which opens the new file, without what ``PATH.displaced`` holds.
         """
+        try:
+            return self._check_file(write_back)
+        except Exception:  # e.g. stat refused: keep serving, say so
+            log.failure("Checking the database file {path} failed", path=self._file)
+            return self.file_problem
+
+    def _check_file(self, write_back: bool) -> str | None:
         if self._identity is None:
             return None
         if self._reconnect:  # a file written back that could not be opened yet
