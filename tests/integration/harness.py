@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sipproxy.message import Response, parse_message
+
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 READY = "sipproxy ready"
@@ -196,7 +198,6 @@ def sipp(
 
 def register_query(port: int, user: str, domain: str = "example.test", transport: str = "udp") -> list[str]:
     """A REGISTER without Contact (§10.2.3): the Contact values the registrar holds for the AOR."""
-    from sipproxy.message import parse_message
 
     branch = f"z9hG4bK-q{user}{time.monotonic_ns()}"
     request = (
@@ -207,12 +208,37 @@ def register_query(port: int, user: str, domain: str = "example.test", transport
         f"Call-ID: {branch}@query\r\n"
         "CSeq: 1 REGISTER\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ).encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(3)
-        s.sendto(request, (LOOPBACK, port))
-        while True:
-            response = parse_message(s.recvfrom(65535)[0])
-            if response.status >= 200:  # type: ignore[union-attr]
-                break
-    assert response.status == 200, response  # type: ignore[union-attr]
+    response = udp_final(port, request, timeout=3)
+    assert response.status == 200, response
     return response.get_all("contact")
+
+
+def final_response(sock: socket.socket) -> Response:
+    """Read from ``sock`` until a final response arrives (provisional ones are skipped)."""
+    while True:
+        message = parse_message(sock.recvfrom(65535)[0])
+        assert isinstance(message, Response)
+        if message.status >= 200:
+            return message
+
+
+def udp_final(port: int, data: bytes, timeout: float = 5.0) -> Response:
+    """Send ``data`` to the server's UDP port from a fresh socket; its final response."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(data, (LOOPBACK, port))
+        return final_response(s)
+
+
+def passwd_file(path: Path, passwords: dict[str, str], realm: str) -> Path:
+    """A users file written with the operator's command (``sipproxy-passwd``, here as ``python -m``)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for user, password in passwords.items():
+        subprocess.run(
+            [sys.executable, "-m", "sipproxy.auth.passwd", str(path), user, realm, "--password", password],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
+    return path

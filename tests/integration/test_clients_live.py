@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LOOPBACK, ROOT, SCENARIOS, Server, free_port, require
+from harness import LOOPBACK, SCENARIOS, Server, free_port, passwd_file, require
 
 DOMAIN = "example.test"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "dave": "dave-secret", "erin": "erin-secret"}
@@ -44,18 +44,7 @@ PJSUA2_WHEELS = sys.platform == "linux" and platform.machine() == "x86_64" and s
 
 @pytest.fixture
 def users(tmp_path: Path) -> Path:
-    """The users file, written with the operator's command (``sipproxy-passwd``, here as ``python -m``)."""
-    path = tmp_path / "users.txt"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for user, password in PASSWORDS.items():
-        subprocess.run(
-            [sys.executable, "-m", "sipproxy.auth.passwd", str(path), user, DOMAIN, "--password", password],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=30,
-        )
-    return path
+    return passwd_file(tmp_path / "users.txt", PASSWORDS, DOMAIN)
 
 
 def free_port_pair() -> int:

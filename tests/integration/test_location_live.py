@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from harness import LOOPBACK, Server, register_query
+from harness import LOOPBACK, Server, register_query, udp_final
 
-from sipproxy.message import Response, parse_message
+from sipproxy.message import Response
 
 LATIN_1 = b"T\xe9l\xe9phone"
 
@@ -42,14 +41,7 @@ def register(server: Server, header: bytes, *, expires: int = 3600) -> Response:
         + b"\r\n".join(lines.values())
         + b"\r\nContent-Length: 0\r\n\r\n"
     )
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
-        s.sendto(data, (LOOPBACK, server.sip_port))
-        while True:
-            response = parse_message(s.recvfrom(65535)[0])
-            assert isinstance(response, Response)
-            if response.status >= 200:
-                return response
+    return udp_final(server.sip_port, data)
 
 
 def api_bindings(server: Server) -> list[dict[str, object]]:

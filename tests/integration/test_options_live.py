@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import test_security_live
-from harness import LOOPBACK, Server, require
+from harness import LOOPBACK, Server, final_response, require
 from test_security_live import DOMAIN, PASSWORDS, TOOL_TIMEOUT, Phone, _table
 
 from sipproxy.auth.params import parse_auth_params
-from sipproxy.message import Response, parse_message
+from sipproxy.message import Response
 
 users = test_security_live.users
 """The users file of the security tests (a fixture), with alice and extension 101."""
@@ -46,11 +46,7 @@ def options(server: Server, user: str, n: int) -> Response:
             "Accept: application/sdp\r\nContent-Length: 0\r\n\r\n"
         ).encode()
         s.sendto(data, (LOOPBACK, server.sip_port))
-        while True:
-            response = parse_message(s.recvfrom(65535)[0])
-            assert isinstance(response, Response)
-            if response.status >= 200:
-                return response
+        return final_response(s)
 
 
 def shape(response: Response) -> tuple[int, str, list[str], list[list[str]]]:

@@ -12,17 +12,15 @@ before (``sipproxy.security.challenges``), so they work against the defaults.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import sqlite3
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, ROOT, SCENARIOS, Server, free_port, require
+from harness import LOOPBACK, SCENARIOS, Server, free_port, passwd_file, require
 
 from sipproxy.auth import compute_response, ha1, parse_auth_params
 from sipproxy.message import Response, parse_message
@@ -34,18 +32,7 @@ TOOL_TIMEOUT = 90
 
 @pytest.fixture
 def users(tmp_path: Path) -> Path:
-    """The users file, written with the operator's command (``sipproxy-passwd``, here as ``python -m``)."""
-    path = tmp_path / "users.txt"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for user, password in PASSWORDS.items():
-        subprocess.run(
-            [sys.executable, "-m", "sipproxy.auth.passwd", str(path), user, DOMAIN, "--password", password],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=30,
-        )
-    return path
+    return passwd_file(tmp_path / "users.txt", PASSWORDS, DOMAIN)
 
 
 def metrics(server: Server) -> dict[str, float]:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, ROOT, Server, require, sip_options
+from harness import LOOPBACK, ROOT, Server, final_response, require, sip_options, udp_final
 
 from sipproxy.message import Request, Response, parse_message
 
@@ -54,21 +54,6 @@ def one_domain(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield make
     for server in servers:
         server.stop()
-
-
-def final_response(sock: socket.socket) -> Response:
-    while True:
-        message = parse_message(sock.recvfrom(65535)[0])
-        assert isinstance(message, Response)
-        if message.status >= 200:
-            return message
-
-
-def udp_final(port: int, data: bytes) -> Response:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
-        s.sendto(data, (LOOPBACK, port))
-        return final_response(s)
 
 
 def test_options_to_our_address_and_port_is_200_when_only_a_domain_name_is_configured(one_domain) -> None:  # type: ignore[no-untyped-def]
