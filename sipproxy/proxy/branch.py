@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sipproxy.message import ParseError, Request, Response
-from sipproxy.net import Clock, Target, is_reliable
+from sipproxy.net import Clock, NextHop, Target, is_reliable
 from sipproxy.proxy.forward import forward_copy, stamp
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.proxy.validate import make_branch
@@ -53,8 +53,8 @@ __all__ = [
 ]
 
 SendStateless = Callable[[Request | Response, Target | None], None]
-Resolve = Callable[[Target, Callable[[list[Target]], None]], None]
-"""A next hop to its targets, best first (RFC 3263 §4.2); an empty list when nothing resolves."""
+Resolve = Callable[[NextHop | Target, Callable[[list[Target]], None]], None]
+"""A next hop to its targets, best first (RFC 3263 §4); an empty list when nothing resolves."""
 FlowOpen = Callable[[Target], bool]
 """Is the connection of this flow (transport, host, port) still open?"""
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import is_ip_address
-from sipproxy.net import Clock, Source, Target
+from sipproxy.net import Clock, NextHop, Resolved, Source, Target
 from sipproxy.proxy.branch import (
     Environment,
     FlowOpen,
@@ -266,29 +266,34 @@ class Proxy:
         target = reachable(groups[0][0], self.flow_open)
         forwarded, hop = forward_copy(request, target, self.settings.default_max_forwards)
         seed = f"{ack.top_via.branch}\x00{forwarded.uri_text}".encode("utf-8", "surrogateescape")
-        add_via(forwarded, self.local, hop.transport, make_branch(loop, hashlib.sha256(seed).hexdigest()[:16]))
+        branch = make_branch(loop, hashlib.sha256(seed).hexdigest()[:16])
 
         def resolved(targets: list[Target]) -> None:
-            if targets:  # no transaction, so no failover: the first one (§16.11)
+            if targets:  # no transaction, so no failover: the first one (§16.11), on the transport DNS chose
+                add_via(forwarded, self.local, targets[0].transport, branch)
                 self.send_stateless(forwarded, targets[0])
 
         self.resolve_hop(hop, resolved)
 
     # -- helpers ----------------------------------------------------------
 
-    def resolve_hop(self, hop: Target, callback: Callable[[list[Target]], None]) -> None:
-        """The targets of ``hop`` through the injected ``resolve``; an IP literal is its own target.
+    def resolve_hop(self, hop: NextHop | Target, callback: Callable[[list[Target]], None]) -> None:
+        """The targets of ``hop`` through the injected ``resolve`` (RFC 3263 §4); an IP literal is its own target.
 
-        Never raises: a resolver that fails gives no target.
+        Never raises: a resolver that fails gives no target.  What the
+        resolver says of how it found them (:class:`Resolved`) is kept.
         """
         host = hop.host.strip("[]")
         if is_ip_address(host):
-            callback([hop._replace(host=host)])
+            callback(Resolved([Target(hop.transport, host, hop.port)]))
             return
 
         def done(targets: list[Target] | None) -> None:
             with self.guard("DNS answer"):
-                callback([t._replace(host=t.host.strip("[]")) for t in targets or ()])
+                found = [Target(t.transport, t.host.strip("[]"), t.port) for t in targets or ()]
+                how, names = getattr(targets, "how", ""), getattr(targets, "names", {})
+                labels = {t: names[o] for t, o in zip(found, targets or (), strict=True) if o in names}
+                callback(Resolved(found, how, labels))
 
         try:
             self.resolve(hop, done)
