@@ -44,6 +44,7 @@ from sipproxy.proxy.branch import (
     guarded,
     reachable,
 )
+from sipproxy.proxy.failover import GreyList
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
 from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
@@ -76,7 +77,9 @@ class ProxySettings:
 
 
 class ProxyLog(Protocol):
-    """The two calls the proxy makes on its logger (``twisted.logger.Logger`` fits)."""
+    """The three calls the proxy makes on its logger (``twisted.logger.Logger`` fits)."""
+
+    def info(self, format: str, **kwargs: object) -> None: ...
 
     def warn(self, format: str, **kwargs: object) -> None: ...
 
@@ -84,6 +87,9 @@ class ProxyLog(Protocol):
 
 
 class _NullLog:
+    def info(self, format: str, **kwargs: object) -> None:
+        pass
+
     def warn(self, format: str, **kwargs: object) -> None:
         pass
 
@@ -135,6 +141,8 @@ class Proxy:
         """Call-ID -> the token our Record-Route carries (``None``: no token)."""
         self._contexts: dict[int, ResponseContext] = {}
         self._counter = itertools.count(1)
+        self.greylist = GreyList(clock)
+        """Targets put aside after a 503 with Retry-After or a timeout, for every branch (RFC 3263 §4.3)."""
         self.env = Environment(
             clock=clock,
             transactions=transactions,
@@ -148,6 +156,7 @@ class Proxy:
             release=self.release,
             flow_open=flow_open,
             dialog_token=dialog_token,
+            greylist=self.greylist,
         )
         """What the response contexts and their branches see of the proxy."""
 
