@@ -234,7 +234,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         security,
         metrics,
         connect_tcp=tcp_connector(reactor, reactor),
-        resolve=Resolver(reactor, servers=options.get("dns")),  # --dns: these servers, not /etc/resolv.conf's
+        # RFC 3263 over the transports registered below; --dns: these servers, not /etc/resolv.conf's
+        resolve=Resolver(reactor, servers=options.get("dns"), transports=lambda: core.transport.senders),
         registrar_settings=RegistrarSettings(
             domains=frozenset(domains.names),
             min_expires=options["min-expires"],

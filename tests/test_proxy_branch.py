@@ -404,8 +404,9 @@ def test_a_request_that_failed_over_is_one_info_line_with_what_was_tried() -> No
     assert _infos(server) == []  # nothing until it is over
     _answer(server, last, to_last, 200)
     assert _infos(server) == [
-        "INVITE sip:carol@far.example.net: SRV _sip._udp.far.example.net -> sip1.far.example.net:5060 503 "
-        "(Retry-After 30), sip1.far.example.net:5060 connection to 2001:db8::10 refused, "
+        "INVITE sip:carol@far.example.net: SRV _sip._udp.far.example.net -> sip1.far.example.net:5060 "
+        "(198.51.100.10) 503 (Retry-After 30), sip1.far.example.net:5060 (2001:db8::10) connection to 2001:db8::10 "
+        "refused, "
         "sip2.far.example.net:5080 -> 200"
     ]
 

@@ -100,3 +100,14 @@ def test_dns_servers_replace_resolv_conf(tmp_path) -> None:  # type: ignore[no-u
     assert dns_client.servers == [("127.0.0.1", 5353)]
     assert dns_client.resolv is None  # /etc/resolv.conf is not read
     service.core.store.close()
+
+
+def test_the_resolver_uses_the_transports_we_send_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    service = build_service(parse("--db", ":memory:"), Clock())
+    assert set(service.core.proxy.resolve.transports) == set(service.core.transport.senders)  # type: ignore[attr-defined]
+    assert {"UDP", "TCP"} <= set(service.core.proxy.resolve.transports)  # type: ignore[attr-defined]
+    service.core.store.close()

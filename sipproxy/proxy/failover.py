@@ -91,10 +91,13 @@ class Trail:
         self.how, self.names = getattr(targets, "how", ""), getattr(targets, "names", {})
 
     def label(self, hop: Target) -> str:
+        """The target as DNS named it ("sip1.example.com:5060"), with its address when the name has several."""
         name = self.names.get(hop)
-        if name is not None:
-            return name
-        return f"[{hop.host}]:{hop.port}" if ":" in hop.host else f"{hop.host}:{hop.port}"
+        if name is None:
+            return f"[{hop.host}]:{hop.port}" if ":" in hop.host else f"{hop.host}:{hop.port}"
+        if sum(1 for other in self.names.values() if other == name) > 1:
+            return f"{name} ({hop.host})"
+        return name
 
     def failed_at(self, hop: Target, outcome: str) -> None:
         self.failed.append(f"{self.label(hop)} {outcome}")

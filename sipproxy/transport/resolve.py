@@ -87,8 +87,9 @@ class Resolver:
     by default the hosts file, then the DNS servers ``servers`` (``--dns``)
     or else those of ``/etc/resolv.conf``, made at the first lookup.
     ``timeout`` is twisted.names' retry schedule in seconds.  ``transports``
-    are those we can send on, in our order of preference when no NAPTR
-    record decides; ``rng`` draws the RFC 2782 weighted order.
+    are those we can send on (or a function giving them, asked at each
+    lookup), in our order of preference when no NAPTR record decides;
+    ``rng`` draws the RFC 2782 weighted order.
     """
 
     log = Logger()
@@ -100,7 +101,7 @@ class Resolver:
         timeout: Sequence[int] | None = DEFAULT_TIMEOUT,
         *,
         servers: Sequence[tuple[str, int]] | None = None,
-        transports: Collection[str] = ("UDP", "TCP"),
+        transports: Collection[str] | Callable[[], Collection[str]] = ("UDP", "TCP"),
         rng: Random | None = None,
         clock: Any = None,
     ) -> None:
@@ -108,13 +109,19 @@ class Resolver:
         self._names = names
         self.servers = list(servers) if servers else None
         self.timeout = tuple(timeout) if timeout is not None else None
-        self.transports = tuple(t.upper() for t in transports)
+        self._transports = transports
         self.rng = rng if rng is not None else Random()
         if clock is None:
             from twisted.internet import reactor as default_reactor
 
             clock = reactor if reactor is not None else default_reactor
         self.cache = DNSCache(lambda: self.names, clock, self.timeout)
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """The transports we can send on (``transports``, or what it returns when it is a function)."""
+        names = self._transports() if callable(self._transports) else self._transports
+        return tuple(t.upper() for t in names)
 
     @property
     def names(self) -> Any:
