@@ -152,10 +152,12 @@ class Branch:
     ``targets`` the addresses of the next hop not tried yet.
     """
 
-    def __init__(self, context: ResponseContext, target: TargetURI) -> None:
+    def __init__(self, context: ResponseContext, target: TargetURI, breadth: int | None = None) -> None:
         self.context = context
         self.env: Environment = context.env
         self.target = target
+        self.breadth = breadth if breadth is not None else context.breadth
+        """RFC 5393 §5.3: this branch's share of the request's Max-Breadth, sent in its Max-Breadth."""
         self.forwarded: Request | None = None
         """§16.6 steps 1-7 done; every attempt stamps a copy (steps 4 and 8)."""
         self.gone_flow: Target | None = None
@@ -194,6 +196,8 @@ class Branch:
         except ParseError as error:
             self._fail(error.status, error.reason)
             return
+        if self.breadth < self.context.breadth or self.context.request.has("max-breadth"):
+            self.forwarded.set("Max-Breadth", str(self.breadth))  # RFC 5393 §5.3: forked, or passed on
         env.resolve(hop, self._resolved)
 
     def _resolved(self, targets: list[Target] | None) -> None:

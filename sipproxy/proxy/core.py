@@ -74,6 +74,8 @@ class ProxySettings:
     """§9.1: how long a CANCELled branch may stay without a final response (64*T1)."""
     extensions: frozenset[str] = field(default_factory=frozenset)
     """Option tags we accept in Proxy-Require (§16.3 step 5); none by default."""
+    max_breadth: int = 60
+    """RFC 5393 §5.3: the most concurrent branches of one request (its Max-Breadth, or 60, is lowered to it)."""
 
 
 class ProxyLog(Protocol):
@@ -199,6 +201,9 @@ class Proxy:
     def _proxy(self, received: Request, source: Source, stx: Any) -> None:
         to_tag = self.new_tag()
         response = validate_request(received, self.locality, self.settings.extensions, to_tag)  # §16.3 steps 1-5
+        breadth = received.get("max-breadth")
+        if response is None and breadth is not None and not breadth.strip().isdigit():  # RFC 5393 §5.3
+            response = make_response(received, 400, "Invalid Max-Breadth", to_tag=to_tag)
         if response is None and self.authorize is not None:
             response = self.authorize(received, source)  # §16.3 step 6
         if response is not None:
