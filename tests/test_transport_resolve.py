@@ -310,3 +310,24 @@ def test_nothing_found_is_one_readable_line_naming_each_step() -> None:
         "SRV _sip._udp.gone.example: no such domain (NXDOMAIN); "
         "SRV _sip._tcp.gone.example: no such domain (NXDOMAIN); no such domain (NXDOMAIN)"
     )
+
+
+def test_every_query_has_a_timeout_and_a_timeout_is_a_readable_line() -> None:
+    timeouts: list[Any] = []
+
+    class Slow(Zone):
+        def _lookup(self, kind: int, name: str) -> defer.Deferred[Any]:
+            return defer.fail(defer.TimeoutError())
+
+        def lookupAddress(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+            timeouts.append(timeout)
+            return super().lookupAddress(name, timeout)
+
+    zone = Slow()
+    with capturedLogs() as events:
+        assert _resolve(zone, _hop("sip:bob@slow.example:5060")) == []
+    assert timeouts == [(1, 3)]  # 1 s, then 3 s more: the lookup has failed
+    [warning] = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert warning["log_format"].format(**warning) == (
+        "Could not resolve slow.example: no answer from the DNS server (timeout)"
+    )
