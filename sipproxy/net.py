@@ -20,7 +20,7 @@ and ``transport/`` can both depend on it without depending on each other
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "Clock",
     "Connection",
     "DelayedCall",
+    "NextHop",
+    "Resolved",
     "Source",
     "Target",
     "is_reliable",
@@ -71,6 +73,40 @@ class Target(NamedTuple):
     transport: str
     host: str
     port: int
+
+
+class NextHop(NamedTuple):
+    """Where a request goes as its URI names it, before RFC 3263 §4 resolves it into targets.
+
+    ``transport`` and ``port`` are filled in (``transport=``, else TLS for
+    ``sips:``, else UDP; 5061 for TLS, else 5060); the flags say what the
+    URI gave, which decides what the resolver asks: a numeric host or an
+    explicit port -> A/AAAA only (§4.2), an explicit transport -> SRV for it
+    (§4.1), neither -> NAPTR first.  The defaults make it behave like a
+    :class:`Target` with a host name still to resolve.
+    """
+
+    transport: str
+    host: str
+    port: int
+    explicit_transport: bool = True
+    explicit_port: bool = True
+    secure: bool = False
+    """A ``sips:`` URI: only TLS-based transports (RFC 3263 §4.1, SIPS+D2T/D2W)."""
+
+
+class Resolved(list[Target]):
+    """A next hop's targets, best first, and how they were found, for the log line of a request that failed over.
+
+    ``how`` is the lookup that gave them ("SRV _sip._udp.example.com", "A/AAAA
+    sip.example.com"), ``names`` a target's name as DNS gave it
+    ("sip1.example.com:5060").
+    """
+
+    def __init__(self, targets: Iterable[Target] = (), how: str = "", names: dict[Target, str] | None = None) -> None:
+        super().__init__(targets)
+        self.how = how
+        self.names: dict[Target, str] = names if names is not None else {}
 
 
 class DelayedCall(Protocol):

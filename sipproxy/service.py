@@ -25,6 +25,7 @@ from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
 from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
+from sipproxy.net import NextHop
 from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
@@ -117,7 +118,7 @@ def build_core(
     metrics: Metrics,
     *,
     connect_tcp: Callable[[str, int, Any, float], Any],
-    resolve: Callable[[Target, Callable[[list[Target]], None]], None],
+    resolve: Callable[[NextHop | Target, Callable[[list[Target]], None]], None],
     registrar_settings: RegistrarSettings | None = None,
     proxy_settings: ProxySettings = ProxySettings(),
     wirelog: WireLog | None = None,
@@ -233,7 +234,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         security,
         metrics,
         connect_tcp=tcp_connector(reactor, reactor),
-        resolve=Resolver(reactor),
+        # RFC 3263 over the transports registered below; --dns: these servers, not /etc/resolv.conf's
+        resolve=Resolver(reactor, servers=options.get("dns"), transports=lambda: core.transport.senders),
         registrar_settings=RegistrarSettings(
             domains=frozenset(domains.names),
             min_expires=options["min-expires"],

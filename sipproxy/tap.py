@@ -174,6 +174,25 @@ class Options(usage.Options):
             raise usage.UsageError(f"{domain!r} is not a domain name")
         self["domains"].append(domain)
 
+    # -- DNS (sipproxy.transport.resolve, RFC 3263) --
+    def opt_dns(self, value: str) -> None:
+        """DNS server to ask, IP[:PORT] or [IPv6]:PORT, instead of /etc/resolv.conf's (repeatable; default port 53)."""
+        text = value.strip()
+        if text.startswith("["):  # [IPv6]:PORT
+            host, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest or "53"
+        elif text.count(":") == 1:  # IPv4:PORT
+            host, port = text.split(":")
+        else:  # a bare IPv4 or IPv6 address
+            host, port = text, "53"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            host = ""
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise usage.UsageError(f"--dns {value!r}: not IP[:PORT] or [IPv6]:PORT, such as 127.0.0.1:53")
+        self.setdefault("dns", []).append((host, int(port)))
+
     def postOptions(self) -> None:
         self["sip-port"] = _port("sip-port", self["sip-port"])
         iface = self["sip-interface"]

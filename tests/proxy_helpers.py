@@ -252,6 +252,9 @@ class RecordingLog:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, dict[str, object]]] = []
 
+    def info(self, format: str, **kwargs: object) -> None:
+        self.events.append(("info", format, kwargs))
+
     def warn(self, format: str, **kwargs: object) -> None:
         self.events.append(("warn", format, kwargs))
 

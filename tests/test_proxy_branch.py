@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
 
 from sipproxy.location import LocationStore
 from sipproxy.message import Request, Response, make_response, parse_message
-from sipproxy.net import Source, Target
+from sipproxy.net import Resolved, Source, Target
 from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.proxy.branch import FLOW_GONE, Environment
 from sipproxy.proxy.responses import ResponseContext
@@ -289,3 +289,142 @@ def test_a_response_context_needs_only_its_environment() -> None:
     layer.receive_response(parse_message(make_response(sent, 200, to_tag="c").to_bytes()), Source("UDP", V6, 5060))  # type: ignore[arg-type]
     assert [r.status for r in stx.responses] == [200]
     assert released == [context]
+
+
+# -- RFC 3263 §4.3: a 503 fails over too, and the grey-list --------------------------------
+
+
+def _call_n(server: Server, n: int, method: str = "INVITE") -> Request:
+    request = make_request(
+        method, "sip:carol@far.example.net", to="Carol <sip:carol@far.example.net>", call_id=f"call-{n}@192.0.2.7"
+    )
+    server.incoming(request)
+    return request
+
+
+def _sends(server: Server, call_id: str, method: str = "INVITE") -> list[tuple[Request, Target]]:
+    return [(r, t) for r, t in server.first_sends(method) if r.call_id == call_id]
+
+
+def _answer(server: Server, request: Request, target: Target, status: int, *headers: str) -> None:
+    response = make_response(request, status, to_tag="c1")
+    for header in headers:
+        name, _, value = header.partition(": ")
+        response.add(name, value)
+    server.incoming(response, Source("UDP", target.host, target.port))
+
+
+def _infos(server: Server) -> list[str]:
+    return [fmt.format(**kw) for level, fmt, kw in server.log.events if level == "info"]
+
+
+def test_a_503_moves_on_to_the_next_address_and_the_caller_sees_only_the_final_answer() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 503, "Retry-After: 30")
+    (_, _), (second, to_second) = _sends(server, "call-1@192.0.2.7")
+    assert to_second.host == OTHER_V4 and second.top_via.branch != first.top_via.branch
+    assert [s for s in server.answers() if s >= 200] == []  # the 503 is not forwarded
+    _answer(server, second, to_second, 200)
+    assert server.finals() == [200]
+
+
+def test_a_503_with_retry_after_puts_that_target_aside_for_other_calls_that_long() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 503, "Retry-After: 30 (maintenance)")
+    _call_n(server, 2)
+    assert [t.host for _, t in _sends(server, "call-2@192.0.2.7")] == [OTHER_V4]  # V4 is aside
+    server.clock.advance(30)
+    _call_n(server, 3)
+    assert [t.host for _, t in _sends(server, "call-3@192.0.2.7")] == [V4]  # back after 30 s
+
+
+def test_a_timeout_puts_that_target_aside_for_32_seconds() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    _call_n(server, 1, "MESSAGE")
+    server.clock.advance(32)  # Timer F on V4
+    assert [t.host for _, t in _sends(server, "call-1@192.0.2.7", "MESSAGE")] == [V4, OTHER_V4]
+    _call_n(server, 2, "MESSAGE")
+    assert [t.host for _, t in _sends(server, "call-2@192.0.2.7", "MESSAGE")] == [OTHER_V4]
+    server.clock.advance(32)
+    _call_n(server, 3, "MESSAGE")
+    assert [t.host for _, t in _sends(server, "call-3@192.0.2.7", "MESSAGE")][0] == V4
+
+
+def test_a_target_aside_is_still_tried_when_nothing_else_is_left() -> None:
+    """One failure never makes the domain unreachable: the only target is tried again, not refused."""
+    server = Server(dns={"far.example.net": [V4]})
+    _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 503, "Retry-After: 300")
+    assert server.finals() == [500]  # the lone 503, as a best response, becomes 500 (§16.7 step 6)
+    _call_n(server, 2)
+    [(again, to_again)] = _sends(server, "call-2@192.0.2.7")
+    assert to_again.host == V4
+
+
+def test_a_503_without_retry_after_fails_over_but_puts_nothing_aside() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 503)
+    assert [t.host for _, t in _sends(server, "call-1@192.0.2.7")] == [V4, OTHER_V4]
+    _call_n(server, 2)
+    assert [t.host for _, t in _sends(server, "call-2@192.0.2.7")] == [V4]
+
+
+def test_no_failover_on_a_503_after_the_caller_cancelled() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    invite = _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 180)
+    server.incoming(build_cancel(invite))
+    _answer(server, first, to_first, 503, "Retry-After: 10")
+    assert [t.host for _, t in _sends(server, "call-1@192.0.2.7")] == [V4]
+
+
+def test_a_request_that_failed_over_is_one_info_line_with_what_was_tried() -> None:
+    server = Server(dns={"far.example.net": [V4, V6, OTHER_V4]})
+
+    def resolve(hop: Any, found: Callable[[list[Target]], None]) -> None:
+        targets = [Target("UDP", V4, 5060), Target("UDP", V6, 5060), Target("UDP", OTHER_V4, 5080)]
+        names = dict(zip(targets, ["sip1.far.example.net:5060"] * 2 + ["sip2.far.example.net:5080"], strict=True))
+        found(Resolved(targets, "SRV _sip._udp.far.example.net", names))
+
+    server.proxy.resolve = resolve
+    server.transport.refuse = {V6}
+    _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 503, "Retry-After: 30")
+    server.clock.advance(0)  # V6 refuses
+    *_, (last, to_last) = _sends(server, "call-1@192.0.2.7")
+    assert _infos(server) == []  # nothing until it is over
+    _answer(server, last, to_last, 200)
+    assert _infos(server) == [
+        "INVITE sip:carol@far.example.net: SRV _sip._udp.far.example.net -> sip1.far.example.net:5060 "
+        "(198.51.100.10) 503 (Retry-After 30), sip1.far.example.net:5060 (2001:db8::10) connection to 2001:db8::10 "
+        "refused, "
+        "sip2.far.example.net:5080 -> 200"
+    ]
+
+
+def test_a_request_that_failed_everywhere_says_so_in_one_line() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    _call_n(server, 1, "MESSAGE")
+    server.clock.advance(32)
+    server.clock.advance(32)
+    assert server.finals() == [408]
+    assert _infos(server) == [
+        f"MESSAGE sip:carol@far.example.net: {V4}:5060 timeout, {OTHER_V4}:5060 timeout -> 408 (no answer)"
+    ]
+
+
+def test_a_request_that_did_not_fail_over_logs_nothing_here() -> None:
+    server = Server(dns={"far.example.net": [V4, OTHER_V4]})
+    _call_n(server, 1)
+    [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
+    _answer(server, first, to_first, 200)
+    assert _infos(server) == []

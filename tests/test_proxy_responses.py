@@ -519,3 +519,61 @@ def test_a_response_without_the_callers_via_is_never_forwarded() -> None:
     client.owner.response_received(client, bare)
     assert 200 not in stx.statuses  # type: ignore[attr-defined]
     assert stx.statuses == [502]  # type: ignore[attr-defined]
+
+
+# -- RFC 5393 §5.3: Max-Breadth -------------------------------------------------------
+
+
+def _phones(n: int, settings: ProxySettings = ProxySettings()) -> Harness:
+    h = Harness(settings)
+    h.register(*(binding(contact=f"sip:bob@192.0.2.{20 + i}", source=(f"192.0.2.{20 + i}", 5060)) for i in range(n)))
+    return h
+
+
+def test_parallel_branches_share_the_max_breadth() -> None:
+    h = _phones(3)
+    _invite(h, headers=("Max-Breadth: 10",))
+    assert sorted(c.request.get("max-breadth") for c in h.branches()) == ["3", "3", "4"]  # sum <= 10
+
+
+def test_without_max_breadth_60_is_shared_and_a_lone_branch_passes_nothing_new() -> None:
+    h = _phones(2)
+    _invite(h)
+    assert [c.request.get("max-breadth") for c in h.branches()] == ["30", "30"]
+    h = _phones(1)
+    _invite(h)
+    assert [c.request.get("max-breadth") for c in h.branches()] == [None]
+    h = _phones(1)
+    _invite(h, headers=("Max-Breadth: 7",))
+    assert [c.request.get("max-breadth") for c in h.branches()] == ["7"]
+
+
+def test_more_parallel_targets_than_the_breadth_is_440() -> None:
+    h = _phones(3)
+    _, stx = _invite(h, headers=("Max-Breadth: 2",))
+    assert h.branches() == []
+    assert stx.statuses == [440]  # type: ignore[attr-defined]
+    assert stx.last_response.reason == "Max-Breadth Exceeded"  # type: ignore[attr-defined]
+
+
+def test_our_limit_lowers_the_incoming_breadth() -> None:
+    h = _phones(3, ProxySettings(max_breadth=2))
+    _, stx = _invite(h, headers=("Max-Breadth: 70",))
+    assert stx.statuses == [440]  # type: ignore[attr-defined]
+
+
+def test_sequential_groups_each_get_the_whole_breadth() -> None:
+    h = _two_phones(q_a=1.0, q_b=0.5)
+    _invite(h, headers=("Max-Breadth: 1",))
+    (first,) = h.branches()
+    h.reply(first, 486, to_tag="a")
+    _, second = h.branches()
+    assert second.request.get("max-breadth") == "1"
+
+
+def test_a_bad_max_breadth_is_400_naming_it() -> None:
+    h = _phones(1)
+    _, stx = _invite(h, headers=("Max-Breadth: lots",))
+    assert stx.statuses == [400]  # type: ignore[attr-defined]
+    assert stx.last_response.reason == "Invalid Max-Breadth"  # type: ignore[attr-defined]
+    assert h.branches() == []

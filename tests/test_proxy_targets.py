@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 try:
@@ -231,3 +233,21 @@ def test_max_branches_limits_the_target_set() -> None:
     h.register(*(binding(contact=f"sip:bob@192.0.2.{20 + i}") for i in range(5)))
     h.send(make_request("INVITE", "sip:bob@example.test"))
     assert len(h.branches()) == 2
+
+
+@pytest.mark.parametrize(
+    ("uri", "hop"),
+    [
+        ("sip:bob@other.example", ("UDP", "other.example", 5060, False, False, False)),
+        ("sip:bob@other.example:5070", ("UDP", "other.example", 5070, False, True, False)),
+        ("sip:bob@other.example;transport=tcp", ("TCP", "other.example", 5060, True, False, False)),
+        ("sips:bob@other.example", ("TLS", "other.example", 5061, False, False, True)),
+        ("sips:bob@other.example;transport=tcp", ("TLS", "other.example", 5061, True, False, True)),
+    ],
+)
+def test_uri_hop_says_what_the_uri_gave_for_rfc3263(uri: str, hop: tuple[Any, ...]) -> None:
+    """RFC 3263 §4.1: an explicit port means A/AAAA only, an explicit transport SRV, neither NAPTR first."""
+    from sipproxy.net import NextHop
+    from sipproxy.proxy.targets import uri_hop
+
+    assert uri_hop(parse_uri(uri)) == NextHop(*hop)  # type: ignore[arg-type]

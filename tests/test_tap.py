@@ -73,3 +73,41 @@ def test_start_up_errors_exit_with_one_line_and_no_traceback(tmp_path) -> None: 
         makeService(parse("--db", str(db), "--sip-interface", "127.0.0.1", "--web", "tcp:0:interface=127.0.0.1"))
     assert exit.value.code == f"sipproxy: --db {db}: the directory {tmp_path / 'missing'} does not exist"
     assert exit.value.__cause__ is None and exit.value.__suppress_context__
+
+
+# -- --dns (RFC 3263 lookups against given servers) ------------------------------
+
+
+def test_dns_is_repeatable_and_takes_ipv4_ipv6_and_a_default_port() -> None:
+    options = parse("--dns", "127.0.0.1:5353", "--dns", "[::1]:5300", "--dns", "192.0.2.53")
+    assert options["dns"] == [("127.0.0.1", 5353), ("::1", 5300), ("192.0.2.53", 53)]
+
+
+@pytest.mark.parametrize("value", ["dns.example:53", "127.0.0.1:0", "127.0.0.1:x", "[::1]x", ""])
+def test_a_bad_dns_server_is_one_line(value: str) -> None:
+    with pytest.raises(UsageError, match=r"^--dns .*: not IP\[:PORT\] or \[IPv6\]:PORT"):
+        parse("--dns", value)
+
+
+def test_dns_servers_replace_resolv_conf(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    options = parse("--db", ":memory:", "--dns", "127.0.0.1:5353")
+    service = build_service(options, Clock())
+    _hosts, dns_client = service.core.proxy.resolve.names.resolvers  # type: ignore[attr-defined]
+    assert dns_client.servers == [("127.0.0.1", 5353)]
+    assert dns_client.resolv is None  # /etc/resolv.conf is not read
+    service.core.store.close()
+
+
+def test_the_resolver_uses_the_transports_we_send_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    service = build_service(parse("--db", ":memory:"), Clock())
+    assert set(service.core.proxy.resolve.transports) == set(service.core.transport.senders)  # type: ignore[attr-defined]
+    assert {"UDP", "TCP"} <= set(service.core.proxy.resolve.transports)  # type: ignore[attr-defined]
+    service.core.store.close()

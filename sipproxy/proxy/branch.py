@@ -7,8 +7,15 @@ the next hop is resolved into an ordered list of addresses (RFC 3263 §4.2)
 and tried one after the other: each attempt is a new client transaction
 with a new branch id in our Via (§16.6 step 8), and a transport error
 (§16.9) or a timeout with no response at all (Timer B/F, §16.8) moves on to
-the next address (RFC 3263 §4.3).  The response context hears of the branch
-once: its responses, or one failure when no address is left.
+the next address (RFC 3263 §4.3), and so does a 503 (§4.3; RFC 3261
+§21.5.4).  A target that answered 503 with ``Retry-After`` is put aside for
+that long, one that timed out for 32 s, in the proxy's
+:class:`~sipproxy.proxy.greylist.GreyList`: other calls try it last.  The
+response context hears of the branch once: its responses, or one failure
+when no address is left.  A request that failed over is one info line
+saying what was tried ("INVITE sip:bob@other.example: SRV
+_sip._udp.other.example -> sip1.other.example:5060 503 (Retry-After 30),
+sip2.other.example:5060 -> 200").
 
 A binding reached over the TCP/TLS flow its REGISTER came on is sent there
 while the connection is open; once it has closed, the Contact is tried
@@ -29,7 +36,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sipproxy.message import ParseError, Request, Response
-from sipproxy.net import Clock, Target, is_reliable
+from sipproxy.net import Clock, NextHop, Target, is_reliable
+from sipproxy.proxy.failover import TIMEOUT_ASIDE, GreyList, Trail, retry_after
 from sipproxy.proxy.forward import forward_copy, stamp
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.proxy.validate import make_branch
@@ -53,8 +61,8 @@ __all__ = [
 ]
 
 SendStateless = Callable[[Request | Response, Target | None], None]
-Resolve = Callable[[Target, Callable[[list[Target]], None]], None]
-"""A next hop to its targets, best first (RFC 3263 §4.2); an empty list when nothing resolves."""
+Resolve = Callable[[NextHop | Target, Callable[[list[Target]], None]], None]
+"""A next hop to its targets, best first (RFC 3263 §4); an empty list when nothing resolves."""
 FlowOpen = Callable[[Target], bool]
 """Is the connection of this flow (transport, host, port) still open?"""
 
@@ -94,6 +102,8 @@ class Environment:
     """``None``: every flow is taken as open."""
     dialog_token: Callable[[str], str] | None = None
     """Call-ID -> the token our Record-Route carries (``None``: no token)."""
+    greylist: GreyList | None = None
+    """Targets put aside after a 503 with Retry-After or a timeout (``None``: none kept)."""
 
 
 @contextmanager
@@ -142,10 +152,12 @@ class Branch:
     ``targets`` the addresses of the next hop not tried yet.
     """
 
-    def __init__(self, context: ResponseContext, target: TargetURI) -> None:
+    def __init__(self, context: ResponseContext, target: TargetURI, breadth: int | None = None) -> None:
         self.context = context
         self.env: Environment = context.env
         self.target = target
+        self.breadth = breadth if breadth is not None else context.breadth
+        """RFC 5393 §5.3: this branch's share of the request's Max-Breadth, sent in its Max-Breadth."""
         self.forwarded: Request | None = None
         """§16.6 steps 1-7 done; every attempt stamps a copy (steps 4 and 8)."""
         self.gone_flow: Target | None = None
@@ -161,6 +173,8 @@ class Branch:
         self.cancel_sent = False
         self.timer_c: Any = None
         self.cancel_timer: Any = None
+        self.trail = Trail()
+        """What was tried, for the log line of a request that failed over."""
 
     def __repr__(self) -> str:
         return f"<Branch {self.target.uri} settled={self.settled}>"
@@ -182,6 +196,8 @@ class Branch:
         except ParseError as error:
             self._fail(error.status, error.reason)
             return
+        if self.breadth < self.context.breadth or self.context.request.has("max-breadth"):
+            self.forwarded.set("Max-Breadth", str(self.breadth))  # RFC 5393 §5.3: forked, or passed on
         env.resolve(hop, self._resolved)
 
     def _resolved(self, targets: list[Target] | None) -> None:
@@ -190,7 +206,9 @@ class Branch:
         if not targets:
             self._give_up(503, "Next hop not found in DNS", "its host does not resolve")
             return
-        self.targets = deque(targets)
+        self.trail.found(targets)
+        greylist = self.env.greylist
+        self.targets = deque(greylist.order(targets) if greylist is not None else targets)
         self._attempt()
 
     def _attempt(self) -> None:
@@ -226,6 +244,7 @@ class Branch:
 
     def _give_up(self, status: int, reason: str, why: str) -> None:
         """No target of the next hop was reached: the failure for the response context (§16.8, §16.9)."""
+        self._log_failover(f"{status} ({why or reason})", current=False)
         flow = self.gone_flow
         if flow is not None and not self.settled:
             self.env.log.warn(
@@ -263,14 +282,14 @@ class Branch:
                 return
             if response.status < 200:
                 self._provisional(response)
-            else:
-                # RFC 3263 §4.3 fails over on a 503 as well (honouring Retry-After, RFC 3261 §21.5.4):
-                # that belongs here, before _final, and comes with its own issue.
+            elif response.status != 503 or not self._fail_over_503(response):
                 self._final(response)
 
     def timed_out(self, ctx: Any) -> None:
         """§16.8: a timeout is a 408 for the response context, once no other address is left."""
         with guarded(self.env.log, "branch timeout"):
+            self._put_aside(TIMEOUT_ASIDE)
+            self._tried("timeout")
             if self.final is None and not self._next_target():
                 self._stop_timers()
                 self._give_up(408, "Request Timeout", "no answer")
@@ -278,6 +297,7 @@ class Branch:
     def transport_failed(self, ctx: Any, reason: str) -> None:
         """§16.9: a transport error is a 503 for the response context, once no other address is left."""
         with guarded(self.env.log, "branch transport failure"):
+            self._tried(reason)
             if self.final is None and not self._next_target():
                 self._stop_timers()
                 self._give_up(503, "Service Unavailable", reason)
@@ -298,7 +318,40 @@ class Branch:
         if self.final is None:
             self.final = response
             self._stop_timers()
+            self._log_failover(str(response.status), current=True)
         self.context.on_final(self, response)
+
+    # -- RFC 3263 §4.3: 503, the grey-list, the log line ------------------
+
+    def _fail_over_503(self, response: Response) -> bool:
+        """A 503: put its target aside for its Retry-After, and try the next target if there is one and we care."""
+        seconds = retry_after(response)
+        if seconds is not None:
+            self._put_aside(seconds)
+        cancelled = self.cancel_wanted or self.cancel_sent or self.context.closed
+        if self.settled or self.final is not None or cancelled or not self.targets:
+            return False
+        self._tried("503" if seconds is None else f"503 (Retry-After {seconds})")
+        self._stop_timers()
+        self._attempt()
+        return True
+
+    def _put_aside(self, seconds: float) -> None:
+        if self.env.greylist is not None and self.hop is not None:
+            self.env.greylist.put_aside(self.hop, seconds)
+
+    def _tried(self, outcome: str) -> None:
+        if self.hop is not None and self.final is None and not self.settled:
+            self.trail.failed_at(self.hop, outcome)
+
+    def _log_failover(self, outcome: str, current: bool) -> None:
+        """One info line for a request that failed over: what was tried, and how it ended."""
+        fields = None if self.settled else self.trail.ending(self.hop, outcome, current)
+        if fields is not None:
+            request = self.context.request
+            self.env.log.info(
+                "{method} {uri}: {how}{tried}{ending}", method=request.method, uri=str(self.target.uri), **fields
+            )
 
     # -- Timer C (§16.8) and CANCEL (§16.10, §9.1) -----------------------
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import is_ip_address
-from sipproxy.net import Clock, Source, Target
+from sipproxy.net import Clock, NextHop, Resolved, Source, Target
 from sipproxy.proxy.branch import (
     Environment,
     FlowOpen,
@@ -44,6 +44,7 @@ from sipproxy.proxy.branch import (
     guarded,
     reachable,
 )
+from sipproxy.proxy.failover import GreyList
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
 from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
@@ -73,10 +74,14 @@ class ProxySettings:
     """§9.1: how long a CANCELled branch may stay without a final response (64*T1)."""
     extensions: frozenset[str] = field(default_factory=frozenset)
     """Option tags we accept in Proxy-Require (§16.3 step 5); none by default."""
+    max_breadth: int = 60
+    """RFC 5393 §5.3: the most concurrent branches of one request (its Max-Breadth, or 60, is lowered to it)."""
 
 
 class ProxyLog(Protocol):
-    """The two calls the proxy makes on its logger (``twisted.logger.Logger`` fits)."""
+    """The three calls the proxy makes on its logger (``twisted.logger.Logger`` fits)."""
+
+    def info(self, format: str, **kwargs: object) -> None: ...
 
     def warn(self, format: str, **kwargs: object) -> None: ...
 
@@ -84,6 +89,9 @@ class ProxyLog(Protocol):
 
 
 class _NullLog:
+    def info(self, format: str, **kwargs: object) -> None:
+        pass
+
     def warn(self, format: str, **kwargs: object) -> None:
         pass
 
@@ -135,6 +143,8 @@ class Proxy:
         """Call-ID -> the token our Record-Route carries (``None``: no token)."""
         self._contexts: dict[int, ResponseContext] = {}
         self._counter = itertools.count(1)
+        self.greylist = GreyList(clock)
+        """Targets put aside after a 503 with Retry-After or a timeout, for every branch (RFC 3263 §4.3)."""
         self.env = Environment(
             clock=clock,
             transactions=transactions,
@@ -148,6 +158,7 @@ class Proxy:
             release=self.release,
             flow_open=flow_open,
             dialog_token=dialog_token,
+            greylist=self.greylist,
         )
         """What the response contexts and their branches see of the proxy."""
 
@@ -190,6 +201,9 @@ class Proxy:
     def _proxy(self, received: Request, source: Source, stx: Any) -> None:
         to_tag = self.new_tag()
         response = validate_request(received, self.locality, self.settings.extensions, to_tag)  # §16.3 steps 1-5
+        breadth = received.get("max-breadth")
+        if response is None and breadth is not None and not breadth.strip().isdigit():  # RFC 5393 §5.3
+            response = make_response(received, 400, "Invalid Max-Breadth", to_tag=to_tag)
         if response is None and self.authorize is not None:
             response = self.authorize(received, source)  # §16.3 step 6
         if response is not None:
@@ -266,29 +280,34 @@ class Proxy:
         target = reachable(groups[0][0], self.flow_open)
         forwarded, hop = forward_copy(request, target, self.settings.default_max_forwards)
         seed = f"{ack.top_via.branch}\x00{forwarded.uri_text}".encode("utf-8", "surrogateescape")
-        add_via(forwarded, self.local, hop.transport, make_branch(loop, hashlib.sha256(seed).hexdigest()[:16]))
+        branch = make_branch(loop, hashlib.sha256(seed).hexdigest()[:16])
 
         def resolved(targets: list[Target]) -> None:
-            if targets:  # no transaction, so no failover: the first one (§16.11)
+            if targets:  # no transaction, so no failover: the first one (§16.11), on the transport DNS chose
+                add_via(forwarded, self.local, targets[0].transport, branch)
                 self.send_stateless(forwarded, targets[0])
 
         self.resolve_hop(hop, resolved)
 
     # -- helpers ----------------------------------------------------------
 
-    def resolve_hop(self, hop: Target, callback: Callable[[list[Target]], None]) -> None:
-        """The targets of ``hop`` through the injected ``resolve``; an IP literal is its own target.
+    def resolve_hop(self, hop: NextHop | Target, callback: Callable[[list[Target]], None]) -> None:
+        """The targets of ``hop`` through the injected ``resolve`` (RFC 3263 §4); an IP literal is its own target.
 
-        Never raises: a resolver that fails gives no target.
+        Never raises: a resolver that fails gives no target.  What the
+        resolver says of how it found them (:class:`Resolved`) is kept.
         """
         host = hop.host.strip("[]")
         if is_ip_address(host):
-            callback([hop._replace(host=host)])
+            callback(Resolved([Target(hop.transport, host, hop.port)]))
             return
 
         def done(targets: list[Target] | None) -> None:
             with self.guard("DNS answer"):
-                callback([t._replace(host=t.host.strip("[]")) for t in targets or ()])
+                found = [Target(t.transport, t.host.strip("[]"), t.port) for t in targets or ()]
+                how, names = getattr(targets, "how", ""), getattr(targets, "names", {})
+                labels = {t: names[o] for t, o in zip(found, targets or (), strict=True) if o in names}
+                callback(Resolved(found, how, labels))
 
         try:
             self.resolve(hop, done)

@@ -9,9 +9,9 @@ strict routing), and add Record-Route and our Via.
 from __future__ import annotations
 
 from sipproxy.message import Request
-from sipproxy.net import Target
+from sipproxy.net import NextHop, Target
 from sipproxy.proxy.routing import LocalAddress, add_record_route, top_route
-from sipproxy.proxy.targets import TargetURI, next_hop
+from sipproxy.proxy.targets import TargetURI, uri_hop
 
 __all__ = [
     "RECORD_ROUTE_METHODS",
@@ -33,7 +33,7 @@ changes the route set).
 """
 
 
-def forward_copy(request: Request, target: TargetURI, default_max_forwards: int) -> tuple[Request, Target]:
+def forward_copy(request: Request, target: TargetURI, default_max_forwards: int) -> tuple[Request, NextHop | Target]:
     """§16.6 steps 1-3, 6 and 7: the copy for one target, and where it goes.
 
     1. Copy the request.
@@ -45,7 +45,7 @@ def forward_copy(request: Request, target: TargetURI, default_max_forwards: int)
     7. The next hop: the top Route for a loose router, the Request-URI
        otherwise (the strict router, or the target itself), or, for a
        registered contact with no Route to follow, the flow its REGISTER
-       came on.  Its host may still be a name to resolve.
+       came on.  Its host may still be a name to resolve (RFC 3263 §4).
 
     Raises :class:`ParseError` when the request's Route or Max-Forwards is malformed.
     """
@@ -61,12 +61,12 @@ def forward_copy(request: Request, target: TargetURI, default_max_forwards: int)
         out.pop_first("route")
         out.add("Route", f"<{uri_text}>")
         out.uri = first
-        return out, next_hop(first)
+        return out, uri_hop(first)
     if first is not None:  # step 7
-        return out, next_hop(first)
+        return out, uri_hop(first)
     if target.flow is not None:
         return out, target.flow
-    return out, next_hop(target.uri)
+    return out, uri_hop(target.uri)
 
 
 def add_via(request: Request, local: LocalAddress, transport: str, branch: str) -> None:

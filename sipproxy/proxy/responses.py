@@ -26,6 +26,11 @@ Decisions made here, with their RFC basis:
 - A branch that got no provisional is never sent a CANCEL (§9.1): when the
   context cancels it, the context stops waiting for it, and the CANCEL goes
   out only if a provisional response turns up later.
+- RFC 5393 §5.3: the request's ``Max-Breadth`` (60 when absent, at most
+  ``max_breadth``) is shared among the branches running at the same time,
+  each forwarded with its share; a group of parallel branches that does not
+  fit in what is left is not started, and counts as a 440 (Max-Breadth
+  Exceeded).  Sequential groups each get the whole of it again.
 """
 
 from __future__ import annotations
@@ -40,7 +45,17 @@ from sipproxy.proxy.branch import Branch, Environment
 from sipproxy.proxy.targets import TargetURI, redirect_targets, unique
 from sipproxy.transaction import TransactionError
 
-__all__ = ["Branch", "ResponseContext", "choose_best", "strip_our_via"]
+__all__ = ["DEFAULT_BREADTH", "Branch", "ResponseContext", "choose_best", "incoming_breadth", "strip_our_via"]
+
+DEFAULT_BREADTH = 60
+"""RFC 5393 §5.3: the Max-Breadth of a request that has none."""
+
+
+def incoming_breadth(request: Request, limit: int = DEFAULT_BREADTH) -> int:
+    """RFC 5393 §5.3: the request's Max-Breadth, 60 when absent, at most ``limit`` (the proxy refused a bad one)."""
+    value = (request.get("max-breadth") or "").strip()
+    return min(int(value), limit) if value.isdigit() else min(DEFAULT_BREADTH, limit)
+
 
 #: §16.7 step 6: within 4xx, responses that help the caller resubmit are preferred, in this order.
 _PREFERRED_4XX = (415, 420, 484)
@@ -144,6 +159,8 @@ class ResponseContext:
         """The caller sent CANCEL (§16.10)."""
         self._advancing = False
         self._again = False
+        self.breadth = incoming_breadth(request, env.settings.max_breadth)
+        """RFC 5393 §5.3: the concurrent branches this request may have, all together."""
 
     def __repr__(self) -> str:
         return f"<ResponseContext {self.request.method} {self.request.uri_text} branches={len(self.branches)}>"
@@ -221,10 +238,17 @@ class ResponseContext:
         """Start one branch per new target, within ``max_branches``; return how many were started."""
         budget = self.env.settings.max_branches - len(self.branches)
         fresh = unique(targets, self.tried)[: max(budget, 0)]
+        if not fresh:
+            return 0
+        available = self.breadth - sum(b.breadth for b in self.branches if not b.settled)
+        share, extra = divmod(available, len(fresh))
+        if share < 1:  # RFC 5393 §5.3: not enough breadth left to fork to all of them in parallel
+            self.responses.append(make_response(self.request, 440, "Max-Breadth Exceeded", to_tag=self.to_tag))
+            return 0
         new = []
-        for target in fresh:
+        for index, target in enumerate(fresh):
             self.tried.append(target.uri)
-            branch = Branch(self, target)
+            branch = Branch(self, target, share + (1 if index < extra else 0))
             self.branches.append(branch)
             new.append(branch)
         for branch in new:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from sipproxy.locality import canonical_aor
 from sipproxy.message import NameAddr, ParseError, Response, SipURI, parse_uri
+from sipproxy.net import NextHop
 from sipproxy.transaction import Target, is_reliable
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "redirect_targets",
     "target_from_binding",
     "unique",
+    "uri_hop",
 ]
 
 
@@ -60,9 +62,21 @@ def _bare(host: str) -> str:
 
 
 def next_hop(uri: SipURI) -> Target:
-    """Where a request for ``uri`` goes (RFC 3263 §4 without NAPTR/SRV); the host may still need resolving."""
+    """Where a request for ``uri`` goes when DNS has no NAPTR or SRV record for it (RFC 3263 §4.1, §4.2)."""
+    hop = uri_hop(uri)
+    return Target(hop.transport, hop.host, hop.port)
+
+
+def uri_hop(uri: SipURI) -> NextHop:
+    """RFC 3263 §4.1: the next hop a URI names, and what the URI gave of it, for the resolver.
+
+    The host is ``maddr`` or the URI's host; the transport ``transport=``,
+    else TLS for ``sips:`` (also over ``transport=tcp``), else UDP; the port
+    the URI's, else 5061 for TLS, 5060 for the rest.
+    """
     param = uri.transport
-    if uri.scheme == "sips" or param == "tls":
+    secure = uri.scheme == "sips"
+    if secure or param == "tls":
         transport = "TLS"
     elif param:
         transport = param.upper()
@@ -70,7 +84,7 @@ def next_hop(uri: SipURI) -> Target:
         transport = "UDP"
     host = uri.maddr or uri.host
     port = uri.port or (5061 if transport == "TLS" else 5060)
-    return Target(transport, host.strip("[]"), port)
+    return NextHop(transport, host.strip("[]"), port, bool(param), uri.port is not None, secure)
 
 
 def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:

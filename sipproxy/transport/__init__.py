@@ -1,4 +1,4 @@
-"""Sockets: SIP over UDP and TCP (RFC 3261 §18, RFC 3581, RFC 3263 §4.2). The only package that touches the network.
+"""Sockets: SIP over UDP and TCP (RFC 3261 §18, RFC 3581, RFC 3263 §4). The only package that touches the network.
 
 A leaf above ``sipproxy.message`` and ``sipproxy.net``: it knows nothing of
 transactions, the proxy or security.  What it receives goes to a
@@ -8,7 +8,8 @@ registered under the transport's name.
 - ``layer.py``: :class:`TransportLayer`, §18 in and out, the senders and the connection table
 - ``sink.py``: :class:`MessageSink`, what received messages are handed to
 - ``udp.py``, ``stream.py``: UDP and the stream transports (TCP), each a protocol and a sender
-- ``resolve.py``: :class:`Resolver`, next hops to ordered targets (RFC 3263 §4.2, A/AAAA)
+- ``resolve.py``: :class:`Resolver`, next hops to ordered targets (RFC 3263 §4: NAPTR, SRV, A/AAAA);
+  ``rfc3263.py`` the NAPTR choice and the RFC 2782 SRV order, ``dnscache.py`` the TTL cache
 - ``listen.py``: :class:`SipListeners`, the sockets bound before the reactor runs
 - ``wirelog.py``: the SIP trace
 """

@@ -1,18 +1,29 @@
 # -*- test-case-name: tests.test_transport_resolve -*-
-"""A next hop's host to an ordered list of targets (RFC 3263 §4.2, the A/AAAA step), through twisted.names.
+"""A next hop to an ordered list of targets (RFC 3263 §4), through twisted.names.
 
 RFC 3263 §4 turns a next hop into an ordered list of (transport, address,
-port): NAPTR picks the transport (§4.1), SRV the ports and their order
-(§4.2), A and AAAA the addresses; a client tries them one after the other
-on a transport error or a timeout (§4.3, done by the proxy's branch).  This
-resolver does the A/AAAA part: the transport and port of the hop are kept,
-IPv4 addresses come first, then IPv6 ones; an IP literal is its own answer,
-without a lookup.  NAPTR and SRV come in here later, for a hop without an
-explicit port; nothing above has to change for them.
+port), which a client tries one after the other (§4.3, done by the proxy's
+branch):
 
-It never blocks the reactor (twisted.names is asynchronous), never raises
-into its caller (the callback always runs, exactly once, with an empty list
-when nothing resolves), and a failed lookup is one readable warning.
+- a numeric host is its own answer, without a lookup (§4.1, §4.2);
+- a host name with an explicit port: its A, then its AAAA addresses, at
+  that port (§4.2);
+- an explicit transport (``transport=``) and no port: the SRV records of
+  that transport (§4.1);
+- neither: the NAPTR records pick the transport among those we have
+  (``transports``; for ``sips:`` only TLS-based ones), their replacement
+  the SRV name; without a usable NAPTR record, the SRV names of our
+  transports are asked in turn (§4.1);
+- SRV records in priority order, RFC 2782 weighted random within one
+  priority (``srv_order``), each target's A then AAAA addresses at the SRV
+  port (§4.2);
+- no SRV record: the host's A/AAAA addresses at the default port (§4.2).
+
+Answers come from a :class:`~sipproxy.transport.dnscache.DNSCache` (TTLs
+and negative answers honoured).  It never blocks the reactor (twisted.names
+is asynchronous, and every query has its timeout), never raises into its
+caller (the callback always runs, exactly once, with an empty list when
+nothing resolves), and a failed lookup is one readable warning.
 twisted.names itself is made quiet: per query it opened a UDP port, which
 logged twice ("... starting on N", "(UDP Port N Closed)"), with a ``noisy``
 protocol that logged twice more, and its errors carry a raw DNS ``Message``
@@ -23,11 +34,12 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from random import Random
 from typing import Any
 
 from twisted.internet import base, udp
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import TimeoutError, ensureDeferred, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel
 from twisted.names import client, dns, error, hosts, resolve
@@ -35,11 +47,16 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from sipproxy.message.uri import is_ip_address
-from sipproxy.net import Target
+from sipproxy.net import NextHop, Resolved, Target
+from sipproxy.transport.dnscache import DNSCache
+from sipproxy.transport.rfc3263 import NaptrRecord, SrvRecord, naptr_choices, srv_name, srv_order
 
-__all__ = ["Resolver", "describe_failure", "quiet_resolver"]
+__all__ = ["DEFAULT_TIMEOUT", "Resolver", "describe_failure", "quiet_resolver"]
 
 Found = Callable[[list[Target]], None]
+
+DEFAULT_TIMEOUT = (1, 3)
+"""Seconds to wait for each try of one query (twisted.names' schedule): 4 s, then the lookup has failed."""
 
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (error.DNSNameError, "no such domain (NXDOMAIN)"),
@@ -67,61 +84,159 @@ class Resolver:
     """Next hops to targets: ``resolver(hop, found)`` calls ``found`` once with the targets, best first.
 
     ``names`` is the twisted.names ``IResolver`` asked (tests pass a double);
-    by default the hosts file, then the DNS servers of ``/etc/resolv.conf``,
-    made at the first lookup.  ``timeout`` is twisted.names' retry schedule
-    in seconds.
+    by default the hosts file, then the DNS servers ``servers`` (``--dns``)
+    or else those of ``/etc/resolv.conf``, made at the first lookup.
+    ``timeout`` is twisted.names' retry schedule in seconds.  ``transports``
+    are those we can send on (or a function giving them, asked at each
+    lookup), in our order of preference when no NAPTR record decides;
+    ``rng`` draws the RFC 2782 weighted order.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any = None, names: Any = None, timeout: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any = None,
+        names: Any = None,
+        timeout: Sequence[int] | None = DEFAULT_TIMEOUT,
+        *,
+        servers: Sequence[tuple[str, int]] | None = None,
+        transports: Collection[str] | Callable[[], Collection[str]] = ("UDP", "TCP"),
+        rng: Random | None = None,
+        clock: Any = None,
+    ) -> None:
         self._reactor = reactor
         self._names = names
+        self.servers = list(servers) if servers else None
         self.timeout = tuple(timeout) if timeout is not None else None
+        self._transports = transports
+        self.rng = rng if rng is not None else Random()
+        if clock is None:
+            from twisted.internet import reactor as default_reactor
+
+            clock = reactor if reactor is not None else default_reactor
+        self.cache = DNSCache(lambda: self.names, clock, self.timeout)
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """The transports we can send on (``transports``, or what it returns when it is a function)."""
+        names = self._transports() if callable(self._transports) else self._transports
+        return tuple(t.upper() for t in names)
 
     @property
     def names(self) -> Any:
         if self._names is None:
-            self._names = quiet_resolver(self._reactor)
+            if self.servers:
+                self._names = quiet_resolver(self._reactor, servers=self.servers, resolv_conf=None)
+            else:
+                self._names = quiet_resolver(self._reactor)
         return self._names
 
-    def __call__(self, hop: Target, found: Found) -> None:
-        """Call ``found`` once with the targets of ``hop``: its A addresses, then its AAAA ones (§4.2)."""
+    def __call__(self, hop: Target | NextHop, found: Found) -> None:
+        """Call ``found`` once with the targets of ``hop`` (§4), a :class:`Resolved` list."""
         host = hop.host.strip("[]")
         if is_ip_address(host):
-            _deliver(found, [hop._replace(host=host)], host)
+            target = Target(hop.transport, host, hop.port)
+            _deliver(found, Resolved([target], "", {}), host)
             return
-        try:
-            lookups: list[Deferred[Any]] = [
-                self.names.lookupAddress(host, self.timeout),
-                self.names.lookupIPV6Address(host, self.timeout),
-            ]
-        except Exception:
-            self.log.failure("Bug starting the DNS lookup of {host}", host=host)
-            _deliver(found, [], host)
-            return
-        answered = DeferredList(lookups, consumeErrors=True)
-        answered.addCallback(self._targets, hop, host)
+        answered = ensureDeferred(self._resolve(hop, host))
         answered.addErrback(self._bug, host)
         answered.addCallback(lambda targets: _deliver(found, targets, host))
 
-    def _targets(self, results: list[tuple[bool, Any]], hop: Target, host: str) -> list[Target]:
-        """§4.2: every A address, then every AAAA address, in the order the answers gave them."""
-        (a_ok, a), (aaaa_ok, aaaa) = results
-        addresses = (_addresses(a[0], dns.A) if a_ok else []) + (_addresses(aaaa[0], dns.AAAA) if aaaa_ok else [])
-        targets = [hop._replace(host=address) for address in dict.fromkeys(addresses)]
+    async def _resolve(self, hop: Target | NextHop, host: str) -> Resolved:
+        steps: list[str] = []
+        if isinstance(hop, NextHop) and not hop.explicit_port:
+            if hop.explicit_transport:
+                choices = [(hop.transport, srv_name(hop.transport, host))]  # §4.1: the transport is given
+            else:
+                choices = await self._naptr(host, hop.secure, steps)
+            for transport, name in choices:
+                found = await self._srv(transport, name, steps)
+                if found:
+                    return found
+        targets, reason = await self._addresses(host, hop.transport, hop.port)  # §4.2: A/AAAA
         if not targets:
-            failures = [describe_failure(r) for ok, r in results if not ok]
             self.log.warn(
                 "Could not resolve {host}: {reason}",
                 host=host,
-                reason=failures[0] if failures else _NO_RECORD,
+                reason="; ".join([*steps, reason]) if steps else reason,
             )
-        return targets
+        return Resolved(targets, f"A/AAAA {host}", {t: _label(host, t.port) for t in targets})
+
+    async def _naptr(self, host: str, secure: bool, steps: list[str]) -> list[tuple[str, str]]:
+        """§4.1: the transports the NAPTR records offer us, or else the SRV names of all of ours."""
+        records, reason = await self._records(dns.NAPTR, host)
+        naptrs = [_naptr(r.payload) for r in records]
+        choices = naptr_choices(naptrs, secure, self.transports)
+        if choices:
+            return choices
+        steps.append(f"NAPTR {host}: {reason or 'no record for our transports'}")
+        ours = [t for t in self.transports if not secure or t in ("TLS", "WSS")]
+        return [(t, srv_name(t, host)) for t in ours if t in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS")]
+
+    async def _srv(self, transport: str, name: str, steps: list[str]) -> Resolved | None:
+        """§4.2: the SRV records of ``name`` in RFC 2782 order, each target's A then AAAA addresses."""
+        records, reason = await self._records(dns.SRV, name)
+        srvs = [_srv(r.payload) for r in records]
+        ordered = srv_order(srvs, self.rng)
+        if not ordered:
+            steps.append(f"SRV {name}: {reason or 'no usable record'}")
+            return None
+        found = await gatherResults(
+            [ensureDeferred(self._addresses(r.target.rstrip("."), transport, r.port)) for r in ordered]
+        )
+        targets: list[Target] = []
+        names: dict[Target, str] = {}
+        for record, (addresses, _) in zip(ordered, found, strict=True):
+            for target in addresses:
+                if target not in names:
+                    targets.append(target)
+                    names[target] = _label(record.target.rstrip("."), record.port)
+        if not targets:
+            steps.append(f"SRV {name}: its targets have no A or AAAA record")
+            return None
+        return Resolved(targets, f"SRV {name}", names)
+
+    async def _addresses(self, host: str, transport: str, port: int) -> tuple[list[Target], str]:
+        """§4.2: every A address, then every AAAA address, in the order the answers gave them."""
+        if is_ip_address(host):
+            return [Target(transport, host, port)], ""
+        (a, a_why), (aaaa, aaaa_why) = await gatherResults(
+            [ensureDeferred(self._records(dns.A, host)), ensureDeferred(self._records(dns.AAAA, host))]
+        )
+        addresses = _addresses(a, dns.A) + _addresses(aaaa, dns.AAAA)
+        targets = [Target(transport, address, port) for address in dict.fromkeys(addresses)]
+        return targets, a_why or aaaa_why or _NO_RECORD
+
+    async def _records(self, kind: int, name: str) -> tuple[list[dns.RRHeader], str]:
+        """The records of ``kind`` for ``name`` (through the cache), and why there are none."""
+        try:
+            answers = await self.cache.lookup(kind, name)
+        except Exception:
+            return [], describe_failure(Failure())
+        return [r for r in answers if r.type == kind], ""
 
     def _bug(self, failure: Failure, host: str) -> list[Target]:
         self.log.failure("Bug reading the DNS answer for {host}", failure, host=host)
         return []
+
+
+def _naptr(payload: Any) -> NaptrRecord:
+    return NaptrRecord(
+        payload.order,
+        payload.preference,
+        payload.flags.string.decode("ascii", "replace"),
+        payload.service.string.decode("ascii", "replace"),
+        payload.replacement.name.decode("ascii", "replace"),
+    )
+
+
+def _srv(payload: Any) -> SrvRecord:
+    return SrvRecord(payload.priority, payload.weight, payload.port, payload.target.name.decode("ascii", "replace"))
+
+
+def _label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _addresses(records: Sequence[dns.RRHeader], kind: int) -> list[str]:
