@@ -17,6 +17,8 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 
+from sipproxy.calls import CallObserver
+from sipproxy.calls.log import CallLog
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
@@ -123,6 +125,7 @@ def build_core(
     proxy_settings: ProxySettings = ProxySettings(),
     wirelog: WireLog | None = None,
     transport_limits: TransportLimits = TransportLimits(),
+    on_call: CallObserver | None = None,
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -177,6 +180,7 @@ def build_core(
         # 407 hook (in-dialog requests of authenticated dialogs pass) and the
         # overload guard (requests of dialogs already up are never shed).
         dialog_token=(security.dialog_token if security.users is not None or security.settings.overload_lag else None),
+        on_call=on_call,
     )
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
@@ -245,6 +249,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),
         transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
+        on_call=CallLog(),
     )
     listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
     services.append(listeners)

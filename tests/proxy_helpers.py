@@ -172,7 +172,9 @@ class Harness:
         dns: dict[str, str | list[str] | None] | None = None,
         defer_dns: bool = False,
         authorize: Any = None,
+        **proxy_options: Any,
     ) -> None:
+        """``proxy_options``: further keyword arguments of :class:`Proxy` (``on_call``, ``flow_open``)."""
         self.clock = Clock()
         self.tx = FakeTransactions()
         self.store = LocationStore(Clock())  # its expiry timers stay out of the proxy clock
@@ -193,6 +195,7 @@ class Harness:
             settings,
             authorize=authorize,
             log=self.log,
+            **proxy_options,
         )
 
     def resolve(self, hop: Target, callback: Any) -> None:

@@ -104,6 +104,8 @@ class Environment:
     """Call-ID -> the token our Record-Route carries (``None``: no token)."""
     greylist: GreyList | None = None
     """Targets put aside after a 503 with Retry-After or a timeout (``None``: none kept)."""
+    finished: Callable[[ResponseContext, Response], None] | None = None
+    """The context has sent ``response``, its final one: the proxy's call record (``None``: nobody listens)."""
 
 
 @contextmanager
@@ -165,6 +167,8 @@ class Branch:
         self.targets: deque[Target] = deque()
         self.request: Request | None = None
         self.hop: Target | None = None
+        self.next_hop: NextHop | Target | None = None
+        """The next hop before resolving (RFC 3263 §4.2): the host the DNS was asked for."""
         self.client: Any = None
         self.provisional: Response | None = None
         self.final: Response | None = None
@@ -175,6 +179,10 @@ class Branch:
         self.cancel_timer: Any = None
         self.trail = Trail()
         """What was tried, for the log line of a request that failed over."""
+        self.failure: tuple[int, str] | None = None
+        """The status and reason the response context was given instead of a response (§16.8, §16.9)."""
+        self.why = ""
+        """That failure in the operator's words, for the call record."""
 
     def __repr__(self) -> str:
         return f"<Branch {self.target.uri} settled={self.settled}>"
@@ -198,13 +206,15 @@ class Branch:
             return
         if self.breadth < self.context.breadth or self.context.request.has("max-breadth"):
             self.forwarded.set("Max-Breadth", str(self.breadth))  # RFC 5393 §5.3: forked, or passed on
+        self.next_hop = hop
         env.resolve(hop, self._resolved)
 
     def _resolved(self, targets: list[Target] | None) -> None:
         if self.settled or self.forwarded is None:
             return  # cancelled while the name was being looked up
         if not targets:
-            self._give_up(503, "Next hop not found in DNS", "its host does not resolve")
+            host = self.next_hop.host if self.next_hop is not None else "the next hop"
+            self._give_up(503, "Next hop not found in DNS", f"DNS: {host} does not resolve")
             return
         self.trail.found(targets)
         greylist = self.env.greylist
@@ -258,6 +268,9 @@ class Branch:
                 why=why,
             )
             status, reason = 480, FLOW_GONE  # RFC 5626 §5.3: 430 (Flow Failed) once outbound is supported
+            why = f"flow gone: the {flow.transport} connection of its REGISTER is closed, and the Contact: {why}"
+        if not self.settled:
+            self.why = why
         self._fail(status, reason)
 
     def _fail(self, status: int, reason: str) -> None:
@@ -300,7 +313,7 @@ class Branch:
             self._tried(reason)
             if self.final is None and not self._next_target():
                 self._stop_timers()
-                self._give_up(503, "Service Unavailable", reason)
+                self._give_up(503, "Service Unavailable", f"transport error: {reason}")
 
     def _provisional(self, response: Response) -> None:
         if self.final is not None:

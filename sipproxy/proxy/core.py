@@ -31,6 +31,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sipproxy.calls import CallObserver
+from sipproxy.locality import canonical_aor
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import is_ip_address
@@ -46,6 +48,7 @@ from sipproxy.proxy.branch import (
 )
 from sipproxy.proxy.failover import GreyList
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
+from sipproxy.proxy.record import context_record, is_recorded, refused_record
 from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
 from sipproxy.proxy.targets import TargetURI, group_by_q, location_targets
@@ -125,6 +128,7 @@ class Proxy:
         log: ProxyLog | None = None,
         flow_open: FlowOpen | None = None,
         dialog_token: Callable[[str], str] | None = None,
+        on_call: CallObserver | None = None,
     ) -> None:
         self.clock = clock
         self.transactions = transactions
@@ -141,6 +145,8 @@ class Proxy:
         """Is the connection to this TCP/TLS flow still open? (``None``: assume so.)"""
         self.dialog_token = dialog_token
         """Call-ID -> the token our Record-Route carries (``None``: no token)."""
+        self.on_call = on_call
+        """Told of every finished call (:func:`~sipproxy.proxy.record.is_recorded`): the call log, the recent calls."""
         self._contexts: dict[int, ResponseContext] = {}
         self._counter = itertools.count(1)
         self.greylist = GreyList(clock)
@@ -159,6 +165,7 @@ class Proxy:
             flow_open=flow_open,
             dialog_token=dialog_token,
             greylist=self.greylist,
+            finished=self._finished if on_call is not None else None,
         )
         """What the response contexts and their branches see of the proxy."""
 
@@ -174,7 +181,9 @@ class Proxy:
             else:
                 self._proxy(request, source, stx)
         except ParseError as error:
-            self._answer(stx, request, error.status, error.reason)
+            response = self._answer(stx, request, error.status, error.reason)
+            if response is not None and request.method not in ("ACK", "CANCEL"):
+                self._refused(request, source, response, error.reason)
         except Exception:
             self.log.failure("Bug while proxying {method} {uri}", method=request.method, uri=request.uri_text)
             self._answer(stx, request, 500, None)
@@ -208,13 +217,16 @@ class Proxy:
             response = self.authorize(received, source)  # §16.3 step 6
         if response is not None:
             self._respond(stx, response)
+            self._refused(received, source, response, _refusal(response))
             return
         loop = loop_part(received)
         request = received.copy()  # the server transaction keeps the request as received
         preprocess_routing(request, self.locality)  # §16.4
         groups = self._target_groups(request)  # §16.5
         if not groups:
-            self._respond(stx, make_response(received, 480, to_tag=to_tag))
+            response = make_response(received, 480, to_tag=to_tag)
+            self._respond(stx, response)
+            self._refused(received, source, response, f"no binding for {canonical_aor(request.uri)}")
             return
         record_route = self.settings.record_route and request.method in RECORD_ROUTE_METHODS
         context = ResponseContext(self.env, request, source, stx, loop, groups, record_route, to_tag)
@@ -248,6 +260,22 @@ class Proxy:
         """The context sent its final response: CANCELs and late 2xx need no table entry."""
         if self._contexts.get(id(context.stx)) is context:
             del self._contexts[id(context.stx)]
+
+    # -- the call record -------------------------------------------------------
+
+    def _finished(self, context: ResponseContext, final: Response) -> None:
+        """A response context sent its final response: its record to ``on_call`` (never raises)."""
+        if self.on_call is None or not is_recorded(context.request, final.status):
+            return
+        with self.guard("call record"):
+            self.on_call(context_record(context, final, self.clock.seconds()))
+
+    def _refused(self, request: Request, source: Source, response: Response, why: str) -> None:
+        """The proxy answered ``request`` itself (§16.3, §16.5): its record to ``on_call``."""
+        if self.on_call is None or not is_recorded(request, response.status):
+            return
+        with self.guard("call record"):
+            self.on_call(refused_record(request, source, response, why, self.clock.seconds()))
 
     # -- §16.10 CANCEL -------------------------------------------------------
 
@@ -335,12 +363,20 @@ class Proxy:
         except TransactionError as error:
             self.log.warn("Could not answer {status}: {error}", status=response.status, error=str(error))
 
-    def _answer(self, stx: Any, request: Request, status: int, reason: str | None) -> None:
+    def _answer(self, stx: Any, request: Request, status: int, reason: str | None) -> Response | None:
         if stx is None or request.method == "ACK":
-            return
+            return None
         try:
             response = make_response(request, status, reason, to_tag=self.new_tag())
         except Exception:
             self.log.failure("Cannot build a {status} response", status=status)
-            return
+            return None
         self._respond(stx, response)
+        return response
+
+
+def _refusal(response: Response) -> str:
+    """Why the proxy answered a request itself, in the call log's words (§16.3)."""
+    if response.status in (401, 407):
+        return "credentials requested"
+    return f"refused by the proxy ({response.reason})" if response.reason else "refused by the proxy"

@@ -161,6 +161,8 @@ class ResponseContext:
         self._again = False
         self.breadth = incoming_breadth(request, env.settings.max_breadth)
         """RFC 5393 §5.3: the concurrent branches this request may have, all together."""
+        self.started = env.clock.seconds()
+        """When the request reached the proxy, for the call record."""
 
     def __repr__(self) -> str:
         return f"<ResponseContext {self.request.method} {self.request.uri_text} branches={len(self.branches)}>"
@@ -207,6 +209,9 @@ class ResponseContext:
         if branch.settled:
             return
         branch.settled = True
+        branch.failure = (status, reason)
+        if not branch.why:
+            branch.why = "no answer" if status == 408 else reason
         self.responses.append(make_response(self.request, status, reason, to_tag=self.to_tag))
         self._advance()
 
@@ -289,6 +294,8 @@ class ResponseContext:
         self._respond(response)
         self._close()
         self.env.release(self)
+        if self.env.finished is not None:
+            self.env.finished(self, response)
 
     def _respond(self, response: Response) -> None:
         try:
