@@ -18,7 +18,9 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 
 from sipproxy.calls import CallObserver
+from sipproxy.calls.capture import Capture
 from sipproxy.calls.log import CallLog
+from sipproxy.calls.ring import RecentCalls
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
@@ -46,6 +48,7 @@ from sipproxy.transport import (
 )
 from sipproxy.transport.flows import RegisteredFlows
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
+from sipproxy.transport.sink import MessageTap
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
 __all__ = [
@@ -126,6 +129,7 @@ def build_core(
     wirelog: WireLog | None = None,
     transport_limits: TransportLimits = TransportLimits(),
     on_call: CallObserver | None = None,
+    tap: MessageTap | None = None,
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -145,7 +149,7 @@ def build_core(
     limits = replace(transport_limits, max_message=security.settings.max_message_size)
     flows = RegisteredFlows()  # the connections that carry a binding: the limits keep them
     store.subscribe(flows.changed)
-    transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock)
+    transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock, tap=tap)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
     stack = SipStack(
@@ -229,6 +233,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         WalCheckpointer(persistence).setServiceParent(store_service)
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
     security = build_security(options, reactor, metrics, domains, local, store, secret)
+    recent = _recent_calls(options)
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
     core = build_core(
         reactor,
@@ -249,7 +254,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),
         transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
-        on_call=CallLog(),
+        on_call=_observers(CallLog(), recent),
+        tap=Capture(recent, reactor) if recent is not None and recent.max_bytes > 0 else None,
     )
     listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
     services.append(listeners)
@@ -272,12 +278,32 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         debug=bool(options.get("debug")),
         hosts=[*domains, advertised],
         max_streams=options.get("max-event-streams", 100),
+        calls=recent,
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]
     _announce(domains, advertised, interface)
     security.announce()
     return SipProxyService(core, listeners, web, services)
+
+
+def _recent_calls(options: Mapping[str, Any]) -> RecentCalls | None:
+    """``--recent-calls`` (0: none) and ``--recent-calls-bytes`` (0: records only, no call-flow capture)."""
+    count = options.get("recent-calls", 200)
+    if not count:
+        return None
+    return RecentCalls(max_calls=count, max_bytes=options.get("recent-calls-bytes", 4 << 20))
+
+
+def _observers(*observers: CallObserver | None) -> CallObserver:
+    """One observer calling each of ``observers`` that is not None, in order."""
+    chosen = [observer for observer in observers if observer is not None]
+
+    def observe(record: Any) -> None:
+        for observer in chosen:
+            observer(record)
+
+    return observe
 
 
 def _announce(domains: Domains, advertised: str, interface: str) -> None:

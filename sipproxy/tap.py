@@ -149,6 +149,20 @@ class Options(usage.Options):
             "Seconds the reactor may run behind (three times in a row, sampled every 50 ms) before new requests "
             "get 503 + Retry-After; requests of established dialogs still pass. 0: off.",
         ],
+        # -- the recent calls (sipproxy.calls) --
+        [
+            "recent-calls",
+            None,
+            "200",
+            "Calls kept for the Recent calls page and /api/calls, with their call-flow ladders (0: none).",
+        ],
+        [
+            "recent-calls-bytes",
+            None,
+            "4M",
+            "Memory for the recent calls and their messages, in bytes (K, M suffixes); the oldest calls go "
+            "beyond it. 0: outcomes only, no call-flow ladders (the transport then captures nothing).",
+        ],
         # -- TCP (sipproxy.transport.stream) --
         [
             "tcp-message-timeout",
@@ -214,6 +228,21 @@ class Options(usage.Options):
             raise usage.UsageError("--db needs a file name or :memory:")
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
+        self._recent_calls()
+
+    def _recent_calls(self) -> None:
+        """``--recent-calls`` and ``--recent-calls-bytes``: whole numbers, 0 allowed (off)."""
+        count = self["recent-calls"]
+        if not str(count).isdigit():
+            raise usage.UsageError(f"--recent-calls must be a whole number of calls (0: none), not {count!r}")
+        self["recent-calls"] = int(count)
+        text = str(self["recent-calls-bytes"]).strip()
+        digits, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in ("K", "M") else (text, "")
+        if not digits.isdigit():
+            raise usage.UsageError(
+                f"--recent-calls-bytes must be a number of bytes such as 4M or 500K (0: no ladders), not {text!r}"
+            )
+        self["recent-calls-bytes"] = int(digits) << {"": 0, "K": 10, "M": 20}[unit]
 
     def _web_password(self) -> None:
         """A page beyond loopback shows every binding's address, User-Agent and Call-ID: only with a password."""

@@ -28,7 +28,7 @@ from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, Connection, Source, Target, is_reliable
 from sipproxy.transport.address import address_key, normalize_host
 from sipproxy.transport.droplog import DropLog
-from sipproxy.transport.sink import MessageSink
+from sipproxy.transport.sink import MessageSink, MessageTap
 from sipproxy.transport.wirelog import WireLog
 
 __all__ = ["HoldsFlow", "Sender", "SentResponse", "StreamConnection", "TransportLayer", "TransportLimits"]
@@ -119,6 +119,7 @@ class TransportLayer:
         *,
         holds_flow: HoldsFlow = lambda transport, host, port: False,
         clock: Clock | None = None,
+        tap: MessageTap | None = None,
     ) -> None:
         self.wire = wirelog if wirelog is not None else WireLog()
         self.metrics = metrics if metrics is not None else Metrics()
@@ -127,6 +128,8 @@ class TransportLayer:
         self.drops = DropLog(clock)
         """Warnings about what is dropped, bounded per source and per 10 s (``clock``: none, every one is written)."""
         """Connections holding a registered binding are never closed to make room (``flows.RegisteredFlows``)."""
+        self.tap = tap
+        """Sees every message parsed and sent (the recent calls' capture); ``None``: nobody."""
         self.sink = sink
         """Where every message received goes (the guard in front of the transaction layer)."""
         self.senders: dict[str, Sender] = {}
@@ -157,6 +160,8 @@ class TransportLayer:
                 if self.sink.unparseable(exc, source, len(data)):
                     self._parse_error(exc, source)
                 return
+            if self.tap is not None:
+                self.tap.received(message, source, data)
             if isinstance(message, Request):
                 self._stamp_via(message, source)
             assert self.sink is not None
@@ -214,7 +219,10 @@ class TransportLayer:
 
     def send_request(self, request: Request, target: Target, on_error: OnError) -> None:
         self.metrics.method(self.metrics.requests_out, request.method)
-        self._send(target.transport, target.host, target.port, request.to_bytes(), on_error)
+        data = request.to_bytes()
+        if self.tap is not None:
+            self.tap.sent(request, target.transport, target.host, target.port, data)
+        self._send(target.transport, target.host, target.port, data, on_error)
 
     def send_response(self, response: Response, source: Source | None) -> SentResponse | None:
         """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by.
@@ -227,12 +235,17 @@ class TransportLayer:
         self.metrics.status(self.metrics.responses_out, response.status)
         sent = self._response_route(response, source)
         if sent is not None:
-            self.resend_response(sent)
+            self._deliver(sent, response)
         return sent
 
     def resend_response(self, sent: object) -> None:
         """Send a response again, as ``send_response`` sent it (a server transaction's retransmission)."""
         assert isinstance(sent, SentResponse)
+        self._deliver(sent, None)
+
+    def _deliver(self, sent: SentResponse, response: Response | None) -> None:
+        if self.tap is not None:
+            self.tap.sent(response, sent.transport, sent.host, sent.port, sent.data)
         if sent.connection is not None and sent.connection.alive:
             sent.connection.send(sent.data)
             return
@@ -246,7 +259,7 @@ class TransportLayer:
         """
         self.metrics.status(self.metrics.responses_out, response.status)
         data = response.to_bytes()
-        self.resend_response(SentResponse(data, source.transport, source.host, source.port, source.connection))
+        self._deliver(SentResponse(data, source.transport, source.host, source.port, source.connection), response)
 
     def _response_route(self, response: Response, source: Source | None) -> SentResponse | None:
         data = response.to_bytes()

@@ -21,7 +21,7 @@ from typing import Protocol
 from sipproxy.message import ParseError, Request, Response
 from sipproxy.net import Source
 
-__all__ = ["MessageSink", "Reply"]
+__all__ = ["MessageSink", "MessageTap", "Reply"]
 
 Reply = Callable[[Response, Source], None]
 """Send a response straight back to the packet's source (its connection, else its address)."""
@@ -45,3 +45,17 @@ class MessageSink(Protocol):
         for an ACK or what has no request line).  False: drop it silently
         (a blocked source, a flood).
         """
+
+
+class MessageTap(Protocol):
+    """Who sees every message the transport parsed or sent, with its bytes (the recent calls' capture).
+
+    Called on the fast path: it must be cheap and must not raise.  The
+    transport has none unless one is given.
+    """
+
+    def received(self, message: Request | Response, source: Source, data: bytes) -> None:
+        """A message that parsed, as ``data`` came from ``source`` (before the Via is stamped)."""
+
+    def sent(self, message: Request | Response | None, transport: str, host: str, port: int, data: bytes) -> None:
+        """``data`` sent to ``host:port`` over ``transport``; ``message`` is None for a response sent again."""

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from sipproxy.calls.ring import RecentCalls
 from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
@@ -18,7 +19,7 @@ from sipproxy.web.render import make_environment
 
 __all__ = ["BindingsPage", "QuietSite", "is_loopback_description", "make_environment", "make_web_resource"]
 
-_POLLED = frozenset({b"/metrics", b"/healthz", b"/api/events", b"/api/bindings"})
+_POLLED = frozenset({b"/metrics", b"/healthz", b"/api/events", b"/api/bindings", b"/api/call-events", b"/api/calls"})
 
 
 class QuietSite(Site):
@@ -48,6 +49,7 @@ def make_web_resource(
     debug: bool = False,
     hosts: Iterable[str] = (),
     max_streams: int = MAX_STREAMS,
+    calls: RecentCalls | None = None,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
@@ -57,7 +59,7 @@ def make_web_resource(
     (``--debug``) logs event streams opening and closing. ``hosts``: the
     server's own names, accepted in ``Host`` on a loopback listener besides
     ``localhost`` and the loopback addresses. ``max_streams``:
-    ``--max-event-streams``.
+    ``--max-event-streams``. ``calls``: the recent calls (``--recent-calls``).
     """
     page = BindingsPage(
         store,
@@ -70,6 +72,7 @@ def make_web_resource(
         debug=debug,
         hosts=hosts,
         max_streams=max_streams,
+        calls=calls,
     )
     return page.resource()
 

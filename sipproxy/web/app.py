@@ -10,6 +10,12 @@ Routes (a Klein app on :class:`BindingsPage`):
   then one ``binding`` event per change of the location service, with its
   ``kind`` and ``reason`` (:data:`sipproxy.location.Reason`).
 - ``DELETE /api/bindings/<aor>`` (``?contact=`` for one contact): removes bindings.
+- ``GET /calls``: the Recent calls page, live; ``GET /api/calls`` the
+  recent calls as JSON (``?aor=``, ``?call_id=``), ``GET /api/ladder?call_id=``
+  one call's flow with its messages, ``GET /api/call-events`` a ``call``
+  event per finished call (:mod:`sipproxy.web.calls`).  Message texts show
+  what peers sent (credentials masked): these follow the removal rule, never
+  served to a public request without a password.
 - ``GET /healthz`` and ``GET /metrics``.
 
 Who may do what is decided in front of the routes (:mod:`sipproxy.web.access`):
@@ -36,10 +42,12 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
+from sipproxy.calls.ring import RecentCalls
 from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
+from sipproxy.web.calls import EMPTY_CALL, CallHub, call_json, ladder_json
 from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
@@ -49,6 +57,8 @@ __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_me
 _STATIC = {
     "bindings.js": b"text/javascript; charset=utf-8",
     "bindings.css": b"text/css; charset=utf-8",
+    "calls.js": b"text/javascript; charset=utf-8",
+    "calls.css": b"text/css; charset=utf-8",
 }
 
 _SECURITY_HEADERS = {
@@ -80,13 +90,16 @@ class BindingsPage:
         debug: bool = False,
         hosts: Iterable[str] = (),
         max_streams: int = MAX_STREAMS,
+        calls: RecentCalls | None = None,
     ) -> None:
         """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
 
         ``hosts``: the server's names (domains, advertised host) that a
         ``Host`` header may carry on a loopback listener besides the
         loopback ones (:class:`HostCheck`). ``max_streams``:
-        ``--max-event-streams``.
+        ``--max-event-streams`` (for each of the two event streams).
+        ``calls``: the recent calls (``None``: ``--recent-calls 0``, the
+        page says so).
 
         ``debug`` logs every event stream opening and closing (at debug
         level: ``twistd`` prints every level, so without ``--debug`` these
@@ -102,6 +115,8 @@ class BindingsPage:
         self.debug = debug
         self.hosts = HostCheck(hosts)
         self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client)
+        self.calls = calls
+        self.call_hub = CallHub(calls, clock, max_streams=max_streams, client=_client) if calls is not None else None
 
     def resource(self) -> IResource:
         """What to serve: the Klein app behind the :class:`AccessGuard` (Host, password and its throttle)."""
@@ -227,6 +242,94 @@ class BindingsPage:
     def streams(self) -> set[EventStream]:
         """The event streams open now."""
         return self.hub.streams
+
+    # -- the recent calls (issue 18) ----------------------------------------
+
+    @app.route("/calls", methods=["GET"])
+    def calls_page(self, request: Request) -> bytes:
+        """The Recent calls page: the list rendered now, ``calls.js`` keeps it live and draws the ladders."""
+        refusal = self._refuse_reads(request, page=True)
+        if refusal is not None:
+            return refusal
+        self._secure(request)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        calls = self.calls
+        page = self.env.get_template("calls.html").render(
+            calls=[call_json(entry) for entry in calls] if calls is not None else [],
+            enabled=calls is not None,
+            max_calls=calls.max_calls if calls is not None else 0,
+            max_bytes=calls.max_bytes if calls is not None else 0,
+            placeholder=EMPTY_CALL,
+        )
+        return page.encode("utf-8")
+
+    @app.route("/api/calls", methods=["GET"])
+    def list_calls(self, request: Request) -> bytes:
+        """``{"calls": [...newest first], "total": N, ...}``; ``?aor=`` and ``?call_id=`` select (exact match)."""
+        refusal = self._refuse_reads(request)
+        if refusal is not None:
+            return refusal
+        calls = self.calls
+        if calls is None:
+            return self._json(request, 200, {"calls": [], "total": 0, "enabled": False})
+        found = calls.calls(aor=_query(request, "aor"), call_id=_query(request, "call_id"))
+        return self._json(
+            request,
+            200,
+            {
+                "calls": [call_json(entry) for entry in found],
+                "total": len(found),
+                "enabled": True,
+                "kept_bytes": calls.size,
+                "max_bytes": calls.max_bytes,
+                "max_calls": calls.max_calls,
+                "evicted": calls.evicted,
+            },
+        )
+
+    @app.route("/api/ladder", methods=["GET"])
+    def call_ladder(self, request: Request) -> bytes:
+        """One call's flow (``?call_id=``): parties and messages with their text; 404 when it is not kept."""
+        refusal = self._refuse_reads(request)
+        if refusal is not None:
+            return refusal
+        call_id = _query(request, "call_id")
+        entry = self.calls.get(call_id) if self.calls is not None and call_id is not None else None
+        if entry is None:
+            return self._json(request, 404, {"error": f"no recent call with Call-ID {call_id}"})
+        return self._json(request, 200, {"call": call_json(entry), "ladder": ladder_json(entry)})
+
+    @app.route("/api/call-events", methods=["GET"])
+    def call_events(self, request: Request) -> bytes | Deferred[None]:
+        """A ``text/event-stream`` of ``call`` events, one per finished call (bounded like ``/api/events``)."""
+        refusal = self._refuse_reads(request)
+        if refusal is not None:
+            return refusal
+        hub = self.call_hub
+        if hub is None:
+            return self._json(request, 404, {"error": "the recent calls are off (--recent-calls 0)"})
+        if hub.is_full():
+            return hub.refuse(request)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            return succeed(None)
+        stream = hub.open(request)
+        request.notifyFinish().addBoth(hub.closed, stream)
+        return Deferred()
+
+    def _refuse_reads(self, request: Request, page: bool = False) -> bytes | None:
+        """Message texts and call parties follow the removal rule: refused to a public request without a password."""
+        if not self._is_public(request) or self.password is not None:
+            return None
+        reason = "the recent calls are disabled: the web listener is public and has no password"
+        if page:
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return (reason + "\n").encode()
+        return self._json(request, 403, {"error": reason})
 
     # -- operations -------------------------------------------------------
 

@@ -1,0 +1,258 @@
+# -*- test-case-name: tests.test_web_calls -*-
+"""The Recent calls page's values: calls as JSON, each call's ladder, and their live stream.
+
+- :func:`call_json`: one :class:`~sipproxy.calls.ring.CallEntry` as the
+  ``/api/calls`` list shows it (who, when, outcome, setup time, branches).
+- :func:`ladder_json`: its call flow for ``/api/calls/<Call-ID>``: the
+  parties (caller, sipproxy, every other peer, in the order they first
+  appear), one arrow per message with its label (method or status),
+  time from the first message, retransmissions marked, and the message
+  text with ``Authorization`` and ``Proxy-Authorization`` masked.
+- :class:`CallHub`: ``/api/call-events``, one ``call`` event per finished
+  call for open pages, bounded like the bindings stream
+  (:mod:`sipproxy.web.events`: a number of streams, a buffer per stream,
+  one write per stream per reactor turn).
+
+Everything here is data for the page's script, which puts it in the page
+with ``textContent`` only: a message text is what a peer sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from sipproxy.calls import BranchRecord, CallRecord, call_line
+from sipproxy.calls.ring import CallEntry, CapturedMessage, RecentCalls
+from sipproxy.net import Clock, DelayedCall
+from sipproxy.web.events import PING_INTERVAL, RETRY_AFTER, RETRY_MS, STREAM_BUFFER, EventStream, sse_message
+from sipproxy.web.render import iso_utc
+
+__all__ = ["EMPTY_CALL", "CallHub", "call_json", "ladder_json", "masked"]
+
+_CREDENTIALS = re.compile(r"^((?:proxy-)?authorization[ \t]*:[ \t]*)(\S+)[^\r\n]*", re.IGNORECASE | re.MULTILINE)
+
+
+def masked(text: str) -> str:
+    """``text`` with the value of every ``Authorization`` and ``Proxy-Authorization`` line hidden (its scheme kept)."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)} (credentials hidden)", text)
+
+
+def _branch_json(branch: BranchRecord) -> dict[str, Any]:
+    return {
+        "target": branch.target,
+        "aor": branch.aor,
+        "transport": branch.transport,
+        "host": branch.host,
+        "port": branch.port,
+        "status": branch.status,
+        "reason": branch.reason,
+        "why": branch.why,
+        "outcome": branch.outcome,
+    }
+
+
+def record_json(record: CallRecord) -> dict[str, Any]:
+    return {
+        "method": record.method,
+        "call_id": record.call_id,
+        "caller": record.caller,
+        "callee": record.callee,
+        "source": record.source,
+        "started_at": iso_utc(record.started),
+        "setup": round(record.setup, 3),
+        "status": record.status,
+        "reason": record.reason,
+        "why": record.why,
+        "in_dialog": record.in_dialog,
+        "branches": [_branch_json(b) for b in record.branches],
+        "answered_by": record.answered_by,
+        "line": call_line(record),
+    }
+
+
+EMPTY_CALL: dict[str, Any] = {
+    "method": "",
+    "call_id": "",
+    "caller": "",
+    "callee": "",
+    "source": "",
+    "started_at": "",
+    "setup": 0,
+    "status": 0,
+    "reason": "",
+    "why": "",
+    "in_dialog": False,
+    "branches": [],
+    "answered_by": None,
+    "line": "",
+}
+"""The shape of :func:`record_json` with blank values: the page's row template for its script."""
+
+
+def call_json(entry: CallEntry) -> dict[str, Any]:
+    """One call of ``/api/calls``: its deciding record's fields, every record, and how many messages are kept."""
+    record = entry.record
+    out: dict[str, Any] = record_json(record) if record is not None else {**EMPTY_CALL, "call_id": entry.call_id}
+    out["records"] = [record_json(r) for r in entry.records]
+    out["messages"] = len(entry.messages)
+    out["dropped"] = entry.dropped
+    return out
+
+
+def _peer(message: CapturedMessage) -> str:
+    host = f"[{message.host}]" if ":" in message.host else message.host
+    return f"{host}:{message.port}"
+
+
+def _label(text: str) -> str:
+    """An arrow's label: the method of a request, the status and reason of a response (with its CSeq method)."""
+    first = text.split("\r\n", 1)[0]
+    if first.startswith("SIP/2.0 "):
+        cseq = re.search(r"^(?:cseq)[ \t]*:[ \t]*\d+[ \t]+(\S+)", text, re.IGNORECASE | re.MULTILINE)
+        status = first[len("SIP/2.0 ") :].strip()
+        return f"{status} ({cseq.group(1)})" if cseq else status
+    return first.split(" ", 1)[0]
+
+
+def ladder_json(entry: CallEntry, sipproxy: str = "sipproxy") -> dict[str, Any]:
+    """The call flow of ``entry``: parties and arrows (see the module docstring)."""
+    parties: list[dict[str, str]] = []
+    index: dict[str, int] = {}
+    names = _party_names(entry)
+    arrows: list[dict[str, Any]] = []
+    start = entry.messages[0].at if entry.messages else entry.created
+    for message in entry.messages:
+        peer = _peer(message)
+        if peer not in index:
+            if not parties:
+                parties.append({"name": names.get(peer, "caller"), "address": f"{message.transport} {peer}"})
+                parties.append({"name": sipproxy, "address": ""})
+                index[peer] = 0
+            else:
+                index[peer] = len(parties)
+                parties.append({"name": names.get(peer, ""), "address": f"{message.transport} {peer}"})
+        text = masked(message.data.decode("utf-8", "replace"))
+        column = index[peer]
+        arrows.append(
+            {
+                "from": column if message.incoming else 1,
+                "to": 1 if message.incoming else column,
+                "label": _label(text),
+                "time": round(message.at - start, 3),
+                "retransmission": message.retransmission,
+                "transport": message.transport,
+                "size": len(message.data),
+                "text": text,
+            }
+        )
+    return {"call_id": entry.call_id, "parties": parties, "messages": arrows, "dropped": entry.dropped}
+
+
+def _party_names(entry: CallEntry) -> dict[str, str]:
+    """``host:port`` -> who it is: the caller, or a branch's target URI."""
+    names: dict[str, str] = {}
+    for record in entry.records:
+        for branch in record.branches:
+            if branch.host:
+                host = f"[{branch.host}]" if ":" in branch.host else branch.host
+                names.setdefault(f"{host}:{branch.port}", branch.target)
+        source = record.source.split(" ", 1)[-1]
+        names.setdefault(source, f"caller {record.caller}")
+    return names
+
+
+class CallHub:
+    """``/api/call-events``: the open pages' streams of finished calls, fed by one subscription to the ring."""
+
+    log = Logger(namespace="sipproxy.web")
+
+    def __init__(
+        self,
+        calls: RecentCalls,
+        clock: Clock,
+        *,
+        max_streams: int,
+        buffer_limit: int = STREAM_BUFFER,
+        client: Callable[[Request], str] = lambda request: "?",
+    ) -> None:
+        self.calls = calls
+        self.clock = clock
+        self.max_streams = max_streams
+        self.buffer_limit = buffer_limit
+        self.client = client
+        self.streams: set[EventStream] = set()
+        self._pending: dict[str, CallEntry] = {}
+        """Calls finished in this reactor turn, by Call-ID (a call twice in a turn is sent once)."""
+        self._flush_call: DelayedCall | None = None
+        self._ping: DelayedCall | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def is_full(self) -> bool:
+        return len(self.streams) >= self.max_streams
+
+    def refuse(self, request: Request) -> bytes:
+        request.setResponseCode(503)
+        request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        return b'{"error": "too many event streams open; poll api/calls or retry later"}'
+
+    def open(self, request: Request) -> EventStream:
+        stream = EventStream(request, self.buffer_limit, self._overflowed)
+        request.registerProducer(stream, True)
+        stream.write_now(f"retry: {RETRY_MS}\n\n".encode())
+        if not self.streams:
+            self._unsubscribe = self.calls.subscribe(self.on_call)
+            self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
+        self.streams.add(stream)
+        return stream
+
+    def closed(self, result: object, stream: EventStream) -> None:
+        if stream not in self.streams:
+            return
+        stream.stopProducing()
+        self.streams.discard(stream)
+        if self.streams:
+            return
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for call in (self._ping, self._flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping = self._flush_call = None
+        self._pending.clear()
+
+    def on_call(self, entry: CallEntry) -> None:
+        """Ring subscriber: the call goes to every stream at the end of the reactor turn."""
+        self._pending[entry.call_id] = entry
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if not self._pending:
+            return
+        data = b"".join(sse_message("call", call_json(entry)) for entry in self._pending.values())
+        self._pending.clear()
+        for stream in list(self.streams):
+            stream.send(data)
+
+    def _send_ping(self) -> None:
+        for stream in list(self.streams):
+            stream.send(b": ping\n\n")
+        self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping) if self.streams else None
+
+    def _overflowed(self, stream: EventStream) -> None:
+        self.log.info(
+            "Call event stream of {client} dropped: {queued} bytes waited unread (limit {limit})",
+            client=self.client(stream.request),
+            queued=stream.queued_bytes,
+            limit=stream.limit,
+        )
+        stream.close()
+        self.closed(None, stream)

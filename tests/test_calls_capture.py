@@ -1,0 +1,105 @@
+"""The call-flow capture as the transport's message tap: which messages it keeps, by Call-ID, in and out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from sipproxy.calls.capture import Capture
+from sipproxy.calls.ring import RecentCalls
+from sipproxy.message import Request, make_response
+from sipproxy.net import Source, Target
+from sipproxy.transport import DatagramSender, SipDatagramProtocol, TransportLayer
+
+try:
+    from tests import messages
+    from tests.fakes import FakeUDP
+except ImportError:  # pragma: no cover
+    import messages  # type: ignore[no-redef]
+    from fakes import FakeUDP  # type: ignore[no-redef]
+
+ALICE = ("192.0.2.7", 5060)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    def message_received(self, message: Any, source: Source, size: int) -> None:
+        self.received.append((message, source))
+
+    def unparseable(self, error: Any, source: Source, size: int) -> bool:
+        return False
+
+
+def stack() -> tuple[TransportLayer, RecentCalls, Clock, Sink, SipDatagramProtocol]:
+    clock = Clock()
+    clock.advance(1000)
+    ring = RecentCalls()
+    sink = Sink()
+    transport = TransportLayer(sink=sink, clock=clock, tap=Capture(ring, clock))
+    transport.register(DatagramSender(transport))
+    protocol = SipDatagramProtocol(transport, 4)
+    protocol.transport = FakeUDP()  # type: ignore[assignment]
+    protocol.startProtocol()
+    return transport, ring, clock, sink, protocol
+
+
+def request(method: str = "INVITE", call_id: str = "call-1", to: str = "<sip:bob@example.test>") -> bytes:
+    return messages.make_request(
+        method,
+        "sip:bob@example.test",
+        via="SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK1",
+        call_id=call_id,
+        to=to,
+        cseq=f"1 {method}",
+    )
+
+
+def test_an_invite_starts_a_call_and_its_messages_join_it_both_ways() -> None:
+    transport, ring, clock, sink, protocol = stack()
+    data = request()
+    protocol.datagramReceived(data, ALICE)
+    (entry,) = ring.entries.values()
+    assert entry.call_id == "call-1" and entry.messages[0].data == data and entry.messages[0].incoming
+    invite: Request = sink.received[0][0]
+    clock.advance(0.25)
+    transport.send_request(invite.copy(), Target("UDP", "192.0.2.20", 5062), lambda reason: None)
+    sent = transport.send_response(make_response(invite, 180, to_tag="b1"), sink.received[0][1])
+    assert sent is not None
+    clock.advance(0.5)
+    transport.resend_response(sent)  # a server transaction's retransmission: no message, only bytes
+    out = entry.messages[1:]
+    assert [(m.incoming, m.host, m.port, m.at) for m in out] == [
+        (False, "192.0.2.20", 5062, 1000.25),
+        (False, "192.0.2.7", 5060, 1000.25),
+        (False, "192.0.2.7", 5060, 1000.75),
+    ]
+    assert [m.retransmission for m in entry.messages] == [False, False, False, True]
+    assert out[1].data.startswith(b"SIP/2.0 180 ")
+
+
+def test_what_belongs_to_no_call_is_not_kept() -> None:
+    transport, ring, clock, sink, protocol = stack()
+    protocol.datagramReceived(request("REGISTER", "reg-1"), ALICE)
+    protocol.datagramReceived(request("OPTIONS", "ping-1"), ALICE)
+    protocol.datagramReceived(request("INVITE", "dialog-1", to="<sip:bob@example.test>;tag=b1"), ALICE)  # re-INVITE
+    assert len(sink.received) == 3  # all of them went on to the transactions
+    assert ring.entries == {}
+
+
+def test_an_in_dialog_request_of_a_kept_call_joins_it() -> None:
+    transport, ring, clock, sink, protocol = stack()
+    protocol.datagramReceived(request(), ALICE)
+    protocol.datagramReceived(request("BYE", to="<sip:bob@example.test>;tag=b1"), ALICE)
+    (entry,) = ring.entries.values()
+    assert [m.data.split(b" ", 1)[0] for m in entry.messages] == [b"INVITE", b"BYE"]
+
+
+def test_without_a_tap_nothing_is_captured_and_sip_goes_on() -> None:
+    clock = Clock()
+    sink = Sink()
+    transport = TransportLayer(sink=sink, clock=clock)
+    transport.received(request(), Source("UDP", *ALICE))
+    assert len(sink.received) == 1 and transport.tap is None
