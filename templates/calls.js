@@ -11,7 +11,7 @@
   const POLL_MS = 2000;
   const COLUMN = 230;
   const LEFT = 80;
-  const TOP = 52;
+  const TOP = 64;
   const ROW = 30;
   const SVG = "http://www.w3.org/2000/svg";
 
@@ -110,6 +110,12 @@
     return node;
   }
 
+  function shorten(uri) {
+    // A URI's parameters make the column too wide; the full text is in the column's title.
+    const bare = uri.split(";")[0];
+    return bare.length > 30 ? bare.slice(0, 29) + "…" : bare;
+  }
+
   function draw(ladder) {
     const parties = ladder.parties;
     const width = LEFT + COLUMN * Math.max(parties.length, 2);
@@ -117,9 +123,13 @@
     const svg = el("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" });
     const x = (i) => LEFT + COLUMN * i + COLUMN / 2;
     parties.forEach((party, i) => {
-      svg.appendChild(el("text", { x: x(i), y: 16, "text-anchor": "middle", class: "party" }, party.name));
-      svg.appendChild(el("text", { x: x(i), y: 32, "text-anchor": "middle", class: "address" }, party.address));
-      svg.appendChild(el("line", { x1: x(i), y1: 40, x2: x(i), y2: height, class: "lifeline" }));
+      const head = el("g", { class: "head" });
+      head.appendChild(el("title", {}, [party.role, party.name, party.address].filter(Boolean).join("\n")));
+      head.appendChild(el("text", { x: x(i), y: 14, "text-anchor": "middle", class: "party" }, party.role));
+      head.appendChild(el("text", { x: x(i), y: 28, "text-anchor": "middle", class: "name" }, shorten(party.name)));
+      head.appendChild(el("text", { x: x(i), y: 42, "text-anchor": "middle", class: "address" }, party.address));
+      svg.appendChild(head);
+      svg.appendChild(el("line", { x1: x(i), y1: 48, x2: x(i), y2: height, class: "lifeline" }));
     });
     ladder.messages.forEach((message, i) => {
       const y = TOP + ROW * (i + 1) - 8;

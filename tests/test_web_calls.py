@@ -96,11 +96,11 @@ def test_the_ladder_has_a_column_per_party_and_marks_retransmissions() -> None:
     captured(ring)
     ring(record("c1"))
     ladder = web.get_json("/api/ladder?call_id=c1")["ladder"]
-    assert [p["name"] for p in ladder["parties"]] == [
-        "caller sip:alice@example.test",
-        "sipproxy",
-        "sip:bob@192.0.2.20:5062",
-        "sip:bob@192.0.2.21:5060",
+    assert [(p["role"], p["name"], p["address"]) for p in ladder["parties"]] == [
+        ("caller", "sip:alice@example.test", "UDP 192.0.2.7:5060"),
+        ("sipproxy", "", ""),
+        ("branch 1", "sip:bob@192.0.2.20:5062", "UDP 192.0.2.20:5062"),
+        ("branch 2", "sip:bob@192.0.2.21:5060", "UDP 192.0.2.21:5060"),
     ]
     arrows = [(m["from"], m["to"], m["label"], m["time"], m["retransmission"]) for m in ladder["messages"]]
     assert arrows == [

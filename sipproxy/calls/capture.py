@@ -72,8 +72,9 @@ class Capture:
             if not isinstance(message, Request) or message.method != "INVITE" or _has_to_tag(message):
                 return
             entry = self.ring.start(call_id, self.clock.seconds())
-        captured = CapturedMessage(self.clock.seconds(), True, source.transport, source.host, source.port, data)
-        self.ring.add(entry, captured)
+        self.ring.add(
+            entry, CapturedMessage(self.clock.seconds(), True, source.transport, source.host, source.port, data)
+        )
 
     def _sent(self, message: Request | Response | None, transport: str, host: str, port: int, data: bytes) -> None:
         if message is not None:

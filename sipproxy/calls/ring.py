@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sipproxy.calls.record import CallRecord
 
@@ -44,7 +45,7 @@ __all__ = [
     "RecentCalls",
 ]
 
-MESSAGE_OVERHEAD = 200
+MESSAGE_OVERHEAD = 300
 """Bytes counted per captured message besides its own: the object, its list slot, its retransmission key."""
 
 RECORD_COST = 600
@@ -61,9 +62,12 @@ CALL_SHARE = 8
 MAX_MESSAGES_PER_CALL = 500
 
 
-@dataclass(frozen=True, slots=True)
-class CapturedMessage:
-    """One message as it crossed the transport: raw bytes, when, which way, and the peer."""
+class CapturedMessage(NamedTuple):
+    """One message as it crossed the transport: raw bytes, when, which way, and the peer.
+
+    A named tuple: built for every message of a recent call, on the fast
+    path (a frozen dataclass costs several times as much to build).
+    """
 
     at: float
     incoming: bool
@@ -148,25 +152,26 @@ class RecentCalls:
     def add(self, entry: CallEntry, message: CapturedMessage) -> None:
         """``message`` into ``entry``, marked as a retransmission when the same bytes already passed that way."""
         cost = len(message.data) + MESSAGE_OVERHEAD
+        budget = self.max_bytes
         if (
             len(entry.messages) >= MAX_MESSAGES_PER_CALL
-            or (entry.message_bytes + cost) * CALL_SHARE > self.max_bytes
-            or entry.call_id not in self.entries
+            or (entry.message_bytes + cost) * CALL_SHARE > budget
+            or self.entries.get(entry.call_id) is not entry
         ):
             entry.dropped += 1
             return
         key = hash((message.incoming, message.host, message.port, message.data))
-        if key in entry.seen:
-            message = CapturedMessage(
-                message.at, message.incoming, message.transport, message.host, message.port, message.data, True
-            )
+        seen = entry.seen
+        if key in seen:
+            message = message._replace(retransmission=True)
         else:
-            entry.seen.add(key)
+            seen.add(key)
         entry.messages.append(message)
         entry.message_bytes += cost
         entry.size += cost
         self.size += cost
-        self._shrink(keep=entry)
+        if self.size > budget:
+            self._shrink(keep=entry)
 
     def _shrink(self, keep: CallEntry) -> None:
         """Drop the oldest entries until both bounds hold; ``keep`` (the one just added to) stays.

@@ -119,8 +119,13 @@ def _label(text: str) -> str:
     return first.split(" ", 1)[0]
 
 
-def ladder_json(entry: CallEntry, sipproxy: str = "sipproxy") -> dict[str, Any]:
-    """The call flow of ``entry``: parties and arrows (see the module docstring)."""
+def ladder_json(entry: CallEntry) -> dict[str, Any]:
+    """The call flow of ``entry``: parties and arrows (see the module docstring).
+
+    A party is ``{"role", "name", "address"}``: the caller (the first
+    message's peer), ``sipproxy``, then every other peer in the order it
+    first appears, named by the branch whose target it was.
+    """
     parties: list[dict[str, str]] = []
     index: dict[str, int] = {}
     names = _party_names(entry)
@@ -129,13 +134,14 @@ def ladder_json(entry: CallEntry, sipproxy: str = "sipproxy") -> dict[str, Any]:
     for message in entry.messages:
         peer = _peer(message)
         if peer not in index:
+            role, name = names.get(peer, ("peer", ""))
             if not parties:
-                parties.append({"name": names.get(peer, "caller"), "address": f"{message.transport} {peer}"})
-                parties.append({"name": sipproxy, "address": ""})
+                parties.append({"role": "caller", "name": name, "address": f"{message.transport} {peer}"})
+                parties.append({"role": "sipproxy", "name": "", "address": ""})
                 index[peer] = 0
             else:
                 index[peer] = len(parties)
-                parties.append({"name": names.get(peer, ""), "address": f"{message.transport} {peer}"})
+                parties.append({"role": role, "name": name, "address": f"{message.transport} {peer}"})
         text = masked(message.data.decode("utf-8", "replace"))
         column = index[peer]
         arrows.append(
@@ -153,16 +159,15 @@ def ladder_json(entry: CallEntry, sipproxy: str = "sipproxy") -> dict[str, Any]:
     return {"call_id": entry.call_id, "parties": parties, "messages": arrows, "dropped": entry.dropped}
 
 
-def _party_names(entry: CallEntry) -> dict[str, str]:
-    """``host:port`` -> who it is: the caller, or a branch's target URI."""
-    names: dict[str, str] = {}
+def _party_names(entry: CallEntry) -> dict[str, tuple[str, str]]:
+    """``host:port`` -> (role, name): the caller and its From URI, ``branch N`` and its target URI."""
+    names: dict[str, tuple[str, str]] = {}
     for record in entry.records:
-        for branch in record.branches:
+        names.setdefault(record.source.split(" ", 1)[-1], ("caller", record.caller))
+        for number, branch in enumerate(record.branches, 1):
             if branch.host:
                 host = f"[{branch.host}]" if ":" in branch.host else branch.host
-                names.setdefault(f"{host}:{branch.port}", branch.target)
-        source = record.source.split(" ", 1)[-1]
-        names.setdefault(source, f"caller {record.caller}")
+                names.setdefault(f"{host}:{branch.port}", (f"branch {number}", branch.target))
     return names
 
 
