@@ -279,6 +279,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         hosts=[*domains, advertised],
         max_streams=options.get("max-event-streams", 100),
         calls=recent,
+        explain=lambda uri, from_, method: core.proxy.explain(uri, from_, method, security.users is not None),
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]

@@ -195,6 +195,52 @@
     if (tr && event.key === "Enter") showLadder(tr.dataset.callId);
   });
 
+  // -- routing explain -----------------------------------------------------------
+
+  const routeForm = document.getElementById("route-form");
+  const routeResult = document.getElementById("route-result");
+  const routeSteps = document.getElementById("route-steps");
+
+  function html(name, className, text) {
+    const node = document.createElement(name);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  async function explain(event) {
+    event.preventDefault();
+    const query = new URLSearchParams({
+      uri: document.getElementById("route-uri").value,
+      from: document.getElementById("route-from").value,
+      method: document.getElementById("route-method").value,
+    });
+    try {
+      const response = await fetch("api/route?" + query, { cache: "no-store" });
+      const data = await response.json();
+      routeSteps.replaceChildren();
+      if (!response.ok) {
+        routeResult.textContent = data.error || "HTTP " + response.status;
+        return;
+      }
+      routeResult.textContent = data.result;
+      for (const step of data.steps) {
+        const li = html("li");
+        li.appendChild(html("span", "section", step.section));
+        li.appendChild(html("strong", "", step.title));
+        li.appendChild(html("span", "outcome", step.outcome));
+        const details = html("ul");
+        for (const line of step.details) details.appendChild(html("li", "", line));
+        li.appendChild(details);
+        routeSteps.appendChild(li);
+      }
+    } catch (error) {
+      routeResult.textContent = "Could not explain: " + error;
+    }
+  }
+
+  routeForm.addEventListener("submit", explain);
+
   // -- live updates ------------------------------------------------------------
 
   async function poll() {

@@ -199,3 +199,29 @@ def test_call_event_streams_are_bounded() -> None:
     treq.collect(first, lambda chunk: None)
     response, body = web.request("GET", "/api/call-events")
     assert response.code == 503 and response.headers.getRawHeaders("retry-after") == ["10"]
+
+
+def explain(uri: str, from_: str, method: str) -> dict[str, Any]:
+    return {"request": {"uri": uri, "from": from_, "method": method}, "steps": [], "targets": [], "result": "r"}
+
+
+def test_api_route_hands_the_query_to_the_proxys_explain() -> None:
+    web = Web(explain=explain)
+    answer = web.get_json("/api/route?uri=sip:bob@example.test&from=sip:alice@example.test&method=MESSAGE")
+    assert answer["request"] == {"uri": "sip:bob@example.test", "from": "sip:alice@example.test", "method": "MESSAGE"}
+    assert web.get_json("/api/route?uri=sip:bob@example.test")["request"]["method"] == "INVITE"
+    response, body = web.request("GET", "/api/route")
+    assert response.code == 400 and b"give the Request-URI" in body
+
+
+def test_api_route_without_a_proxy_or_for_a_public_request_without_password() -> None:
+    response, _ = Web().request("GET", "/api/route?uri=sip:bob@example.test")
+    assert response.code == 404
+    response, _ = Web(explain=explain, public=True).request("GET", "/api/route?uri=sip:bob@example.test")
+    assert response.code == 403
+
+
+def test_the_page_has_the_routing_explain_form() -> None:
+    web, ring = web_with_calls()
+    response, body = web.request("GET", "/calls")
+    assert b'<form id="route-form"' in body and b'id="route-uri"' in body

@@ -46,6 +46,7 @@ from sipproxy.proxy.branch import (
     guarded,
     reachable,
 )
+from sipproxy.proxy.explain import explain_route
 from sipproxy.proxy.failover import GreyList
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
 from sipproxy.proxy.record import context_record, is_recorded, refused_record
@@ -260,6 +261,26 @@ class Proxy:
         """The context sent its final response: CANCELs and late 2xx need no table entry."""
         if self._contexts.get(id(context.stx)) is context:
             del self._contexts[id(context.stx)]
+
+    # -- routing explain ---------------------------------------------------------
+
+    def explain(self, uri: str, from_: str = "", method: str = "INVITE", authorizes: bool = False) -> dict[str, Any]:
+        """What §16.3-§16.6 would do with this request, without sending anything (:mod:`~sipproxy.proxy.explain`).
+
+        ``authorizes``: the ``authorize`` hook asks for credentials (``--users``).
+        """
+        return explain_route(
+            uri,
+            from_,
+            method,
+            locality=self.locality,
+            store=self.store,
+            extensions=self.settings.extensions,
+            record_route=self.settings.record_route,
+            default_max_forwards=self.settings.default_max_forwards,
+            flow_open=self.flow_open,
+            authorizes=authorizes,
+        )
 
     # -- the call record -------------------------------------------------------
 

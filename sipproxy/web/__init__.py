@@ -13,7 +13,7 @@ from sipproxy.calls.ring import RecentCalls
 from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
-from sipproxy.web.app import BindingsPage
+from sipproxy.web.app import BindingsPage, Explain
 from sipproxy.web.events import MAX_STREAMS
 from sipproxy.web.render import make_environment
 
@@ -50,6 +50,7 @@ def make_web_resource(
     hosts: Iterable[str] = (),
     max_streams: int = MAX_STREAMS,
     calls: RecentCalls | None = None,
+    explain: Explain | None = None,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
@@ -59,7 +60,7 @@ def make_web_resource(
     (``--debug``) logs event streams opening and closing. ``hosts``: the
     server's own names, accepted in ``Host`` on a loopback listener besides
     ``localhost`` and the loopback addresses. ``max_streams``:
-    ``--max-event-streams``. ``calls``: the recent calls (``--recent-calls``).
+    ``--max-event-streams``. ``calls``: the recent calls (``--recent-calls``). ``explain``: the proxy's routing explain.
     """
     page = BindingsPage(
         store,
@@ -73,6 +74,7 @@ def make_web_resource(
         hosts=hosts,
         max_streams=max_streams,
         calls=calls,
+        explain=explain,
     )
     return page.resource()
 

@@ -16,6 +16,9 @@ Routes (a Klein app on :class:`BindingsPage`):
   event per finished call (:mod:`sipproxy.web.calls`).  Message texts show
   what peers sent (credentials masked): these follow the removal rule, never
   served to a public request without a password.
+- ``GET /api/route?uri=&from=&method=``: routing explain, what the proxy's
+  §16 steps would do with that request (nothing is sent), also a form on
+  the Recent calls page.
 - ``GET /healthz`` and ``GET /metrics``.
 
 Who may do what is decided in front of the routes (:mod:`sipproxy.web.access`):
@@ -51,7 +54,10 @@ from sipproxy.web.calls import EMPTY_CALL, CallHub, call_json, ladder_json
 from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
-__all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "sse_message"]
+__all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "Explain", "sse_message"]
+
+Explain = Callable[[str, str, str], dict[str, Any]]
+"""Routing explain: (Request-URI, From, method) -> the proxy's §16 steps as JSON-ready values."""
 
 
 _STATIC = {
@@ -91,6 +97,7 @@ class BindingsPage:
         hosts: Iterable[str] = (),
         max_streams: int = MAX_STREAMS,
         calls: RecentCalls | None = None,
+        explain: Explain | None = None,
     ) -> None:
         """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
 
@@ -99,7 +106,8 @@ class BindingsPage:
         loopback ones (:class:`HostCheck`). ``max_streams``:
         ``--max-event-streams`` (for each of the two event streams).
         ``calls``: the recent calls (``None``: ``--recent-calls 0``, the
-        page says so).
+        page says so).  ``explain``: the proxy's routing explain, for
+        ``/api/route`` (``None``: no proxy, 404).
 
         ``debug`` logs every event stream opening and closing (at debug
         level: ``twistd`` prints every level, so without ``--debug`` these
@@ -116,6 +124,7 @@ class BindingsPage:
         self.hosts = HostCheck(hosts)
         self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client)
         self.calls = calls
+        self.explain = explain
         self.call_hub = CallHub(calls, clock, max_streams=max_streams, client=_client) if calls is not None else None
 
     def resource(self) -> IResource:
@@ -319,6 +328,20 @@ class BindingsPage:
         stream = hub.open(request)
         request.notifyFinish().addBoth(hub.closed, stream)
         return Deferred()
+
+    @app.route("/api/route", methods=["GET"])
+    def route(self, request: Request) -> bytes:
+        """Routing explain: ``?uri=`` (``&from=``, ``&method=INVITE``): the §16 steps, nothing sent."""
+        refusal = self._refuse_reads(request)
+        if refusal is not None:
+            return refusal
+        if self.explain is None:
+            return self._json(request, 404, {"error": "no proxy to explain"})
+        uri = _query(request, "uri")
+        if not uri:
+            return self._json(request, 400, {"error": "give the Request-URI: /api/route?uri=sip:alice@example.test"})
+        answer = self.explain(uri, _query(request, "from") or "", _query(request, "method") or "INVITE")
+        return self._json(request, 200, answer)
 
     def _refuse_reads(self, request: Request, page: bool = False) -> bytes | None:
         """Message texts and call parties follow the removal rule: refused to a public request without a password."""

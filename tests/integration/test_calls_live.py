@@ -202,3 +202,35 @@ def test_the_ladder_in_a_real_browser(server: Server, peers: Peers, browser: Chr
     click_arrow(browser, 0)
     browser.screenshot(SCREENSHOT)
     assert browser.problems() == []
+
+
+def test_routing_explain_for_a_registered_aor_lists_its_contacts_in_q_order(
+    server: Server,
+    peers: Peers,
+    browser: Chromium,  # noqa: F811
+) -> None:
+    low, high = free_port(), free_port()
+    peers.register("erin", low, q="0.5")
+    peers.register("erin", high, q="1.0")
+    answer = api(server, "/api/route?uri=sip:erin@example.test&from=sip:caller@example.test&method=INVITE")
+    assert [(t["q"], t["next_hop"]["port"]) for t in answer["targets"]] == [(1.0, high), (0.5, low)], answer
+    assert answer["result"] == "would fork: 1 (q 1), then 1 (q 0.5)"
+    assert "sipproxy.calls" not in server.log_text()  # nothing was sent, no call happened
+
+    browser.navigate(f"http://{LOOPBACK}:{server.web_port}/calls")
+    browser.evaluate(
+        "document.getElementById('route-uri').value = 'sip:erin@example.test';"
+        "document.getElementById('route-form').requestSubmit(), true"
+    )
+    steps = browser.wait_for(
+        lambda: browser.evaluate(
+            "Array.from(document.querySelectorAll('#route-steps > li')).map(li => ["
+            "li.querySelector('.section').textContent, li.querySelector('ul').textContent])"
+        ),
+        "the explained steps",
+    )
+    assert [section for section, _ in steps] == ["§7, §25", "§16.3", "§16.4", "§16.5", "§16.6"], steps
+    assert browser.evaluate("document.getElementById('route-result').textContent") == answer["result"]
+    forwarding = steps[4][1]
+    assert f"UDP to 127.0.0.1:{high}" in forwarding and forwarding.index(str(high)) < forwarding.index(str(low))
+    assert browser.problems() == []
