@@ -171,3 +171,17 @@ def test_an_observer_that_raises_does_not_break_the_call() -> None:
     h.reply(h.branches()[0], 200)
     assert stx.statuses == [200]
     assert h.log.failures == ["Bug in the proxy: {what}"]
+
+
+def test_a_message_refused_before_routing_is_not_a_call_but_one_without_binding_is() -> None:
+    from sipproxy.message import make_response
+
+    h, records = harness(authorize=lambda request, source: make_response(request, 407))
+    h.send(make_request("MESSAGE", BOB))
+    assert records == []
+    h, records = harness()
+    h.send(make_request("MESSAGE", "sip:carol@example.test", max_forwards=0))
+    assert records == []  # 483 Too Many Hops: refused in §16.3
+    h.send(make_request("MESSAGE", "sip:carol@example.test"))
+    (record,) = records
+    assert (record.status, record.why) == (480, "no binding for sip:carol@example.test")

@@ -184,7 +184,7 @@ class Proxy:
         except ParseError as error:
             response = self._answer(stx, request, error.status, error.reason)
             if response is not None and request.method not in ("ACK", "CANCEL"):
-                self._refused(request, source, response, error.reason)
+                self._refused(request, source, response, error.reason, forwarded=False)
         except Exception:
             self.log.failure("Bug while proxying {method} {uri}", method=request.method, uri=request.uri_text)
             self._answer(stx, request, 500, None)
@@ -218,7 +218,7 @@ class Proxy:
             response = self.authorize(received, source)  # §16.3 step 6
         if response is not None:
             self._respond(stx, response)
-            self._refused(received, source, response, _refusal(response))
+            self._refused(received, source, response, _refusal(response), forwarded=False)
             return
         loop = loop_part(received)
         request = received.copy()  # the server transaction keeps the request as received
@@ -291,9 +291,12 @@ class Proxy:
         with self.guard("call record"):
             self.on_call(context_record(context, final, self.clock.seconds()))
 
-    def _refused(self, request: Request, source: Source, response: Response, why: str) -> None:
-        """The proxy answered ``request`` itself (§16.3, §16.5): its record to ``on_call``."""
-        if self.on_call is None or not is_recorded(request, response.status):
+    def _refused(self, request: Request, source: Source, response: Response, why: str, forwarded: bool = True) -> None:
+        """The proxy answered ``request`` itself (§16.3, §16.5): its record to ``on_call``.
+
+        ``forwarded``: False when refused before the target set was looked for (:func:`is_recorded`).
+        """
+        if self.on_call is None or not is_recorded(request, response.status, forwarded):
             return
         with self.guard("call record"):
             self.on_call(refused_record(request, source, response, why, self.clock.seconds()))

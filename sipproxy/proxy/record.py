@@ -14,7 +14,8 @@ What goes into :class:`~sipproxy.calls.CallRecord` and its ``why``:
 - answered by the proxy before any branch (§16.3): the reason phrase.
 
 Which requests are recorded (:func:`is_recorded`): every INVITE, and
-other requests without a To tag that failed.  In-dialog requests other
+other requests without a To tag that the proxy tried to forward (it
+looked for their targets) and that failed.  In-dialog requests other
 than re-INVITEs are the dialog's business, not a call of their own.
 """
 
@@ -35,11 +36,16 @@ __all__ = ["context_record", "is_recorded", "refused_record"]
 _BUSY = frozenset({486, 600})
 
 
-def is_recorded(request: Request, status: int) -> bool:
-    """Every INVITE; any other request only when it failed and is not inside a dialog."""
+def is_recorded(request: Request, status: int, forwarded: bool = True) -> bool:
+    """Every INVITE; any other request only when the proxy tried to forward it, it failed, and it is out of dialog.
+
+    ``forwarded`` is False for a request the proxy refused before looking
+    for targets (§16.3, the ``authorize`` hook): an INVITE is recorded
+    still, a MESSAGE or OPTIONS is not (that is the refusal's own log).
+    """
     if request.method == "INVITE":
         return True
-    return status >= 300 and not _in_dialog(request)
+    return forwarded and status >= 300 and not _in_dialog(request)
 
 
 def _in_dialog(request: Request) -> bool:

@@ -201,6 +201,15 @@ def test_the_ladder_in_a_real_browser(server: Server, peers: Peers, browser: Chr
     browser.wait_for(lambda: browser.evaluate(LADDER)["parties"], "the forked ladder again")
     click_arrow(browser, 0)
     browser.screenshot(SCREENSHOT)
+    for width in (1366, 1024):  # the page fits common screens; a wide ladder scrolls inside its own box
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        overflow = browser.evaluate(
+            "[document.documentElement, document.querySelector('main')].map(e => e.scrollWidth - e.clientWidth)"
+        )
+        assert overflow == [0, 0], f"horizontal overflow at {width} px (page, main): {overflow}"
     assert browser.problems() == []
 
 
