@@ -225,3 +225,21 @@ def test_the_page_has_the_routing_explain_form() -> None:
     web, ring = web_with_calls()
     response, body = web.request("GET", "/calls")
     assert b'<form id="route-form"' in body and b'id="route-uri"' in body
+
+
+def test_a_listing_is_bounded_whatever_the_ring_holds() -> None:
+    from sipproxy.web.calls import MAX_LISTED
+
+    ring = RecentCalls(max_calls=MAX_LISTED + 10, max_bytes=0)
+    web = Web(calls=ring)
+    for n in range(MAX_LISTED + 10):
+        ring(record(f"c{n}"))
+    data = web.get_json("/api/calls")
+    assert data["total"] == MAX_LISTED + 10 and len(data["calls"]) == MAX_LISTED
+    assert data["calls"][0]["call_id"] == f"c{MAX_LISTED + 9}"
+    assert [c["call_id"] for c in web.get_json("/api/calls?limit=2")["calls"]] == [
+        f"c{MAX_LISTED + 9}",
+        f"c{MAX_LISTED + 8}",
+    ]
+    response, body = web.request("GET", "/calls")
+    assert body.count(b'<tr class="call"') == MAX_LISTED + 1  # and the row template

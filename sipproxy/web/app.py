@@ -50,7 +50,7 @@ from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
-from sipproxy.web.calls import EMPTY_CALL, CallHub, call_json, ladder_json
+from sipproxy.web.calls import EMPTY_CALL, MAX_LISTED, CallHub, call_json, ladder_json
 from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
@@ -265,7 +265,7 @@ class BindingsPage:
         request.setHeader(b"cache-control", b"no-store")
         calls = self.calls
         page = self.env.get_template("calls.html").render(
-            calls=[call_json(entry) for entry in calls] if calls is not None else [],
+            calls=[call_json(entry) for entry in calls.calls()[:MAX_LISTED]] if calls is not None else [],
             enabled=calls is not None,
             max_calls=calls.max_calls if calls is not None else 0,
             max_bytes=calls.max_bytes if calls is not None else 0,
@@ -275,7 +275,10 @@ class BindingsPage:
 
     @app.route("/api/calls", methods=["GET"])
     def list_calls(self, request: Request) -> bytes:
-        """``{"calls": [...newest first], "total": N, ...}``; ``?aor=`` and ``?call_id=`` select (exact match)."""
+        """``{"calls": [...newest first], "total": N, ...}``; ``?aor=`` and ``?call_id=`` select (exact match).
+
+        At most ``?limit=`` calls (default and most :data:`MAX_LISTED`), the newest; ``total`` counts them all.
+        """
         refusal = self._refuse_reads(request)
         if refusal is not None:
             return refusal
@@ -283,11 +286,13 @@ class BindingsPage:
         if calls is None:
             return self._json(request, 200, {"calls": [], "total": 0, "enabled": False})
         found = calls.calls(aor=_query(request, "aor"), call_id=_query(request, "call_id"))
+        limit = _query(request, "limit") or ""
+        shown = found[: min(int(limit), MAX_LISTED) if limit.isdigit() else MAX_LISTED]
         return self._json(
             request,
             200,
             {
-                "calls": [call_json(entry) for entry in found],
+                "calls": [call_json(entry) for entry in shown],
                 "total": len(found),
                 "enabled": True,
                 "kept_bytes": calls.size,

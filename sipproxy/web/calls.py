@@ -32,7 +32,10 @@ from sipproxy.net import Clock, DelayedCall
 from sipproxy.web.events import PING_INTERVAL, RETRY_AFTER, RETRY_MS, STREAM_BUFFER, EventStream, sse_message
 from sipproxy.web.render import iso_utc
 
-__all__ = ["EMPTY_CALL", "CallHub", "call_json", "ladder_json", "masked"]
+__all__ = ["EMPTY_CALL", "MAX_LISTED", "CallHub", "call_json", "ladder_json", "masked"]
+
+MAX_LISTED = 500
+"""Calls in one page or one ``/api/calls`` answer at most (the newest): rendered in the reactor, between SIP."""
 
 _CREDENTIALS = re.compile(r"^((?:proxy-)?authorization[ \t]*:[ \t]*)(\S+)[^\r\n]*", re.IGNORECASE | re.MULTILINE)
 
