@@ -60,3 +60,12 @@ def test_the_call_log_writes_one_info_line_with_fields() -> None:
     assert formatEvent(event) == (
         "Call sip:alice@example.test -> sip:bob@example.test: 486 Busy Here after 2.1 s, no branches: busy"
     )
+
+
+def test_the_proxys_own_challenge_is_a_debug_line() -> None:
+    events: list[dict[str, object]] = []
+    log = CallLog(Logger(namespace="sipproxy.calls", observer=events.append))
+    log(record(status=407, reason="Proxy Authentication Required", why="credentials requested"))
+    branch = BranchRecord("sip:bob@192.0.2.7", status=401, reason="Unauthorized")
+    log(record(status=401, reason="Unauthorized", branches=(branch,)))  # the callee's own challenge: a call
+    assert [e["log_level"].name for e in events] == ["debug", "info"]  # type: ignore[attr-defined]

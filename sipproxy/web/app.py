@@ -50,7 +50,7 @@ from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
-from sipproxy.web.calls import EMPTY_CALL, MAX_LISTED, CallHub, call_json, ladder_json
+from sipproxy.web.calls import MAX_LISTED, CallHub, call_json, calls_answer, ladder_json, render_calls_page
 from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
 
@@ -263,15 +263,7 @@ class BindingsPage:
         self._secure(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        calls = self.calls
-        page = self.env.get_template("calls.html").render(
-            calls=[call_json(entry) for entry in calls.calls()[:MAX_LISTED]] if calls is not None else [],
-            enabled=calls is not None,
-            max_calls=calls.max_calls if calls is not None else 0,
-            max_bytes=calls.max_bytes if calls is not None else 0,
-            placeholder=EMPTY_CALL,
-        )
-        return page.encode("utf-8")
+        return render_calls_page(self.env, self.calls).encode("utf-8")
 
     @app.route("/api/calls", methods=["GET"])
     def list_calls(self, request: Request) -> bytes:
@@ -282,25 +274,14 @@ class BindingsPage:
         refusal = self._refuse_reads(request)
         if refusal is not None:
             return refusal
-        calls = self.calls
-        if calls is None:
-            return self._json(request, 200, {"calls": [], "total": 0, "enabled": False})
-        found = calls.calls(aor=_query(request, "aor"), call_id=_query(request, "call_id"))
         limit = _query(request, "limit") or ""
-        shown = found[: min(int(limit), MAX_LISTED) if limit.isdigit() else MAX_LISTED]
-        return self._json(
-            request,
-            200,
-            {
-                "calls": [call_json(entry) for entry in shown],
-                "total": len(found),
-                "enabled": True,
-                "kept_bytes": calls.size,
-                "max_bytes": calls.max_bytes,
-                "max_calls": calls.max_calls,
-                "evicted": calls.evicted,
-            },
+        answer = calls_answer(
+            self.calls,
+            aor=_query(request, "aor"),
+            call_id=_query(request, "call_id"),
+            limit=min(int(limit), MAX_LISTED) if limit.isdigit() else MAX_LISTED,
         )
+        return self._json(request, 200, answer)
 
     @app.route("/api/ladder", methods=["GET"])
     def call_ladder(self, request: Request) -> bytes:
@@ -323,16 +304,7 @@ class BindingsPage:
         hub = self.call_hub
         if hub is None:
             return self._json(request, 404, {"error": "the recent calls are off (--recent-calls 0)"})
-        if hub.is_full():
-            return hub.refuse(request)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if request.method == b"HEAD":
-            return succeed(None)
-        stream = hub.open(request)
-        request.notifyFinish().addBoth(hub.closed, stream)
-        return Deferred()
+        return hub.serve(request)
 
     @app.route("/api/route", methods=["GET"])
     def route(self, request: Request) -> bytes:

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import jinja2
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -32,7 +34,16 @@ from sipproxy.net import Clock, DelayedCall
 from sipproxy.web.events import PING_INTERVAL, RETRY_AFTER, RETRY_MS, STREAM_BUFFER, EventStream, sse_message
 from sipproxy.web.render import iso_utc
 
-__all__ = ["EMPTY_CALL", "MAX_LISTED", "CallHub", "call_json", "ladder_json", "masked"]
+__all__ = [
+    "EMPTY_CALL",
+    "MAX_LISTED",
+    "CallHub",
+    "call_json",
+    "calls_answer",
+    "ladder_json",
+    "masked",
+    "render_calls_page",
+]
 
 MAX_LISTED = 500
 """Calls in one page or one ``/api/calls`` answer at most (the newest): rendered in the reactor, between SIP."""
@@ -105,6 +116,33 @@ def call_json(entry: CallEntry) -> dict[str, Any]:
     out["messages"] = len(entry.messages)
     out["dropped"] = entry.dropped
     return out
+
+
+def render_calls_page(env: jinja2.Environment, calls: RecentCalls | None) -> str:
+    """The Recent calls page with the newest :data:`MAX_LISTED` calls (autoescaped: what phones sent is text)."""
+    return env.get_template("calls.html").render(
+        calls=[call_json(entry) for entry in calls.calls()[:MAX_LISTED]] if calls is not None else [],
+        enabled=calls is not None,
+        max_calls=calls.max_calls if calls is not None else 0,
+        max_bytes=calls.max_bytes if calls is not None else 0,
+        placeholder=EMPTY_CALL,
+    )
+
+
+def calls_answer(calls: RecentCalls | None, *, aor: str | None, call_id: str | None, limit: int) -> dict[str, Any]:
+    """``/api/calls``: the newest ``limit`` calls matching ``aor`` / ``call_id``, ``total`` counting them all."""
+    if calls is None:
+        return {"calls": [], "total": 0, "enabled": False}
+    found = calls.calls(aor=aor, call_id=call_id)
+    return {
+        "calls": [call_json(entry) for entry in found[:limit]],
+        "total": len(found),
+        "enabled": True,
+        "kept_bytes": calls.size,
+        "max_bytes": calls.max_bytes,
+        "max_calls": calls.max_calls,
+        "evicted": calls.evicted,
+    }
 
 
 def _peer(message: CapturedMessage) -> str:
@@ -208,6 +246,22 @@ class CallHub:
         request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         return b'{"error": "too many event streams open; poll api/calls or retry later"}'
+
+    def serve(self, request: Request) -> bytes | Deferred[None]:
+        """Answer ``request`` with a new stream (503 beyond ``max_streams``); the Deferred fires never.
+
+        Klein cancels it when the client goes away, and ``notifyFinish`` drops the stream.
+        """
+        if self.is_full():
+            return self.refuse(request)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            return succeed(None)
+        stream = self.open(request)
+        request.notifyFinish().addBoth(self.closed, stream)
+        return Deferred()
 
     def open(self, request: Request) -> EventStream:
         stream = EventStream(request, self.buffer_limit, self._overflowed)
