@@ -60,7 +60,13 @@ def test_a_foreign_domain_goes_to_the_request_uri_through_dns() -> None:
     answer = h.proxy.explain("sip:carol@far.example.net;transport=tcp", method="MESSAGE")
     (target,) = answer["targets"]
     assert target["next_hop"] == {"transport": "TCP", "host": "far.example.net", "port": 5060}
-    assert target["how"].endswith("(far.example.net looked up in DNS, A/AAAA)")
+    assert target["how"] == (
+        "TCP to far.example.net:5060 (DNS: SRV for TCP at far.example.net, else A/AAAA port 5060 (RFC 3263 §4.1, §4.2))"
+    )
+    naptr = h.proxy.explain("sip:carol@far.example.net")["targets"][0]["how"]
+    assert naptr.endswith("(DNS: NAPTR of far.example.net, then SRV, else A/AAAA port 5060 (RFC 3263 §4.1, §4.2))")
+    a_only = h.proxy.explain("sip:carol@far.example.net:5080")["targets"][0]["how"]
+    assert a_only.endswith("(DNS: A/AAAA of far.example.net (RFC 3263 §4.2))")
     assert "no Record-Route (MESSAGE creates no dialog)" in answer["steps"][4]["details"][0]
     assert h.dns_queries == []
 

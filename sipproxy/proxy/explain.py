@@ -18,8 +18,8 @@ steps, and says what each one decides, in order:
    while that connection is open, its Path, or its Contact; a foreign
    domain: the Request-URI itself;
 5. §16.6 for each target: the next hop and its transport, Record-Route,
-   and whether its host is a name the resolver would look up (A/AAAA;
-   RFC 3263 NAPTR/SRV once it is in).  No DNS query is made.
+   and, for a host name, the RFC 3263 §4 lookups the resolver would make
+   (NAPTR, SRV, A/AAAA: :func:`dns_steps`).  No DNS query is made.
 
 The §16.3 step 6 ``authorize`` hook (digest with ``--users``) is named,
 not run: it depends on the credentials the real request carries.  The
@@ -35,14 +35,14 @@ from sipproxy.locality import Locality, canonical_aor
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, SipURI, parse_message
 from sipproxy.message.uri import is_ip_address
-from sipproxy.net import Target, is_reliable
+from sipproxy.net import NextHop, Target, is_reliable
 from sipproxy.proxy.branch import reachable
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, forward_copy
 from sipproxy.proxy.routing import preprocess_routing, top_route
 from sipproxy.proxy.targets import TargetURI, group_by_q, location_targets
 from sipproxy.proxy.validate import validate_request
 
-__all__ = ["explain_route"]
+__all__ = ["dns_steps", "explain_route"]
 
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -51,8 +51,27 @@ def _step(section: str, title: str, outcome: str, *details: str) -> dict[str, An
     return {"section": section, "title": title, "outcome": outcome, "details": list(details)}
 
 
-def _hop(hop: Target) -> dict[str, Any]:
+def _hop(hop: NextHop | Target) -> dict[str, Any]:
     return {"transport": hop.transport, "host": hop.host, "port": hop.port}
+
+
+def dns_steps(hop: NextHop | Target) -> str:
+    """RFC 3263 §4 as the resolver would follow it for ``hop`` (``transport/resolve.py``), in words; "" for an address.
+
+    A numeric host needs no lookup; an explicit port: A/AAAA (§4.2); an
+    explicit transport: its SRV records, then A/AAAA (§4.1, §4.2); neither:
+    NAPTR, then SRV, then A/AAAA.
+    """
+    host = hop.host.strip("[]")
+    if is_ip_address(host):
+        return ""
+    explicit_port = getattr(hop, "explicit_port", True)
+    explicit_transport = getattr(hop, "explicit_transport", True)
+    if explicit_port:
+        return f"DNS: A/AAAA of {host} (RFC 3263 §4.2)"
+    if explicit_transport:
+        return f"DNS: SRV for {hop.transport} at {host}, else A/AAAA port {hop.port} (RFC 3263 §4.1, §4.2)"
+    return f"DNS: NAPTR of {host}, then SRV, else A/AAAA port {hop.port} (RFC 3263 §4.1, §4.2)"
 
 
 def explain_route(
@@ -200,8 +219,9 @@ def _target(
         how = f"its {target.flow.transport} connection is closed: the Contact, {hop.transport} {hop.host}:{hop.port}"
     else:
         how = f"{hop.transport} to {hop.host}:{hop.port}"
-    if not is_ip_address(hop.host.strip("[]")):
-        how += f" ({hop.host} looked up in DNS, A/AAAA)"
+    lookups = dns_steps(hop)
+    if lookups:
+        how += f" ({lookups})"
     return {
         "group": group,
         "q": target.q,
