@@ -227,7 +227,8 @@ class Proxy:
         if not groups:
             response = make_response(received, 480, to_tag=to_tag)
             self._respond(stx, response)
-            self._refused(received, source, response, f"no binding for {canonical_aor(request.uri)}")
+            aor = canonical_aor(request.uri) if isinstance(request.uri, SipURI) else request.uri_text
+            self._refused(received, source, response, f"no binding for {aor}")
             return
         record_route = self.settings.record_route and request.method in RECORD_ROUTE_METHODS
         context = ResponseContext(self.env, request, source, stx, loop, groups, record_route, to_tag)

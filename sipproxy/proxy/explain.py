@@ -33,7 +33,7 @@ from typing import Any
 
 from sipproxy.locality import Locality, canonical_aor
 from sipproxy.location import LocationService
-from sipproxy.message import ParseError, SipURI, parse_message
+from sipproxy.message import ParseError, Request, SipURI, parse_message
 from sipproxy.message.uri import is_ip_address
 from sipproxy.net import NextHop, Target, is_reliable
 from sipproxy.proxy.branch import reachable
@@ -111,12 +111,14 @@ def explain_route(
         "Content-Length: 0\r\n\r\n"
     )
     try:
-        request = parse_message(text.encode("utf-8", "surrogateescape"))
+        parsed = parse_message(text.encode("utf-8", "surrogateescape"))
     except ParseError as error:
         steps.append(_step("§7, §25", "Parsing", "refused", f"{error.status} {error.reason}"))
         return stop(f"would answer {error.status} {error.reason}")
+    assert isinstance(parsed, Request)  # it starts with a request line
+    request = parsed
     steps.append(_step("§7, §25", "Parsing", "parses", f"{method} {uri}", f"From: <{from_}>"))
-    target_uri = request.uri  # type: ignore[union-attr]
+    target_uri = request.uri
     if method == "REGISTER" and locality.is_us_or_our_domain(target_uri):
         steps.append(_step("§10.3", "Registrar", "registrar", "a REGISTER for one of our domains is the registrar's"))
         return stop("answered by the registrar (§10.3), not proxied")
@@ -124,7 +126,7 @@ def explain_route(
         steps.append(_step("§16.10, §16.11", "ACK and CANCEL", "special", f"{method} is not routed like a new request"))
         return stop(f"{method} follows its INVITE's transaction (CANCEL: answered here, then sent to each branch)")
 
-    response = validate_request(request, locality, extensions, "explain")  # type: ignore[arg-type]
+    response = validate_request(request, locality, extensions, "explain")
     if response is not None:
         steps.append(_step("§16.3", "Request validation", "refused", f"{response.status} {response.reason}"))
         return stop(f"would answer {response.status} {response.reason}")
@@ -137,7 +139,7 @@ def explain_route(
             *(["step 6: the authorization hook asks for credentials first (digest, --users)"] if authorizes else []),
         )
     )
-    routed = request.copy()  # type: ignore[union-attr]
+    routed = request.copy()
     preprocess_routing(routed, locality)
     steps.append(
         _step("§16.4", "Route information preprocessing", "no Route", "no Route header: the Request-URI decides")
