@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LOOPBACK, SCENARIOS, Server, free_port, passwd_file, require
+from harness import LOOPBACK, ROOT, SCENARIOS, Server, free_port, passwd_file, require
 
 DOMAIN = "example.test"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "dave": "dave-secret", "erin": "erin-secret"}
@@ -332,6 +332,7 @@ class Pjsua2:
         args = [user, PASSWORDS[user], str(server.sip_port), str(self.sip_port), str(free_port_pair()), str(self.log)]
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "pjsua2", *args],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
