@@ -34,7 +34,7 @@ from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
-from sipproxy.startup import StartupError, WebListener, bind_sip, open_database
+from sipproxy.startup import StartupError, WebListener, bind_sip, load_certificates, open_database
 from sipproxy.transaction import Target, TransactionLayer, TransactionSink
 from sipproxy.transport import (
     DatagramSender,
@@ -46,9 +46,11 @@ from sipproxy.transport import (
     WireLog,
     tcp_connector,
 )
+from sipproxy.transport.certificates import ReloadOnHangup, TLSCertificates, TLSFiles
 from sipproxy.transport.flows import RegisteredFlows
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.transport.sink import MessageTap
+from sipproxy.transport.tls import TLSConnect, TLSSender, tls_connector, tls_server_factory
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
 __all__ = [
@@ -130,6 +132,7 @@ def build_core(
     transport_limits: TransportLimits = TransportLimits(),
     on_call: CallObserver | None = None,
     tap: MessageTap | None = None,
+    connect_tls: TLSConnect | None = None,
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -152,6 +155,8 @@ def build_core(
     transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock, tap=tap)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
+    if connect_tls is not None:  # --tls-cert: TLS out (and in, by the listener)
+        transport.register(TLSSender(transport, connect_tls))
     stack = SipStack(
         domains,
         metrics,
@@ -217,7 +222,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     interface = options["sip-interface"]
     advertised = options.get("advertised-host") or advertised_host(interface)
     domains = Domains(options["domains"] or default_domains(interface, advertised))
-    local = LocalAddress(advertised, options["sip-port"])
+    tls_files = _tls_files(options)
+    local = LocalAddress(advertised, options["sip-port"], options.get("tls-port", 5061) if tls_files else None)
     services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
     db = options["db"]
@@ -234,6 +240,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
     security = build_security(options, reactor, metrics, domains, local, store, secret)
     recent = _recent_calls(options)
+    certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
     core = build_core(
         reactor,
@@ -256,9 +263,21 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
         on_call=_observers(CallLog(), recent),
         tap=Capture(recent, reactor) if recent is not None and recent.max_bytes > 0 else None,
+        connect_tls=tls_connector(reactor, reactor, certificates) if certificates is not None else None,
     )
-    listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
+    listeners = SipListeners(
+        reactor,
+        core.transport,
+        options["sip-port"],
+        interface,
+        tls_port=local.tls_port or 5061,
+        tls_factory=tls_server_factory(core.transport, reactor, certificates) if certificates is not None else None,
+    )
     services.append(listeners)
+    if certificates is not None:
+        services.append(ReloadOnHangup(reactor, certificates))
+    else:
+        log.info("TLS is off: no --tls-cert given (see README, TLS)")
     lag_watch = security.overload_service()  # --overload-lag
     if lag_watch is not None:
         services.append(lag_watch)
@@ -305,6 +324,19 @@ def _observers(*observers: CallObserver | None) -> CallObserver:
             observer(record)
 
     return observe
+
+
+def _tls_files(options: Mapping[str, Any]) -> TLSFiles | None:
+    """The TLS files named by ``--tls-cert`` and the rest; ``None``: TLS off."""
+    if not options.get("tls-cert"):
+        return None
+    return TLSFiles(
+        options["tls-cert"],
+        options["tls-key"],
+        options.get("tls-ca"),
+        options.get("tls-client-cert"),
+        options.get("tls-client-key"),
+    )
 
 
 def _announce(domains: Domains, advertised: str, interface: str) -> None:

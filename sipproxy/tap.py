@@ -171,6 +171,18 @@ class Options(usage.Options):
             "Seconds a TCP message (header section and body) may take to arrive from its first byte; "
             "slower senders are disconnected.",
         ],
+        # -- TLS (sipproxy.transport.tls, sipproxy.transport.certificates) --
+        ["tls-cert", None, None, "PEM certificate chain (e.g. certbot's fullchain.pem); enables TLS. SIGHUP reloads."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (e.g. certbot's privkey.pem), unencrypted."],
+        ["tls-port", None, "5061", "TCP port of the TLS listener (with --tls-cert)."],
+        ["tls-ca", None, None, "PEM CA certificate(s) outgoing TLS peers must be signed by (default: the system's)."],
+        [
+            "tls-client-cert",
+            None,
+            None,
+            "PEM certificate chain presented to TLS peers that ask for one (mutual TLS; default: --tls-cert).",
+        ],
+        ["tls-client-key", None, None, "PEM private key of --tls-client-cert."],
     ]
     optFlags = [  # noqa: RUF012
         ["log-sip", None, "Log every SIP message in and out (info level)."],
@@ -229,6 +241,7 @@ class Options(usage.Options):
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
         self._recent_calls()
+        self._tls_options()
 
     def _recent_calls(self) -> None:
         """``--recent-calls`` and ``--recent-calls-bytes``: whole numbers, 0 allowed (off)."""
@@ -243,6 +256,20 @@ class Options(usage.Options):
                 f"--recent-calls-bytes must be a number of bytes such as 4M or 500K (0: no ladders), not {text!r}"
             )
         self["recent-calls-bytes"] = int(digits) << {"": 0, "K": 10, "M": 20}[unit]
+
+    def _tls_options(self) -> None:
+        """Which TLS files go together; whether they can be read is ``startup.load_certificates``' business."""
+        self["tls-port"] = _port("tls-port", self["tls-port"])
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together: the certificate chain and its private key")
+        if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
+            raise usage.UsageError("--tls-client-cert and --tls-client-key go together")
+        if not self["tls-cert"]:
+            given = [name for name in ("tls-ca", "tls-client-cert") if self[name]]
+            if given:
+                raise usage.UsageError(f"--{given[0]} needs --tls-cert and --tls-key: TLS is off without them")
+        if self["tls-cert"] and self["tls-port"] == self["sip-port"]:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: is --sip-port's too (TCP there); pick another")
 
     def _web_password(self) -> None:
         """A page beyond loopback shows every binding's address, User-Agent and Call-ID: only with a password."""
