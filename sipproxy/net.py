@@ -90,8 +90,8 @@ class NamedTarget(Target):
     """A :class:`Target` that remembers the host name its address was resolved from (TLS checks the certificate).
 
     Equal to (and hashed as) the plain target: the name says how the
-    address was found, not where the request goes.  ``_replace`` and
-    ``_make`` give a target without the name.
+    address was found, not where the request goes.  ``_replace`` keeps the
+    name; ``_make`` gives a plain target.
     """
 
     def __new__(cls, transport: str, host: str, port: int, name: str = "") -> NamedTarget:
@@ -102,6 +102,10 @@ class NamedTarget(Target):
     @property
     def name(self) -> str:
         return getattr(self, "_name", "")
+
+    def _replace(self, **changes: object) -> NamedTarget:  # type: ignore[override]
+        plain = Target(*self)._replace(**changes)  # type: ignore[arg-type]
+        return NamedTarget(*plain, name=self.name)
 
 
 class NextHop(NamedTuple):

@@ -111,3 +111,27 @@ def test_the_resolver_uses_the_transports_we_send_on(tmp_path) -> None:  # type:
     assert set(service.core.proxy.resolve.transports) == set(service.core.transport.senders)  # type: ignore[attr-defined]
     assert {"UDP", "TCP"} <= set(service.core.proxy.resolve.transports)  # type: ignore[attr-defined]
     service.core.store.close()
+
+
+# -- TLS (issue 14) --
+
+
+def test_tls_is_off_by_default_and_its_port_is_5061() -> None:
+    options = parse()
+    assert options["tls-cert"] is None and options["tls-port"] == 5061
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-key", "k.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-port", "99999"], "--tls-port"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-port", "5060"], "--tls-port 5060: is --sip-port's"),
+        (["--tls-ca", "ca.pem"], "--tls-ca needs --tls-cert"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-cert", "cc.pem"], "--tls-client-key go together"),
+    ],
+)
+def test_tls_option_mistakes_are_one_line(args: list[str], complaint: str) -> None:
+    with pytest.raises(UsageError, match=complaint):
+        parse(*args)

@@ -390,3 +390,22 @@ def test_a_ca_file_without_a_certificate_is_one_line(good: TLSFiles) -> None:
 def test_certificate_errors_are_one_line_without_startup() -> None:
     with pytest.raises(CertificateError, match=r"^--tls-cert /nonexistent/x\.pem: cannot read it"):
         TLSCertificates(TLSFiles("/nonexistent/x.pem", "/nonexistent/y.pem"))
+
+
+def test_a_tls_port_in_use_is_one_line_naming_tls_port() -> None:
+    import socket
+
+    from sipproxy.startup import bind_sip
+    from sipproxy.transport import SipListeners
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listeners = SipListeners(None, TransportLayer(), 0, "127.0.0.1", tls_port=port, tls_factory=object())
+        with pytest.raises(StartupError) as caught:
+            bind_sip(listeners)
+    assert str(caught.value) == (
+        f"--tls-port {port}: TLS 127.0.0.1:{port} is already in use (by another SIP server, or sipproxy running already?)"
+    )
+    assert listeners.listening == 0

@@ -104,7 +104,8 @@ def record_route_values(
     following a Route we placed for this dialog (the security layer signs it).
     Each value carries the port of its transport (the TLS port for TLS).
     ``sips``: the request's Request-URI or top Route is a SIPS URI, so ours
-    must be one too (§16.6 step 4): ``sips:``, which implies TLS.
+    must be one too (§16.6 step 4): ``sips:`` (which implies TLS) on the
+    TLS side; a side on another transport keeps a ``sip:`` URI naming it.
     """
     incoming, outgoing = incoming.upper(), outgoing.upper()
     first = _record_route(local, outgoing, token, sips)
@@ -114,8 +115,9 @@ def record_route_values(
 
 
 def _record_route(local: LocalAddress, transport: str, token: str | None, sips: bool = False) -> str:
-    scheme = "sips" if sips else "sip"
-    params = "" if transport == "UDP" or (sips and transport == "TLS") else f";transport={transport.lower()}"
+    secure = sips and transport == "TLS"  # the side that is not TLS keeps a sip: URI with its transport
+    scheme = "sips" if secure else "sip"
+    params = "" if transport == "UDP" or secure else f";transport={transport.lower()}"
     if token:
         params += f";{DIALOG_TOKEN_PARAM}={token}"
     return f"<{scheme}:{local.hostport_for(transport)}{params};lr>"
