@@ -279,9 +279,13 @@ def test_a_tls_phone_registers_calls_a_udp_phone_and_is_called_back_over_its_con
 class TlsCallee:
     """A UAS on a TLS port (what a sips: trunk is): answers each INVITE 486; records what it read and why it failed."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(str(cert), str(key))
+        if client_ca is not None:  # a trunk that wants mutual TLS
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(str(client_ca))
+        self.client_subjects: list[str] = []
         self.listener = socket.create_server((LOOPBACK, 0))
         self.listener.settimeout(10)
         self.port = self.listener.getsockname()[1]
@@ -298,6 +302,8 @@ class TlsCallee:
             return
         try:
             phone = StreamPhone(self.context.wrap_socket(raw, server_side=True))
+            if phone.sock.getpeercert():
+                self.client_subjects.append(phone.subject())
             invite = next_request(phone, "INVITE")
             self.invites.append(invite)
             phone.send(answer(invite, 486))
@@ -343,6 +349,56 @@ def test_a_sips_callee_gets_a_verified_tls_connection(tls_server: Server, tmp_pa
     assert invite.get_all("via")[0].startswith(f"SIP/2.0/TLS {LOOPBACK}:{tls_server.tls_port};")  # type: ignore[attr-defined]
     # §16.6 step 4: a sips: Request-URI gets a sips: Record-Route on the TLS side.
     assert invite.get_all("record-route")[0] == f"<sips:{LOOPBACK}:{tls_server.tls_port};lr>"  # type: ignore[attr-defined]
+
+
+def test_a_trunk_asking_for_a_client_certificate_gets_ours(tls_server: Server, tmp_path: Path, ca: trustme.CA) -> None:
+    callee = TlsCallee(*write_cert(tmp_path, ca, "localhost", tag="trunk"), client_ca=tmp_path / "ca.pem")
+    try:
+        final = call_sips(tls_server, callee)
+    finally:
+        callee.close()
+    assert final.status == 486, final
+    assert callee.client_subjects == ["server.localhost"]  # --tls-cert, as no --tls-client-cert was given
+
+
+@pytest.mark.parametrize("named", [LOOPBACK, "localhost"])
+def test_a_phone_registered_over_tls_whose_connection_is_gone_is_reached_over_a_new_verified_one(
+    tls_server: Server, tmp_path: Path, ca: trustme.CA, named: str
+) -> None:
+    """Its Contact has only an IP address: the certificate must name that address, else it gets nothing."""
+    callee = TlsCallee(*write_cert(tmp_path, ca, named, tag="phone"))
+    phone = StreamPhone.connect(tls_server.tls_port, tmp_path / "ca.pem")  # type: ignore[attr-defined]
+    contact = f"sip:dave@{LOOPBACK}:{callee.port};transport=tls"
+    phone.send(register("dave", contact, transport="TLS", port=phone.port))
+    assert phone.final().status == 200
+    phone.close()
+    caller = UdpPhone()
+    try:
+        caller.send(
+            request(
+                "INVITE",
+                "sip:dave@example.test",
+                transport="UDP",
+                port=caller.port,
+                user="carol",
+                to="sip:dave@example.test",
+                call_id="gone-flow",
+                extra=f"Contact: <sip:carol@{LOOPBACK}:{caller.port}>\r\n",
+            ),
+            tls_server.sip_port,
+        )
+        final = caller.final()
+    finally:
+        caller.close()
+        callee.close()
+    if named == LOOPBACK:
+        assert final.status == 486, final
+        [invite] = callee.invites
+        assert invite.uri_text == contact
+    else:
+        assert final.status == 480, final  # the flow is gone and the Contact is out of reach
+        assert callee.invites == []
+        wait_for_log(tls_server, f"{LOOPBACK}:{callee.port} failed: its certificate is not for {LOOPBACK}")
 
 
 def test_a_sips_callee_whose_certificate_names_another_host_is_refused(
