@@ -30,7 +30,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
@@ -43,7 +43,14 @@ __all__ = ["CertificateError", "ReloadOnHangup", "TLSCertificates", "TLSFiles", 
 
 log = Logger(namespace="sipproxy")
 
-PrivateKey = PrivateKeyTypes
+PrivateKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
+"""The keys OpenSSL contexts take."""
 
 MINIMUM_TLS = ssl.TLSVersion.TLSv1_2
 """TLS 1.2 and 1.3 only, both ways (RFC 8996 deprecates 1.0 and 1.1)."""
@@ -100,7 +107,9 @@ def _key(option: str, path: str, data: bytes) -> PrivateKey:
     except (ValueError, UnsupportedAlgorithm) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CertificateError(f"{option} {path}: not a readable PEM private key ({reason})") from None
-    return key  # type: ignore[return-value]
+    if not isinstance(key, PrivateKey):
+        raise CertificateError(f"{option} {path}: a {type(key).__name__}, not a key TLS can use (RSA, EC, Ed25519)")
+    return key
 
 
 def _subject(cert: x509.Certificate) -> str:

@@ -303,7 +303,7 @@ class TransportLayer:
             return
         try:
             if name:  # the name a TLS peer's certificate must show (only targets of such transports carry one)
-                sender.send(normalize_host(host), port, data, on_error, server_name=name)
+                sender.send(normalize_host(host), port, data, on_error, server_name=name)  # type: ignore[call-arg]
             else:
                 sender.send(normalize_host(host), port, data, on_error)
         except Exception as exc:  # the socket said no: tell the transaction, not the reactor

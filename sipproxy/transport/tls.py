@@ -135,7 +135,7 @@ class _TLSServerFactory(TLSMemoryBIOFactory):
 def tls_server_factory(layer: TransportLayer, clock: Any, certificates: Any) -> TLSMemoryBIOFactory:
     """The listener's factory: SIP streams named "TLS", each connection from ``certificates``' current context."""
     inner = SipStreamFactory(layer, clock, "TLS", connection_class=SipTLSProtocol)
-    return _TLSServerFactory(certificates, False, inner, clock)
+    return _TLSServerFactory(certificates, False, inner, clock)  # type: ignore[arg-type]
 
 
 def tls_connector(reactor: Any, clock: Any, certificates: ClientOptions) -> TLSConnect:
