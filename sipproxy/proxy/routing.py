@@ -127,7 +127,10 @@ def is_sips_request(request: Request) -> bool:
     """Does ``request`` have a SIPS Request-URI or top Route (§16.6 step 4, §26.2.2: it leaves only over TLS)?"""
     if isinstance(request.uri, SipURI) and request.uri.scheme.lower() == "sips":
         return True
-    route = top_route(request)
+    try:
+        route = top_route(request)
+    except ParseError:  # refused where the Route is read for the next hop, not here
+        return False
     return route is not None and route.scheme.lower() == "sips"
 
 
