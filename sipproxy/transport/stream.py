@@ -257,6 +257,10 @@ class SipStreamFactory(Factory):
             )
             self.layer.metrics.blocked.labels(f"{self.name.lower()}-connections").inc()
             return None
+        return self.connection()
+
+    def connection(self) -> SipStreamProtocol:
+        """A new inbound connection's protocol, once the limits admitted it."""
         return self.connection_class(self.layer, self.name, self.clock, inbound=True)
 
 
