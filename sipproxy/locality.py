@@ -61,21 +61,26 @@ class LocalAddress:
     """Our SIP port; UDP and TCP share it."""
     tls_port: int | None = None
     """Our TLS port (``--tls-port``, RFC 3261 §26.2: 5061), ``None`` when TLS is off."""
+    ws_port: int | None = None
+    """Our WebSocket port (``--ws``, RFC 7118), ``None`` without."""
+    wss_port: int | None = None
+    """Our secure WebSocket port (``--wss``), ``None`` without."""
 
     @property
     def hostport(self) -> str:
         return f"{format_host(self.host.strip('[]'))}:{self.port}"
 
     def hostport_for(self, transport: str) -> str:
-        """Our host and the port ``transport`` listens on (Via, Record-Route): the TLS port for TLS."""
-        if transport.upper() == "TLS" and self.tls_port is not None:
-            return f"{format_host(self.host.strip('[]'))}:{self.tls_port}"
+        """Our host and the port ``transport`` listens on (Via, Record-Route): the TLS port for TLS, and so on."""
+        port = {"TLS": self.tls_port, "WS": self.ws_port, "WSS": self.wss_port}.get(transport.upper())
+        if port is not None:
+            return f"{format_host(self.host.strip('[]'))}:{port}"
         return self.hostport
 
     @property
     def ports(self) -> frozenset[int]:
         """Every port we listen on for SIP."""
-        return frozenset({self.port} if self.tls_port is None else {self.port, self.tls_port})
+        return frozenset(p for p in (self.port, self.tls_port, self.ws_port, self.wss_port) if p is not None)
 
 
 class Locality:

@@ -109,7 +109,21 @@ class WebListener(Service):
     traceback in the log of a server that half runs.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: Any,
+        *,
+        option: str = "--web",
+        listening: str = "Bindings page on {web}",
+        failed: str = "No bindings page: --web {web}: {reason}",
+    ) -> None:
+        """``option`` names it in a :class:`StartupError`; ``listening`` and ``failed`` are its log lines' formats.
+
+        The SIP WebSocket ports (``--ws``, ``--wss``) are listeners like this one.
+        """
+        self.option, self.listening, self.failed = option, listening, failed
         self.description = description
         self.endpoint = endpoints.serverFromString(reactor, description)
         self.factory = factory
@@ -128,17 +142,17 @@ class WebListener(Service):
         waiting.addBoth(outcome.append)
         [result] = outcome
         if isinstance(result, Failure):
-            raise StartupError(f"--web {self.description}: {self._reason(result)}")
+            raise StartupError(f"{self.option} {self.description}: {self._reason(result)}")
         self._listening(result)
 
     def _listening(self, port: Any) -> None:
         self.port, self._waiting = port, None
-        log.info("Bindings page on {web}", web=self.description)
+        log.info(self.listening, web=self.description)
 
     def _failed(self, failure: Failure) -> None:
         self._waiting = None
         if not failure.check(CancelledError):
-            log.error("No bindings page: --web {web}: {reason}", web=self.description, reason=self._reason(failure))
+            log.error(self.failed, web=self.description, reason=self._reason(failure))
 
     def _reason(self, failure: Failure) -> str:
         error = failure.value

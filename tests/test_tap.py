@@ -135,3 +135,29 @@ def test_tls_is_off_by_default_and_its_port_is_5061() -> None:
 def test_tls_option_mistakes_are_one_line(args: list[str], complaint: str) -> None:
     with pytest.raises(UsageError, match=complaint):
         parse(*args)
+
+
+# -- WebSocket (issue 14) --
+
+
+def test_ws_and_wss_take_tcp_descriptions_and_origins_a_list() -> None:
+    options = parse(
+        "--tls-cert", "c.pem", "--tls-key", "k.pem", "--ws", "tcp:8088", "--wss", "tcp:port=8089:interface=127.0.0.1",
+        "--ws-origin", "https://phone.example.test, https://other.example.test/",
+    )  # fmt: skip
+    assert (options["ws-port"], options["wss-port"]) == (8088, 8089)
+    assert options["ws-origin"] == frozenset({"https://phone.example.test", "https://other.example.test"})
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--ws", "ssl:8089"], "give a tcp: description"),
+        (["--ws", "tcp:abc"], "--ws"),
+        (["--wss", "tcp:8089"], "--wss needs --tls-cert"),
+        (["--ws", "tcp:8088", "--ws-origin", "phone.example.test"], "--ws-origin takes origins"),
+    ],
+)
+def test_websocket_option_mistakes_are_one_line(args: list[str], complaint: str) -> None:
+    with pytest.raises(UsageError, match=complaint):
+        parse(*args)

@@ -45,6 +45,7 @@ __all__ = [
     "describe_tls_failure",
     "tls_connector",
     "tls_server_factory",
+    "tls_wrap",
 ]
 
 
@@ -134,8 +135,12 @@ class _TLSServerFactory(TLSMemoryBIOFactory):
 
 def tls_server_factory(layer: TransportLayer, clock: Any, certificates: Any) -> TLSMemoryBIOFactory:
     """The listener's factory: SIP streams named "TLS", each connection from ``certificates``' current context."""
-    inner = SipStreamFactory(layer, clock, "TLS", connection_class=SipTLSProtocol)
-    return _TLSServerFactory(certificates, False, inner, clock)  # type: ignore[arg-type]
+    return tls_wrap(SipStreamFactory(layer, clock, "TLS", connection_class=SipTLSProtocol), certificates, clock)
+
+
+def tls_wrap(factory: Any, certificates: Any, clock: Any) -> TLSMemoryBIOFactory:
+    """``factory``'s connections over TLS with ``certificates`` (the TLS listener's, WSS's)."""
+    return _TLSServerFactory(certificates, False, factory, clock)
 
 
 def tls_connector(reactor: Any, clock: Any, certificates: ClientOptions) -> TLSConnect:
