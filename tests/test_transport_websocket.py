@@ -132,7 +132,7 @@ def test_without_the_sip_subprotocol_the_handshake_is_400_and_nothing_is_taken()
     assert isinstance(rejected, RejectConnection) and rejected.status_code == 400
     assert any(isinstance(e, RejectData) and b"sip subprotocol" in e.data for e in browser.events + browser.read())
     assert browser.wire.disconnecting
-    assert browser.layer.connections == {}
+    assert browser.layer.connection("WS", "192.0.2.9", 40400) is None  # nothing is sent on it
 
 
 def test_an_origin_not_allowed_is_403_and_one_allowed_connects() -> None:
@@ -190,3 +190,10 @@ def test_the_sender_uses_the_phones_connection_and_never_opens_one() -> None:
     assert isinstance(frame, TextMessage) and frame.data.startswith("OPTIONS sip:x")
     sender.send("192.0.2.10", 40400, b"OPTIONS sip:y SIP/2.0\r\n\r\n", errors.append)
     assert errors == ["no WS connection from 192.0.2.10:40400: a WebSocket phone is reached only over its own"]
+
+
+def test_a_connection_that_never_completes_its_handshake_counts_and_is_closed_after_the_message_timeout() -> None:
+    browser = Browser(limits=TransportLimits(message_timeout=30))
+    assert browser.layer.connection("WS", "192.0.2.9", 40400) is browser.proto  # the limits count it
+    browser.clock.advance(30)
+    assert browser.wire.disconnecting or browser.wire.disconnected

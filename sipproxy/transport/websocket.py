@@ -73,7 +73,7 @@ class WebSocketSettings:
 
 
 class SipWebSocketProtocol(SipStreamProtocol):
-    """One inbound WebSocket connection carrying SIP; it joins the connection table once the handshake is accepted."""
+    """One inbound WebSocket connection carrying SIP; nothing is sent on it before its handshake is accepted."""
 
     def __init__(
         self,
@@ -93,8 +93,9 @@ class SipWebSocketProtocol(SipStreamProtocol):
         self._ping: DelayedCall | None = None
 
     def connectionMade(self) -> None:
-        # The handshake must be done within the message deadline; the connection counts once it is.
+        # In the table (and counted by the limits) at once; the handshake must be done within the message deadline.
         self._opened(self.layer.limits.message_timeout)
+        self.layer.connection_made(self)
 
     # -- incoming ---------------------------------------------------------------
 
@@ -136,7 +137,6 @@ class SipWebSocketProtocol(SipStreamProtocol):
         self._write(self.ws.send(AcceptConnection(subprotocol=SUBPROTOCOL)))
         self.accepted = True
         self.setTimeout(self.layer.limits.idle_timeout)
-        self.layer.connection_made(self)
         self._schedule_ping()
 
     def _reject(self, status: int, why: str) -> None:
