@@ -273,7 +273,12 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         metrics,
         connect_tcp=tcp_connector(reactor, reactor),
         # RFC 3263 over the transports registered below; --dns: these servers, not /etc/resolv.conf's
-        resolve=Resolver(reactor, servers=options.get("dns"), transports=lambda: core.transport.senders),
+        # (not WS/WSS: we never open a WebSocket, so a NAPTR record offering one is of no use to us)
+        resolve=Resolver(
+            reactor,
+            servers=options.get("dns"),
+            transports=lambda: [t for t in core.transport.senders if t not in ("WS", "WSS")],
+        ),
         registrar_settings=RegistrarSettings(
             domains=frozenset(domains.names),
             min_expires=options["min-expires"],

@@ -161,3 +161,19 @@ def test_ws_and_wss_take_tcp_descriptions_and_origins_a_list() -> None:
 def test_websocket_option_mistakes_are_one_line(args: list[str], complaint: str) -> None:
     with pytest.raises(UsageError, match=complaint):
         parse(*args)
+
+
+def test_the_resolver_offers_tls_once_it_is_on_and_never_websocket(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import trustme
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    cert = trustme.CA().issue_cert("sip.example.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls = ("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    service = build_service(parse("--db", ":memory:", *tls, "--ws", "tcp:8088", "--wss", "tcp:8089"), Clock())
+    assert {"TLS", "WS", "WSS"} <= set(service.core.transport.senders)
+    assert set(service.core.proxy.resolve.transports) == {"UDP", "TCP", "TLS"}  # type: ignore[attr-defined]
+    service.core.store.close()
