@@ -203,7 +203,7 @@ class SipWebSocketProtocol(SipStreamProtocol):
 
     def _write(self, data: bytes) -> None:
         if data and self.transport is not None:
-            self.transport.write(data)
+            self.transport.write(data)  # type: ignore[call-arg,misc]
 
     def _close_with(self, code: int, reason: str) -> None:
         if self.ws.state is ConnectionState.OPEN:
