@@ -59,10 +59,28 @@ class LocalAddress:
     """Advertised host or IP address, e.g. ``"127.0.0.1"`` (IPv6 without brackets or with, both work)."""
     port: int
     """Our SIP port; UDP and TCP share it."""
+    tls_port: int | None = None
+    """Our TLS port (``--tls-port``, RFC 3261 §26.2: 5061), ``None`` when TLS is off."""
+    ws_port: int | None = None
+    """Our WebSocket port (``--ws``, RFC 7118), ``None`` without."""
+    wss_port: int | None = None
+    """Our secure WebSocket port (``--wss``), ``None`` without."""
 
     @property
     def hostport(self) -> str:
         return f"{format_host(self.host.strip('[]'))}:{self.port}"
+
+    def hostport_for(self, transport: str) -> str:
+        """Our host and the port ``transport`` listens on (Via, Record-Route): the TLS port for TLS, and so on."""
+        port = {"TLS": self.tls_port, "WS": self.ws_port, "WSS": self.wss_port}.get(transport.upper())
+        if port is not None:
+            return f"{format_host(self.host.strip('[]'))}:{port}"
+        return self.hostport
+
+    @property
+    def ports(self) -> frozenset[int]:
+        """Every port we listen on for SIP."""
+        return frozenset(p for p in (self.port, self.tls_port, self.ws_port, self.wss_port) if p is not None)
 
 
 class Locality:
@@ -77,6 +95,8 @@ class Locality:
         self.local = local
         self.domains = domains
         self.port = local.port if local is not None else DEFAULT_PORT
+        self.ports = local.ports if local is not None else frozenset({DEFAULT_PORT})
+        """Our SIP port and, with TLS, our TLS port: a URI with either is us."""
         self._host = canonical_host(local.host) if local is not None else None
 
     def is_our_domain(self, host: str) -> bool:
@@ -91,7 +111,7 @@ class Locality:
         """Does ``uri`` name this server or one of its domains (our port, or no port)?"""
         if not isinstance(uri, SipURI):
             return False
-        if uri.port is not None and uri.port != self.port:
+        if uri.port is not None and uri.port not in self.ports:
             return False
         return self.is_our_host(uri.host)
 
@@ -109,7 +129,8 @@ class Locality:
 
     def is_our_via(self, via: Via) -> bool:
         """Is ``via`` one we put there (§16.3 step 4: "a sent-by value ... placed by the proxy")?"""
-        return self._host is not None and canonical_host(via.host) == self._host and (via.port or 5060) == self.port
+        default = 5061 if via.transport.upper() == "TLS" else DEFAULT_PORT
+        return self._host is not None and canonical_host(via.host) == self._host and (via.port or default) in self.ports
 
 
 def canonical_aor(uri: SipURI) -> str:

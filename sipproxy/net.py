@@ -7,7 +7,8 @@ and ``transport/`` can both depend on it without depending on each other
 
 - :class:`Source`: where a message came from (transport, address, and the
   connection it arrived on, for the reliable transports);
-- :class:`Target`: where a request is sent, already resolved (RFC 3263 is
+- :class:`Target`: where a request is sent, already resolved (:class:`NamedTarget`
+  keeps the name for TLS's certificate check; RFC 3263 is
   the transport's business: it resolves a next hop into an ordered list of
   targets, and a proxy branch tries them in order);
 - :class:`Connection`: what a stream connection offers the layers above it;
@@ -28,6 +29,7 @@ __all__ = [
     "Clock",
     "Connection",
     "DelayedCall",
+    "NamedTarget",
     "NextHop",
     "Resolved",
     "Source",
@@ -73,6 +75,37 @@ class Target(NamedTuple):
     transport: str
     host: str
     port: int
+
+    @property
+    def name(self) -> str:
+        """The host name ``host`` was resolved from, for a transport that checks a certificate against it.
+
+        Empty here; a :class:`NamedTarget` (what the resolver makes for TLS
+        hops, RFC 5922 §7.2) carries it.
+        """
+        return ""
+
+
+class NamedTarget(Target):
+    """A :class:`Target` that remembers the host name its address was resolved from (TLS checks the certificate).
+
+    Equal to (and hashed as) the plain target: the name says how the
+    address was found, not where the request goes.  ``_replace`` keeps the
+    name; ``_make`` gives a plain target.
+    """
+
+    def __new__(cls, transport: str, host: str, port: int, name: str = "") -> NamedTarget:
+        self = super().__new__(cls, transport, host, port)
+        self._name = name  # type: ignore[attr-defined]
+        return self
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "_name", "")
+
+    def _replace(self, **changes: object) -> NamedTarget:  # type: ignore[override]
+        plain = Target(*self)._replace(**changes)  # type: ignore[arg-type]
+        return NamedTarget(*plain, name=self.name)
 
 
 class NextHop(NamedTuple):

@@ -34,7 +34,7 @@ from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
-from sipproxy.startup import StartupError, WebListener, bind_sip, open_database
+from sipproxy.startup import StartupError, WebListener, bind_sip, load_certificates, open_database
 from sipproxy.transaction import Target, TransactionLayer, TransactionSink
 from sipproxy.transport import (
     DatagramSender,
@@ -46,9 +46,12 @@ from sipproxy.transport import (
     WireLog,
     tcp_connector,
 )
+from sipproxy.transport.certificates import ReloadOnHangup, TLSCertificates, TLSFiles
 from sipproxy.transport.flows import RegisteredFlows
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.transport.sink import MessageTap
+from sipproxy.transport.tls import TLSConnect, TLSSender, tls_connector, tls_server_factory, tls_wrap
+from sipproxy.transport.websocket import SipWebSocketFactory, WebSocketSender, WebSocketSettings
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
 
 __all__ = [
@@ -70,12 +73,20 @@ class SipProxyService(MultiService):
     every port, so that a port in use stops start-up before anything runs.
     """
 
-    def __init__(self, core: SipCore, listeners: SipListeners, web: WebListener, services: Sequence[Service]) -> None:
-        """``services`` start in order and stop in reverse; ``listeners`` and ``web`` are among them."""
+    def __init__(
+        self,
+        core: SipCore,
+        listeners: SipListeners,
+        web: WebListener,
+        services: Sequence[Service],
+        websockets: Sequence[WebListener] = (),
+    ) -> None:
+        """``services`` start in order and stop in reverse; ``listeners``, ``web`` and ``websockets`` among them."""
         super().__init__()
         self.core = core
         self.listeners = listeners
         self.web = web
+        self.websockets = list(websockets)
         for child in services:
             child.setServiceParent(self)
 
@@ -83,9 +94,13 @@ class SipProxyService(MultiService):
         """Bind the SIP sockets, then the web page's port, now; :class:`StartupError` names what failed."""
         bind_sip(self.listeners)
         try:
+            for websocket in self.websockets:  # --ws, --wss
+                websocket.listen()
             self.web.listen()
         except StartupError:
             self.listeners.close()
+            for websocket in self.websockets:
+                websocket.stopService()
             raise
 
     def startService(self) -> None:
@@ -130,6 +145,8 @@ def build_core(
     transport_limits: TransportLimits = TransportLimits(),
     on_call: CallObserver | None = None,
     tap: MessageTap | None = None,
+    connect_tls: TLSConnect | None = None,
+    websockets: Sequence[str] = (),
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -152,6 +169,10 @@ def build_core(
     transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock, tap=tap)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
+    if connect_tls is not None:  # --tls-cert: TLS out (and in, by the listener)
+        transport.register(TLSSender(transport, connect_tls))
+    for name in websockets:  # "WS", "WSS": only the connections phones opened (RFC 7118)
+        transport.register(WebSocketSender(transport, name))
     stack = SipStack(
         domains,
         metrics,
@@ -217,7 +238,14 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     interface = options["sip-interface"]
     advertised = options.get("advertised-host") or advertised_host(interface)
     domains = Domains(options["domains"] or default_domains(interface, advertised))
-    local = LocalAddress(advertised, options["sip-port"])
+    tls_files = _tls_files(options)
+    local = LocalAddress(
+        advertised,
+        options["sip-port"],
+        options.get("tls-port", 5061) if tls_files else None,
+        ws_port=options.get("ws-port") if options.get("ws") else None,
+        wss_port=options.get("wss-port") if options.get("wss") else None,
+    )
     services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
     db = options["db"]
@@ -234,6 +262,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
     security = build_security(options, reactor, metrics, domains, local, store, secret)
     recent = _recent_calls(options)
+    certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
     core = build_core(
         reactor,
@@ -244,7 +273,12 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         metrics,
         connect_tcp=tcp_connector(reactor, reactor),
         # RFC 3263 over the transports registered below; --dns: these servers, not /etc/resolv.conf's
-        resolve=Resolver(reactor, servers=options.get("dns"), transports=lambda: core.transport.senders),
+        # (not WS/WSS: we never open a WebSocket, so a NAPTR record offering one is of no use to us)
+        resolve=Resolver(
+            reactor,
+            servers=options.get("dns"),
+            transports=lambda: [t for t in core.transport.senders if t not in ("WS", "WSS")],
+        ),
         registrar_settings=RegistrarSettings(
             domains=frozenset(domains.names),
             min_expires=options["min-expires"],
@@ -256,9 +290,24 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
         on_call=_observers(CallLog(), recent),
         tap=Capture(recent, reactor) if recent is not None and recent.max_bytes > 0 else None,
+        connect_tls=tls_connector(reactor, reactor, certificates) if certificates is not None else None,
+        websockets=[name for name in ("WS", "WSS") if options.get(name.lower())],
     )
-    listeners = SipListeners(reactor, core.transport, options["sip-port"], interface)
+    listeners = SipListeners(
+        reactor,
+        core.transport,
+        options["sip-port"],
+        interface,
+        tls_port=local.tls_port or 5061,
+        tls_factory=tls_server_factory(core.transport, reactor, certificates) if certificates is not None else None,
+    )
     services.append(listeners)
+    if certificates is not None:
+        services.append(ReloadOnHangup(reactor, certificates))
+    else:
+        log.info("TLS is off: no --tls-cert given (see README, TLS)")
+    websockets = _websocket_listeners(options, reactor, core.transport, certificates)
+    services += websockets
     lag_watch = security.overload_service()  # --overload-lag
     if lag_watch is not None:
         services.append(lag_watch)
@@ -285,7 +334,29 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     services += [web, GarbageCollection()]
     _announce(domains, advertised, interface)
     security.announce()
-    return SipProxyService(core, listeners, web, services)
+    return SipProxyService(core, listeners, web, services, websockets)
+
+
+def _websocket_listeners(
+    options: Mapping[str, Any], reactor: Any, transport: TransportLayer, certificates: TLSCertificates | None
+) -> list[WebListener]:
+    """``--ws`` and ``--wss`` (RFC 7118): each a strports port; WSS over TLS with the TLS listener's certificate."""
+    settings = WebSocketSettings(origins=options.get("ws-origin"))
+    out = []
+    for name in ("WS", "WSS"):
+        description = options.get(name.lower())
+        if not description:
+            continue
+        factory: Any = SipWebSocketFactory(transport, reactor, name, settings)
+        if name == "WSS":
+            assert certificates is not None  # tap refuses --wss without --tls-cert
+            factory = tls_wrap(factory, certificates, reactor)
+        if name == "WS":
+            lines = {"listening": "SIP over WS on {web}", "failed": "No WS listener: --ws {web}: {reason}"}
+        else:
+            lines = {"listening": "SIP over WSS on {web}", "failed": "No WSS listener: --wss {web}: {reason}"}
+        out.append(WebListener(reactor, description, factory, option=f"--{name.lower()}", **lines))
+    return out
 
 
 def _recent_calls(options: Mapping[str, Any]) -> RecentCalls | None:
@@ -305,6 +376,19 @@ def _observers(*observers: CallObserver | None) -> CallObserver:
             observer(record)
 
     return observe
+
+
+def _tls_files(options: Mapping[str, Any]) -> TLSFiles | None:
+    """The TLS files named by ``--tls-cert`` and the rest; ``None``: TLS off."""
+    if not options.get("tls-cert"):
+        return None
+    return TLSFiles(
+        options["tls-cert"],
+        options["tls-key"],
+        options.get("tls-ca"),
+        options.get("tls-client-cert"),
+        options.get("tls-client-key"),
+    )
 
 
 def _announce(domains: Domains, advertised: str, interface: str) -> None:

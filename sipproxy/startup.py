@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.test_startup -*-
-"""What ``twistd sipproxy`` checks before anything starts: the database, the SIP sockets, the web page's port.
+"""What ``twistd sipproxy`` checks before anything starts: the database, TLS certificates, sockets, the web port.
 
 Each check that fails raises :class:`StartupError`, whose text is the one
 line the operator reads: the option, its value and what is wrong
 (``--sip-port 5060: UDP 0.0.0.0:5060 is already in use ...``).  ``tap``
 turns it into a non-zero exit without a traceback.  The order is the one
-in which ``makeService`` runs them: the database is opened, then the SIP
-sockets are bound, then the web page listens, so that nothing serves when
-anything failed.  (Mistakes in the command line itself are refused earlier,
+in which ``makeService`` runs them: the database is opened, the TLS
+certificate and key are read (when given), then the SIP sockets are
+bound, then the web page listens, so that nothing serves when anything
+failed.  (Mistakes in the command line itself are refused earlier,
 by ``Options.postOptions``.)
 """
 
@@ -26,9 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipproxy.location import SQLitePersistence
+from sipproxy.transport.certificates import CertificateError, TLSCertificates, TLSFiles
 from sipproxy.transport.listen import BindError, SipListeners, describe_socket_error
 
-__all__ = ["StartupError", "WebListener", "bind_sip", "open_database"]
+__all__ = ["StartupError", "WebListener", "bind_sip", "load_certificates", "open_database"]
 
 log = Logger(namespace="sipproxy")
 
@@ -65,14 +67,37 @@ def open_database(path: str) -> SQLitePersistence:
         raise StartupError(f"--db {path}: {reason}") from None
 
 
+def load_certificates(files: TLSFiles) -> TLSCertificates:
+    """``--tls-cert``, ``--tls-key`` (and ``--tls-ca``, ``--tls-client-cert``/``-key``): read, parsed, matched.
+
+    Checked before anything listens, so that a certbot path mistyped or a
+    key that belongs to another certificate is one line at start-up, not a
+    TLS listener that fails every handshake.
+    """
+    try:
+        certificates = TLSCertificates(files)
+    except CertificateError as error:
+        raise StartupError(str(error)) from None
+    log.info(
+        "TLS certificate from {cert}: {subject}, valid until {expires}; SIGHUP reloads it",
+        cert=files.cert,
+        subject=certificates.subject,
+        expires=certificates.expires,
+    )
+    certificates.warn_if_expired()
+    return certificates
+
+
 def bind_sip(listeners: SipListeners) -> None:
-    """Bind the SIP sockets now; a failure names ``--sip-interface`` or ``--sip-port`` with what the system said."""
+    """Bind the SIP sockets now; a failure names ``--sip-interface``, ``--sip-port`` or ``--tls-port``."""
     try:
         listeners.bind()
     except BindError as error:
         if listeners.interface and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
             raise StartupError(f"--sip-interface {listeners.interface}: {error}") from None
         hint = " (by another SIP server, or sipproxy running already?)" if error.errno == errno.EADDRINUSE else ""
+        if error.transport == "TLS":
+            raise StartupError(f"--tls-port {listeners.requested_tls_port}: {error}{hint}") from None
         raise StartupError(f"--sip-port {listeners.requested_port}: {error}{hint}") from None
 
 
@@ -84,7 +109,21 @@ class WebListener(Service):
     traceback in the log of a server that half runs.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: Any,
+        *,
+        option: str = "--web",
+        listening: str = "Bindings page on {web}",
+        failed: str = "No bindings page: --web {web}: {reason}",
+    ) -> None:
+        """``option`` names it in a :class:`StartupError`; ``listening`` and ``failed`` are its log lines' formats.
+
+        The SIP WebSocket ports (``--ws``, ``--wss``) are listeners like this one.
+        """
+        self.option, self.listening, self.failed = option, listening, failed
         self.description = description
         self.endpoint = endpoints.serverFromString(reactor, description)
         self.factory = factory
@@ -103,17 +142,17 @@ class WebListener(Service):
         waiting.addBoth(outcome.append)
         [result] = outcome
         if isinstance(result, Failure):
-            raise StartupError(f"--web {self.description}: {self._reason(result)}")
+            raise StartupError(f"{self.option} {self.description}: {self._reason(result)}")
         self._listening(result)
 
     def _listening(self, port: Any) -> None:
         self.port, self._waiting = port, None
-        log.info("Bindings page on {web}", web=self.description)
+        log.info(self.listening, web=self.description)
 
     def _failed(self, failure: Failure) -> None:
         self._waiting = None
         if not failure.check(CancelledError):
-            log.error("No bindings page: --web {web}: {reason}", web=self.description, reason=self._reason(failure))
+            log.error(self.failed, web=self.description, reason=self._reason(failure))
 
     def _reason(self, failure: Failure) -> str:
         error = failure.value

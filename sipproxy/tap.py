@@ -44,6 +44,18 @@ def _strports(name: str, value: str) -> str:
     return value
 
 
+def _tcp_port(name: str, description: str) -> int:
+    """The port of a ``tcp:``/``tcp6:`` strports description (what Via and Record-Route name)."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise usage.UsageError(f"--{name} {description!r}: give a tcp: description (TLS for WSS comes from --tls-cert)")
+    for part in rest.split(":"):
+        value = part.removeprefix("port=")
+        if "=" not in value and value:
+            return _port(name, value)
+    raise usage.UsageError(f"--{name} {description!r}: names no port")
+
+
 def _positive(name: str, value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise usage.UsageError(f"--{name} must be a positive whole number of seconds or items, not {value!r}")
@@ -171,6 +183,32 @@ class Options(usage.Options):
             "Seconds a TCP message (header section and body) may take to arrive from its first byte; "
             "slower senders are disconnected.",
         ],
+        # -- TLS (sipproxy.transport.tls, sipproxy.transport.certificates) --
+        ["tls-cert", None, None, "PEM certificate chain (e.g. certbot's fullchain.pem); enables TLS. SIGHUP reloads."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (e.g. certbot's privkey.pem), unencrypted."],
+        ["tls-port", None, "5061", "TCP port of the TLS listener (with --tls-cert)."],
+        ["tls-ca", None, None, "PEM CA certificate(s) outgoing TLS peers must be signed by (default: the system's)."],
+        [
+            "tls-client-cert",
+            None,
+            None,
+            "PEM certificate chain presented to TLS peers that ask for one (mutual TLS; default: --tls-cert).",
+        ],
+        ["tls-client-key", None, None, "PEM private key of --tls-client-cert."],
+        # -- WebSocket (sipproxy.transport.websocket, RFC 7118) --
+        ["ws", None, None, "strports description (tcp:PORT[:interface=ADDR]) for SIP over WebSocket, e.g. tcp:8088."],
+        [
+            "wss",
+            None,
+            None,
+            "strports description (tcp:...) for SIP over secure WebSocket; its certificate is --tls-cert's.",
+        ],
+        [
+            "ws-origin",
+            None,
+            None,
+            "Comma-separated origins (https://phone.example.com) whose pages may connect over WS/WSS (default: any).",
+        ],
     ]
     optFlags = [  # noqa: RUF012
         ["log-sip", None, "Log every SIP message in and out (info level)."],
@@ -229,6 +267,8 @@ class Options(usage.Options):
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
         self._recent_calls()
+        self._tls_options()
+        self._websocket_options()
 
     def _recent_calls(self) -> None:
         """``--recent-calls`` and ``--recent-calls-bytes``: whole numbers, 0 allowed (off)."""
@@ -243,6 +283,38 @@ class Options(usage.Options):
                 f"--recent-calls-bytes must be a number of bytes such as 4M or 500K (0: no ladders), not {text!r}"
             )
         self["recent-calls-bytes"] = int(digits) << {"": 0, "K": 10, "M": 20}[unit]
+
+    def _tls_options(self) -> None:
+        """Which TLS files go together; whether they can be read is ``startup.load_certificates``' business."""
+        self["tls-port"] = _port("tls-port", self["tls-port"])
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together: the certificate chain and its private key")
+        if bool(self["tls-client-cert"]) != bool(self["tls-client-key"]):
+            raise usage.UsageError("--tls-client-cert and --tls-client-key go together")
+        if not self["tls-cert"]:
+            given = [name for name in ("tls-ca", "tls-client-cert") if self[name]]
+            if given:
+                raise usage.UsageError(f"--{given[0]} needs --tls-cert and --tls-key: TLS is off without them")
+        if self["tls-cert"] and self["tls-port"] == self["sip-port"]:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: is --sip-port's too (TCP there); pick another")
+
+    def _websocket_options(self) -> None:
+        """``--ws``/``--wss``: plain TCP descriptions (WSS gets its TLS from --tls-cert, so SIGHUP renews it)."""
+        for name in ("ws", "wss"):
+            description = self[name]
+            if description is None:
+                continue
+            self[f"{name}-port"] = _tcp_port(name, description)
+            _strports(name, description)
+        if self["wss"] and not self["tls-cert"]:
+            raise usage.UsageError("--wss needs --tls-cert and --tls-key: its certificate is the TLS listener's")
+        origins = self["ws-origin"]
+        if origins is not None:
+            listed = [o.strip().rstrip("/") for o in origins.split(",") if o.strip()]
+            bad = [o for o in listed if "://" not in o]
+            if not listed or bad:
+                raise usage.UsageError(f"--ws-origin takes origins such as https://phone.example.com, not {origins!r}")
+            self["ws-origin"] = frozenset(listed)
 
     def _web_password(self) -> None:
         """A page beyond loopback shows every binding's address, User-Agent and Call-ID: only with a password."""

@@ -111,3 +111,69 @@ def test_the_resolver_uses_the_transports_we_send_on(tmp_path) -> None:  # type:
     assert set(service.core.proxy.resolve.transports) == set(service.core.transport.senders)  # type: ignore[attr-defined]
     assert {"UDP", "TCP"} <= set(service.core.proxy.resolve.transports)  # type: ignore[attr-defined]
     service.core.store.close()
+
+
+# -- TLS (issue 14) --
+
+
+def test_tls_is_off_by_default_and_its_port_is_5061() -> None:
+    options = parse()
+    assert options["tls-cert"] is None and options["tls-port"] == 5061
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-key", "k.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-port", "99999"], "--tls-port"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-port", "5060"], "--tls-port 5060: is --sip-port's"),
+        (["--tls-ca", "ca.pem"], "--tls-ca needs --tls-cert"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-cert", "cc.pem"], "--tls-client-key go together"),
+    ],
+)
+def test_tls_option_mistakes_are_one_line(args: list[str], complaint: str) -> None:
+    with pytest.raises(UsageError, match=complaint):
+        parse(*args)
+
+
+# -- WebSocket (issue 14) --
+
+
+def test_ws_and_wss_take_tcp_descriptions_and_origins_a_list() -> None:
+    options = parse(
+        "--tls-cert", "c.pem", "--tls-key", "k.pem", "--ws", "tcp:8088", "--wss", "tcp:port=8089:interface=127.0.0.1",
+        "--ws-origin", "https://phone.example.test, https://other.example.test/",
+    )  # fmt: skip
+    assert (options["ws-port"], options["wss-port"]) == (8088, 8089)
+    assert options["ws-origin"] == frozenset({"https://phone.example.test", "https://other.example.test"})
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--ws", "ssl:8089"], "give a tcp: description"),
+        (["--ws", "tcp:abc"], "--ws"),
+        (["--wss", "tcp:8089"], "--wss needs --tls-cert"),
+        (["--ws", "tcp:8088", "--ws-origin", "phone.example.test"], "--ws-origin takes origins"),
+    ],
+)
+def test_websocket_option_mistakes_are_one_line(args: list[str], complaint: str) -> None:
+    with pytest.raises(UsageError, match=complaint):
+        parse(*args)
+
+
+def test_the_resolver_offers_tls_once_it_is_on_and_never_websocket(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import trustme
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    cert = trustme.CA().issue_cert("sip.example.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls = ("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    service = build_service(parse("--db", ":memory:", *tls, "--ws", "tcp:8088", "--wss", "tcp:8089"), Clock())
+    assert {"TLS", "WS", "WSS"} <= set(service.core.transport.senders)
+    assert set(service.core.proxy.resolve.transports) == {"UDP", "TCP", "TLS"}  # type: ignore[attr-defined]
+    service.core.store.close()

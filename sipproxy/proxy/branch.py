@@ -39,6 +39,7 @@ from sipproxy.message import ParseError, Request, Response
 from sipproxy.net import Clock, NextHop, Target, is_reliable
 from sipproxy.proxy.failover import TIMEOUT_ASIDE, GreyList, Trail, retry_after
 from sipproxy.proxy.forward import forward_copy, stamp
+from sipproxy.proxy.routing import is_sips_request
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.proxy.validate import make_branch
 from sipproxy.transaction import TransactionError
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOW_GONE",
+    "SIPS_OVER_TLS_ONLY",
     "Branch",
     "Environment",
     "FlowOpen",
@@ -65,6 +67,9 @@ Resolve = Callable[[NextHop | Target, Callable[[list[Target]], None]], None]
 """A next hop to its targets, best first (RFC 3263 §4); an empty list when nothing resolves."""
 FlowOpen = Callable[[Target], bool]
 """Is the connection of this flow (transport, host, port) still open?"""
+
+SIPS_OVER_TLS_ONLY = "Not reachable over TLS"
+"""The reason phrase of the 480 for a sips: request whose target is reached only over UDP or TCP (§26.2.2)."""
 
 FLOW_GONE = "Flow to the phone is gone"
 """The reason phrase of the 480 for a phone whose flow closed and whose Contact does not answer."""
@@ -227,8 +232,14 @@ class Branch:
         assert self.forwarded is not None
         token = env.dialog_token(self.forwarded.call_id) if env.dialog_token and ctx.record_route else None
         why = ""
+        status = 503
+        # §26.2.2: a request with a SIPS Request-URI (the caller's, or the target's) leaves only over TLS.
+        sips = is_sips_request(ctx.request) or is_sips_request(self.forwarded)
         while self.targets:
             hop = self.targets.popleft()
+            if sips and hop.transport.upper() != "TLS":
+                status, why = 480, SIPS_OVER_TLS_ONLY
+                continue
             # The last address may take the forwarded copy itself: nothing is tried after it.
             request = self.forwarded.copy() if self.targets else self.forwarded
             branch = make_branch(ctx.loop, env.unique())
@@ -242,7 +253,7 @@ class Branch:
             if self.is_invite and self.final is None and not self.settled:
                 self._start_timer_c()  # §16.6 step 11
             return
-        self._give_up(503, why, why)
+        self._give_up(status, why, why)
 
     def _next_target(self) -> bool:
         """RFC 3263 §4.3: after a transport error or a timeout, the next address, if there is one and we still care."""

@@ -36,7 +36,7 @@ from sipproxy.locality import canonical_aor
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import is_ip_address
-from sipproxy.net import Clock, NextHop, Resolved, Source, Target
+from sipproxy.net import Clock, NamedTarget, NextHop, Resolved, Source, Target
 from sipproxy.proxy.branch import (
     Environment,
     FlowOpen,
@@ -357,7 +357,7 @@ class Proxy:
 
         def done(targets: list[Target] | None) -> None:
             with self.guard("DNS answer"):
-                found = [Target(t.transport, t.host.strip("[]"), t.port) for t in targets or ()]
+                found = [_target(t) for t in targets or ()]
                 how, names = getattr(targets, "how", ""), getattr(targets, "names", {})
                 labels = {t: names[o] for t, o in zip(found, targets or (), strict=True) if o in names}
                 callback(Resolved(found, how, labels))
@@ -405,3 +405,10 @@ def _refusal(response: Response) -> str:
     if response.status in (401, 407):
         return "credentials requested"
     return f"refused by the proxy ({response.reason})" if response.reason else "refused by the proxy"
+
+
+def _target(found: Target) -> Target:
+    """A resolved target as a plain :class:`Target`, keeping a TLS target's name (:class:`NamedTarget`)."""
+    if isinstance(found, NamedTarget):
+        return found._replace(host=found.host.strip("[]"))
+    return Target(found.transport, found.host.strip("[]"), found.port)

@@ -15,6 +15,7 @@ __all__ = [
     "Locality",
     "DIALOG_TOKEN_PARAM",
     "add_record_route",
+    "is_sips_request",
     "preprocess_routing",
     "record_route_values",
     "top_route",
@@ -61,7 +62,7 @@ def preprocess_routing(request: Request, locality: Locality) -> None:
 
 def _placed_by_us(uri: SipURI, locality: Locality) -> bool:
     """Could ``uri`` be one of our Record-Route URIs? No user part, us, and ``lr`` or our explicit port."""
-    return uri.user is None and locality.is_us(uri) and (uri.lr or uri.port == locality.port)
+    return uri.user is None and locality.is_us(uri) and (uri.lr or uri.port in locality.ports)
 
 
 def _remove_last_route(request: Request) -> None:
@@ -90,7 +91,9 @@ def top_route(request: Request) -> SipURI | None:
 DIALOG_TOKEN_PARAM = "dt"
 
 
-def record_route_values(local: LocalAddress, incoming: str, outgoing: str, token: str | None = None) -> list[str]:
+def record_route_values(
+    local: LocalAddress, incoming: str, outgoing: str, token: str | None = None, *, sips: bool = False
+) -> list[str]:
     """The Record-Route values to add at the top, the first one on top (facing the next hop).
 
     One value when the request leaves on the transport it arrived on;
@@ -99,24 +102,42 @@ def record_route_values(local: LocalAddress, incoming: str, outgoing: str, token
     each party's route set begins with the URI reachable on its own transport.
     ``token`` (``;dt=``) lets us recognise later in-dialog requests as
     following a Route we placed for this dialog (the security layer signs it).
+    Each value carries the port of its transport (the TLS port for TLS).
+    ``sips``: the request's Request-URI or top Route is a SIPS URI, so ours
+    must be one too (§16.6 step 4): ``sips:`` (which implies TLS) on the
+    TLS side; a side on another transport keeps a ``sip:`` URI naming it.
     """
     incoming, outgoing = incoming.upper(), outgoing.upper()
-    first = _record_route(local, outgoing, token)
+    first = _record_route(local, outgoing, token, sips)
     if incoming == outgoing:
         return [first]
-    return [first, _record_route(local, incoming, token)]
+    return [first, _record_route(local, incoming, token, sips)]
 
 
-def _record_route(local: LocalAddress, transport: str, token: str | None) -> str:
-    params = "" if transport == "UDP" else f";transport={transport.lower()}"
+def _record_route(local: LocalAddress, transport: str, token: str | None, sips: bool = False) -> str:
+    secure = sips and transport == "TLS"  # the side that is not TLS keeps a sip: URI with its transport
+    scheme = "sips" if secure else "sip"
+    params = "" if transport == "UDP" or secure else f";transport={transport.lower()}"
     if token:
         params += f";{DIALOG_TOKEN_PARAM}={token}"
-    return f"<sip:{local.hostport}{params};lr>"
+    return f"<{scheme}:{local.hostport_for(transport)}{params};lr>"
+
+
+def is_sips_request(request: Request) -> bool:
+    """Does ``request`` have a SIPS Request-URI or top Route (§16.6 step 4, §26.2.2: it leaves only over TLS)?"""
+    if isinstance(request.uri, SipURI) and request.uri.scheme.lower() == "sips":
+        return True
+    try:
+        route = top_route(request)
+    except ParseError:  # refused where the Route is read for the next hop, not here
+        return False
+    return route is not None and route.scheme.lower() == "sips"
 
 
 def add_record_route(
     request: Request, local: LocalAddress, incoming: str, outgoing: str, token: str | None = None
 ) -> None:
     """Insert :func:`record_route_values` above any existing Record-Route (§16.6 step 4)."""
-    for value in reversed(record_route_values(local, incoming, outgoing, token)):
+    values = record_route_values(local, incoming, outgoing, token, sips=is_sips_request(request))
+    for value in reversed(values):
         request.add("Record-Route", value, first=True)

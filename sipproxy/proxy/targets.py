@@ -9,9 +9,11 @@ a registered contact reached through the flow its REGISTER came on (NAT, or
 a TCP connection we reuse).
 
 Transport choice: ``transport=tcp`` -> TCP, none -> UDP, ``sips:`` or
-``transport=tls`` -> TLS.  We only route TLS targets as far as the transport:
-if it has no TLS (the case today) the branch fails like any transport
-error, a synthesized 503 (§16.9), which a lone branch turns into 500.
+``transport=tls`` -> TLS.  Without ``--tls-cert`` there is no TLS sender:
+the branch fails like on any transport error, a synthesized 503 (§16.9),
+which a lone branch turns into 500.  A ``sips:`` Request-URI is looked up
+under its ``sip:`` address-of-record too, and the branch sends it only over
+TLS (§26.2.2).
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def location_targets(uri: SipURI, store: LocationService, depth: int = 0) -> lis
     keys = [canonical_aor(uri)]
     if uri.port is not None:
         keys.append(str(uri.aor()))
+    if uri.scheme.lower() == "sips":  # the same user as its sip: form (RFC 5630); the branch keeps it on TLS
+        keys.append(canonical_aor(uri.with_(scheme="sip")))
     for key in keys:
         bindings = store.lookup(key)
         if bindings:

@@ -6,8 +6,8 @@ Incoming bytes are parsed, a request's top Via is stamped with
 :class:`~sipproxy.transport.sink.MessageSink` (the admission guard, then
 the transaction layer).  Outgoing messages go where §18.2.2 says, through
 the :class:`Sender` registered under the transport's name: UDP
-(``udp.DatagramSender``) and TCP (``stream.StreamSender``) today; TLS,
-WS and WSS are one more registration each, over the same connection table,
+(``udp.DatagramSender``), TCP (``stream.StreamSender``) and TLS
+(``tls.TLSSender``); WS and WSS are one more registration each, over the same connection table,
 keyed by (transport, host, port).
 
 This is the one boundary where errors from the network stop: nothing
@@ -59,7 +59,12 @@ class Sender(Protocol):
         """The transport's name as Via and :class:`~sipproxy.net.Target` spell it: ``"UDP"``, ``"TCP"``."""
 
     def send(self, host: str, port: int, data: bytes, on_error: OnError) -> None:
-        """Send one whole message to ``host`` (a bare IP address) and ``port``; failures raise or go to ``on_error``."""
+        """Send one whole message to ``host`` (a bare IP address) and ``port``; failures raise or go to ``on_error``.
+
+        A sender for a transport that checks certificates (TLS) also takes
+        ``server_name=``, the name the peer's certificate must show
+        (:attr:`sipproxy.net.Target.name`), given whenever the target has one.
+        """
 
 
 class StreamConnection(Connection, Protocol):
@@ -222,7 +227,7 @@ class TransportLayer:
         data = request.to_bytes()
         if self.tap is not None:
             self.tap.sent(request, target.transport, target.host, target.port, data)
-        self._send(target.transport, target.host, target.port, data, on_error)
+        self._send(target.transport, target.host, target.port, data, on_error, target.name)
 
     def send_response(self, response: Response, source: Source | None) -> SentResponse | None:
         """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by.
@@ -291,13 +296,16 @@ class TransportLayer:
     def _response_failed(self, reason: str) -> None:
         self.log.warn("Could not send a response: {reason}", reason=reason)
 
-    def _send(self, transport: str, host: str, port: int, data: bytes, on_error: OnError) -> None:
+    def _send(self, transport: str, host: str, port: int, data: bytes, on_error: OnError, name: str = "") -> None:
         sender = self.senders.get(transport.upper())
         if sender is None:
             on_error(f"transport {transport} is not supported")
             return
         try:
-            sender.send(normalize_host(host), port, data, on_error)
+            if name:  # the name a TLS peer's certificate must show (only targets of such transports carry one)
+                sender.send(normalize_host(host), port, data, on_error, server_name=name)  # type: ignore[call-arg]
+            else:
+                sender.send(normalize_host(host), port, data, on_error)
         except Exception as exc:  # the socket said no: tell the transaction, not the reactor
             on_error(f"{type(exc).__name__}: {exc}")
 

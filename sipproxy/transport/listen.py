@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_transport_listen -*-
-"""The SIP listeners: UDP and TCP on one port, IPv4 and IPv6, bound before anything starts (RFC 3261 §18).
+"""The SIP listeners: UDP and TCP on one port, TLS on another, IPv4 and IPv6, bound before anything starts (§18).
 
 ``twistd sipproxy`` binds every socket while it builds the service
 (:meth:`SipListeners.bind`), so that a port in use or an address this host
@@ -118,28 +118,47 @@ class _Bound:
     address: str
     udp: socket.socket
     tcp: socket.socket
+    tls: socket.socket | None = None
 
     def close(self) -> None:
         self.udp.close()
         self.tcp.close()
+        if self.tls is not None:
+            self.tls.close()
 
 
 class SipListeners(Service):
-    """UDP and TCP on the same port, on IPv4 and IPv6 (each family its own sockets).
+    """UDP and TCP on the same port, TLS on its own when enabled, on IPv4 and IPv6 (each family its own sockets).
 
     The sockets are bound by :meth:`bind` and handed to the reactor with
     ``adoptDatagramPort``/``adoptStreamPort`` when the service starts, so
     that IPv6 ones can be IPv6-only and share the port number with the IPv4
-    ones.  Port 0 picks a port free for UDP and TCP alike.
+    ones.  Port 0 picks a port free for UDP and TCP alike (and, for
+    ``tls_port`` 0, one for TLS).  ``tls_factory`` is the TLS listener's
+    factory (:func:`sipproxy.transport.tls.tls_server_factory`); ``None``:
+    no TLS.
     """
 
-    def __init__(self, reactor: Any, transport: TransportLayer, port: int, interface: str) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        transport: TransportLayer,
+        port: int,
+        interface: str,
+        *,
+        tls_port: int = 5061,
+        tls_factory: Any = None,
+    ) -> None:
         self.reactor = reactor
         self.transport = transport
         self.requested_port = port
         self.interface = interface
         self.port = port
         """The port bound (``requested_port`` unless that was 0)."""
+        self.tls_factory = tls_factory
+        self.requested_tls_port = tls_port
+        self.tls_port = tls_port
+        """The TLS port bound (``requested_tls_port`` unless that was 0)."""
         self.ports: list[Any] = []
         self._bound: list[_Bound] = []
 
@@ -162,13 +181,15 @@ class SipListeners(Service):
             try:
                 self._bound = self._bind_all(self.requested_port)
                 break
-            except BindError:
-                if self.requested_port != 0 or attempt == 19:
+            except BindError as error:
+                fixed = self.requested_tls_port != 0 if error.transport == "TLS" else self.requested_port != 0
+                if fixed or attempt == 19:
                     raise
         report_receive_buffer(self._bound[0].udp)
 
     def _bind_all(self, port: int) -> list[_Bound]:
         bound: list[_Bound] = []
+        self.tls_port = self.requested_tls_port
         try:
             for family, address in self._addresses():
                 try:
@@ -185,13 +206,25 @@ class SipListeners(Service):
                 except OSError as exc:
                     udp.close()
                     raise BindError("TCP", address, port, exc) from None
-                bound.append(_Bound(family, address, udp, tcp))
+                pair = _Bound(family, address, udp, tcp)
+                bound.append(pair)
+                if self.tls_factory is not None:
+                    pair.tls = self._bind_tls(family, address)
         except BindError:
             for pair in bound:
                 pair.close()
             raise
         self.port = port
         return bound
+
+    def _bind_tls(self, family: int, address: str) -> socket.socket:
+        try:
+            tls = bound_socket(family, socket.SOCK_STREAM, address, self.tls_port)
+        except OSError as exc:
+            raise BindError("TLS", address, self.tls_port, exc) from None
+        if self.tls_port == 0:
+            self.tls_port = tls.getsockname()[1]
+        return tls
 
     def close(self) -> None:
         """Close sockets bound but never handed to the reactor (start-up stopped after :meth:`bind`)."""
@@ -210,9 +243,13 @@ class SipListeners(Service):
             )
             tcp = SipStreamFactory(self.transport, self.reactor)
             self.ports.append(self.reactor.adoptStreamPort(pair.tcp.fileno(), pair.family, tcp))
+            if pair.tls is not None:
+                self.ports.append(self.reactor.adoptStreamPort(pair.tls.fileno(), pair.family, self.tls_factory))
             pair.close()  # the reactor listens on duplicates of the descriptors
             shown = f"[{pair.address}]" if pair.family == socket.AF_INET6 else pair.address
             log.info("SIP listening on UDP and TCP {address}:{port}", address=shown, port=self.port)
+            if pair.tls is not None:
+                log.info("SIP listening on TLS {address}:{port}", address=shown, port=self.tls_port)
         self._bound = []
 
     def stopService(self) -> Any:

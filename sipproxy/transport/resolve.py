@@ -47,7 +47,7 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from sipproxy.message.uri import is_ip_address
-from sipproxy.net import NextHop, Resolved, Target
+from sipproxy.net import NamedTarget, NextHop, Resolved, Target
 from sipproxy.transport.dnscache import DNSCache
 from sipproxy.transport.rfc3263 import NaptrRecord, SrvRecord, naptr_choices, srv_name, srv_order
 
@@ -141,7 +141,7 @@ class Resolver:
             return
         answered = ensureDeferred(self._resolve(hop, host))
         answered.addErrback(self._bug, host)
-        answered.addCallback(lambda targets: _deliver(found, targets, host))
+        answered.addCallback(lambda targets: _deliver(found, _named(targets, host), host))
 
     async def _resolve(self, hop: Target | NextHop, host: str) -> Resolved:
         steps: list[str] = []
@@ -233,6 +233,25 @@ def _naptr(payload: Any) -> NaptrRecord:
 
 def _srv(payload: Any) -> SrvRecord:
     return SrvRecord(payload.priority, payload.weight, payload.port, payload.target.name.decode("ascii", "replace"))
+
+
+CERTIFIED_TRANSPORTS = frozenset({"TLS", "WSS"})
+"""Transports whose peer proves a host name with its certificate: their targets keep the name (``Target.name``)."""
+
+
+def _named(targets: list[Target], host: str) -> list[Target]:
+    """The TLS targets as :class:`NamedTarget` targets of ``host``, the name in the URI (RFC 5922 §4.1, §7.2).
+
+    Not the SRV target's name: DNS is not trusted to say whom a domain's
+    certificate belongs to.  A NamedTarget equals its plain target, so
+    ``Resolved.names`` still finds it.
+    """
+    if not any(t.transport.upper() in CERTIFIED_TRANSPORTS for t in targets):
+        return targets
+    named = [NamedTarget(*t, name=host) if t.transport.upper() in CERTIFIED_TRANSPORTS else t for t in targets]
+    if isinstance(targets, Resolved):
+        return Resolved(named, targets.how, targets.names)
+    return named
 
 
 def _label(host: str, port: int) -> str:

@@ -6,8 +6,8 @@ the message deadline: a message must arrive whole within
 ``message_timeout`` seconds of its first byte, so that a peer trickling a
 byte at a time cannot hold a connection slot for ever.
 
-One protocol for every stream transport; its name (``"TCP"`` today,
-``"TLS"`` next) comes from the factory that built it, and goes into its
+One protocol for every stream transport; its name (``"TCP"``, or
+``"TLS"`` in :mod:`sipproxy.transport.tls`) comes from the factory that built it, and goes into its
 :class:`~sipproxy.net.Source`, its key in the connection table, its log
 lines and its metrics labels.  :class:`StreamSender` is a stream
 transport's entry in the transport layer's table of senders: it reuses an
@@ -86,13 +86,17 @@ class SipStreamProtocol(Protocol, TimeoutMixin):
         return StreamFramer(limits.max_head, limits.max_body, limits.max_message)
 
     def connectionMade(self) -> None:
+        self._opened(self.layer.limits.idle_timeout)
+        self.layer.connection_made(self)
+
+    def _opened(self, timeout: float) -> None:
+        """Who the peer is; the connection counts as open (not yet in the table: :meth:`connectionMade` puts it)."""
         peer: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
         self.host = normalize_host(peer.host)  # type: ignore[attr-defined]
         self.port = peer.port  # type: ignore[attr-defined]
         self.source = Source(self.transport_name, self.host, self.port, self)
         self.alive = True
-        self.setTimeout(self.layer.limits.idle_timeout)
-        self.layer.connection_made(self)
+        self.setTimeout(timeout)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -230,10 +234,17 @@ class SipStreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, layer: TransportLayer, clock: Any, name: str = "TCP") -> None:
+    def __init__(
+        self,
+        layer: TransportLayer,
+        clock: Any,
+        name: str = "TCP",
+        connection_class: type[SipStreamProtocol] = SipStreamProtocol,
+    ) -> None:
         self.layer = layer
         self.clock = clock
         self.name = name
+        self.connection_class = connection_class
 
     def buildProtocol(self, addr: IAddress) -> SipStreamProtocol | None:  # type: ignore[override]
         host = normalize_host(addr.host)  # type: ignore[attr-defined]
@@ -246,7 +257,11 @@ class SipStreamFactory(Factory):
             )
             self.layer.metrics.blocked.labels(f"{self.name.lower()}-connections").inc()
             return None
-        return SipStreamProtocol(self.layer, self.name, self.clock, inbound=True)
+        return self.connection()
+
+    def connection(self) -> SipStreamProtocol:
+        """A new inbound connection's protocol, once the limits admitted it."""
+        return self.connection_class(self.layer, self.name, self.clock, inbound=True)
 
 
 class SipClientFactory(ClientFactory):
@@ -254,15 +269,24 @@ class SipClientFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, layer: TransportLayer, clock: Any, host: str, port: int, name: str) -> None:
+    def __init__(
+        self,
+        layer: TransportLayer,
+        clock: Any,
+        host: str,
+        port: int,
+        name: str,
+        connection_class: type[SipStreamProtocol] = SipStreamProtocol,
+    ) -> None:
         self.layer = layer
         self.clock = clock
         self.host = host
         self.port = port
         self.name = name
+        self.connection_class = connection_class
 
     def buildProtocol(self, addr: IAddress) -> SipStreamProtocol:  # type: ignore[override]
-        return SipStreamProtocol(self.layer, self.name, self.clock)
+        return self.connection_class(self.layer, self.name, self.clock)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.layer.connect_failed(self.name, self.host, self.port, reason.getErrorMessage())
