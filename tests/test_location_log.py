@@ -118,15 +118,14 @@ def test_same_instance_from_a_new_port_says_replaced() -> None:
     ]
 
 
-def test_a_new_call_id_for_the_same_contact_says_replaced() -> None:
-    """§10.3 step 7: another Call-ID (the phone restarted) updates the binding: one info line, not silence."""
+def test_a_new_call_id_for_the_same_contact_is_a_refresh_at_debug() -> None:
+    """§10.3 step 7: another Call-ID for the same contact updates the binding; where the phone is reached has
+    not changed, so it is logged as a refresh (some phones take a new Call-ID for every refresh)."""
     phone = Phone()
     phone.send(register(f"<{PHONE}>"))
     assert phone.send(register(f"<{PHONE}>", cseq=2)) == []  # a refresh: debug, and only with --debug
-    assert phone.send(register(f"<{PHONE}>", call_id="rebooted@192.0.2.7")) == [
-        f"Registered {ALICE} -> {PHONE} for 3600 s from UDP 192.0.2.7:5062, "
-        "replacing its registration under an earlier Call-ID"
-    ]
+    assert phone.send(register(f"<{PHONE}>", call_id="rebooted@192.0.2.7")) == []
+    assert phone.store.lookup(ALICE)[0].call_id == "rebooted@192.0.2.7"
 
 
 def test_expiry_and_web_removal_say_so() -> None:
