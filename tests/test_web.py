@@ -22,7 +22,6 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from sipproxy.location import LocationStore
 from sipproxy.metrics import Metrics
 from sipproxy.web import is_loopback_description, make_environment, make_web_resource
-from sipproxy.web.events import PING_INTERVAL, sse_message
 from sipproxy.web.render import (
     EMPTY_BINDING,
     SOURCE_TEMPLATES,
@@ -33,6 +32,7 @@ from sipproxy.web.render import (
     make_loader,
     readable,
 )
+from sipproxy.web.streams import PING_INTERVAL, sse_message
 
 try:
     from tests.web_helpers import ALICE, BASE, BOB, JSON_KEYS, REPO, START, Stream, Web, basic, make_binding, result

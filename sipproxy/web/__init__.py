@@ -14,8 +14,8 @@ from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.app import BindingsPage, Explain
-from sipproxy.web.events import MAX_STREAMS
 from sipproxy.web.render import make_environment
+from sipproxy.web.streams import MAX_STREAMS
 
 __all__ = ["BindingsPage", "QuietSite", "is_loopback_description", "make_environment", "make_web_resource"]
 

@@ -40,7 +40,7 @@ from typing import Any, cast
 import jinja2
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request
@@ -51,8 +51,9 @@ from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
 from sipproxy.web.calls import MAX_LISTED, CallHub, call_json, calls_answer, ladder_json, render_calls_page
-from sipproxy.web.events import MAX_STREAMS, PING_INTERVAL, EventHub, EventStream, sse_message
+from sipproxy.web.events import EventHub
 from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
+from sipproxy.web.streams import MAX_STREAMS, PING_INTERVAL, EventStream, sse_message
 
 __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "Explain", "sse_message"]
 
@@ -236,16 +237,7 @@ class BindingsPage:
         The returned Deferred never fires; Klein cancels it when the client
         goes away, and ``notifyFinish`` drops the stream.
         """
-        if self.hub.is_full():
-            return self.hub.refuse(request)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if request.method == b"HEAD":
-            return succeed(None)
-        stream = self.hub.open(request)
-        request.notifyFinish().addBoth(self.hub.closed, stream)
-        return Deferred()
+        return self.hub.serve(request)
 
     @property
     def streams(self) -> set[EventStream]:

@@ -24,15 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jinja2
-from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.web.server import Request
 
 from sipproxy.calls import BranchRecord, CallRecord, call_line
 from sipproxy.calls.ring import CallEntry, CapturedMessage, RecentCalls
 from sipproxy.net import Clock, DelayedCall
-from sipproxy.web.events import PING_INTERVAL, RETRY_AFTER, RETRY_MS, STREAM_BUFFER, EventStream, sse_message
 from sipproxy.web.render import iso_utc
+from sipproxy.web.streams import STREAM_BUFFER, StreamHub, sse_message
 
 __all__ = [
     "EMPTY_CALL",
@@ -212,10 +210,11 @@ def _party_names(entry: CallEntry) -> dict[str, tuple[str, str]]:
     return names
 
 
-class CallHub:
+class CallHub(StreamHub):
     """``/api/call-events``: the open pages' streams of finished calls, fed by one subscription to the ring."""
 
-    log = Logger(namespace="sipproxy.web")
+    poll = "api/calls"
+    label = "Call event stream"
 
     def __init__(
         self,
@@ -226,67 +225,19 @@ class CallHub:
         buffer_limit: int = STREAM_BUFFER,
         client: Callable[[Request], str] = lambda request: "?",
     ) -> None:
+        super().__init__(clock, max_streams=max_streams, buffer_limit=buffer_limit, client=client)
         self.calls = calls
-        self.clock = clock
-        self.max_streams = max_streams
-        self.buffer_limit = buffer_limit
-        self.client = client
-        self.streams: set[EventStream] = set()
         self._pending: dict[str, CallEntry] = {}
         """Calls finished in this reactor turn, by Call-ID (a call twice in a turn is sent once)."""
         self._flush_call: DelayedCall | None = None
-        self._ping: DelayedCall | None = None
-        self._unsubscribe: Callable[[], None] | None = None
 
-    def is_full(self) -> bool:
-        return len(self.streams) >= self.max_streams
+    def _subscribe(self) -> Callable[[], None]:
+        return self.calls.subscribe(self.on_call)
 
-    def refuse(self, request: Request) -> bytes:
-        request.setResponseCode(503)
-        request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return b'{"error": "too many event streams open; poll api/calls or retry later"}'
-
-    def serve(self, request: Request) -> bytes | Deferred[None]:
-        """Answer ``request`` with a new stream (503 beyond ``max_streams``); the Deferred fires never.
-
-        Klein cancels it when the client goes away, and ``notifyFinish`` drops the stream.
-        """
-        if self.is_full():
-            return self.refuse(request)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if request.method == b"HEAD":
-            return succeed(None)
-        stream = self.open(request)
-        request.notifyFinish().addBoth(self.closed, stream)
-        return Deferred()
-
-    def open(self, request: Request) -> EventStream:
-        stream = EventStream(request, self.buffer_limit, self._overflowed)
-        request.registerProducer(stream, True)
-        stream.write_now(f"retry: {RETRY_MS}\n\n".encode())
-        if not self.streams:
-            self._unsubscribe = self.calls.subscribe(self.on_call)
-            self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
-        self.streams.add(stream)
-        return stream
-
-    def closed(self, result: object, stream: EventStream) -> None:
-        if stream not in self.streams:
-            return
-        stream.stopProducing()
-        self.streams.discard(stream)
-        if self.streams:
-            return
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        for call in (self._ping, self._flush_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._ping = self._flush_call = None
+    def _stopped(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         self._pending.clear()
 
     def on_call(self, entry: CallEntry) -> None:
@@ -303,18 +254,3 @@ class CallHub:
         self._pending.clear()
         for stream in list(self.streams):
             stream.send(data)
-
-    def _send_ping(self) -> None:
-        for stream in list(self.streams):
-            stream.send(b": ping\n\n")
-        self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping) if self.streams else None
-
-    def _overflowed(self, stream: EventStream) -> None:
-        self.log.info(
-            "Call event stream of {client} dropped: {queued} bytes waited unread (limit {limit})",
-            client=self.client(stream.request),
-            queued=stream.queued_bytes,
-            limit=stream.limit,
-        )
-        stream.close()
-        self.closed(None, stream)

@@ -27,37 +27,18 @@ and bounded, whatever the clients do:
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from sipproxy.location import Binding, BindingEvent, LocationService
 from sipproxy.net import Clock, DelayedCall
 from sipproxy.web.render import binding_json
+from sipproxy.web.streams import COMPACT_JSON, MAX_STREAMS, STREAM_BUFFER, EventStream, Snapshot, StreamHub, sse_message
 
-__all__ = [
-    "MAX_STREAMS",
-    "PING_INTERVAL",
-    "RETRY_MS",
-    "SNAPSHOT_SLICE",
-    "STREAM_BUFFER",
-    "EventHub",
-    "EventStream",
-    "sse_message",
-]
-
-MAX_STREAMS = 100
-"""Event streams open at once (``--max-event-streams``); one more gets 503."""
-
-STREAM_BUFFER = 1 << 20
-"""Bytes of events queued for a client that does not read, beyond which its stream is dropped."""
+__all__ = ["CACHED_COST", "SNAPSHOT_SLICE", "EventHub"]
 
 SNAPSHOT_SLICE = 200
 """Bindings of snapshots encoded per reactor turn, all streams together (about 2 ms of work)."""
@@ -65,118 +46,9 @@ SNAPSHOT_SLICE = 200
 CACHED_COST = 10
 """How many bindings already encoded (by another stream's snapshot of the same second) cost as much as one afresh."""
 
-PING_INTERVAL = 15.0
-"""Seconds between comment lines on idle event streams (keeps proxies and NATs from closing them)."""
 
-RETRY_MS = 2000
-"""How long a browser waits before reconnecting a dropped event stream."""
-
-RETRY_AFTER = 10
-"""Seconds a client refused for too many streams is told to wait."""
-
-_JSON = json.JSONEncoder(separators=(",", ":"))
-"""``json.dumps(..., separators=...)`` builds an encoder per call; the event stream reuses this one."""
-
-
-def sse_message(event: str, data: object) -> bytes:
-    """One Server-Sent Events message: an event name and JSON data on a single line."""
-    return f"event: {event}\ndata: {_JSON.encode(data)}\n\n".encode()
-
-
-class _Snapshot:
-    """What is left to send of one stream's ``snapshot`` event: the same bytes as ``sse_message("snapshot", ...)``."""
-
-    def __init__(self, bindings: list[Binding], now: float) -> None:
-        self.bindings = bindings
-        self.now = now
-        self.sent = 0
-
-    def head(self) -> bytes:
-        return b'event: snapshot\ndata: {"bindings":['
-
-    def tail(self) -> bytes:
-        aors = len({b.aor for b in self.bindings})
-        return f'],"aors":{aors},"total":{len(self.bindings)}}}\n\n'.encode()
-
-
-@implementer(IPushProducer)
-class EventStream:
-    """One open ``text/event-stream`` response, the push producer of its own body.
-
-    Writes go straight to the request while the client reads; while it is
-    paused (its transport's buffer is full) or its snapshot is still being
-    sent, they wait in :attr:`queued`, which may not exceed ``limit`` bytes.
-    """
-
-    def __init__(self, request: Request, limit: int, on_overflow: Callable[[EventStream], None]) -> None:
-        self.request = request
-        self.limit = limit
-        self.on_overflow = on_overflow
-        self.paused = False
-        self.closed = False
-        self.snapshot: _Snapshot | None = None
-        self.queued: list[bytes] = []
-        self.queued_bytes = 0
-        self.on_resume: Callable[[EventStream], None] | None = None
-
-    def send(self, message: bytes) -> None:
-        """Write ``message`` now, or queue it behind the snapshot or a paused client; drop the stream past the limit."""
-        if self.closed:
-            return
-        if self.paused or self.snapshot is not None or self.queued:
-            self.queued.append(message)
-            self.queued_bytes += len(message)
-            if self.queued_bytes > self.limit:
-                self.on_overflow(self)
-            return
-        self.request.write(message)
-
-    def write_now(self, data: bytes) -> None:
-        """Write ``data`` ahead of the queue (the snapshot's own bytes)."""
-        if not self.closed:
-            self.request.write(data)
-
-    def drain(self) -> None:
-        """Write what waited, once the snapshot is out and the client reads."""
-        if self.closed or self.paused or self.snapshot is not None or not self.queued:
-            return
-        data = b"".join(self.queued)
-        self.queued.clear()
-        self.queued_bytes = 0
-        self.request.write(data)
-
-    def close(self) -> None:
-        """Forget what waited and abort the connection (a slow reader that exceeded its buffer)."""
-        self.closed = True
-        self.queued.clear()
-        self.queued_bytes = 0
-        self.snapshot = None
-        transport: Any = getattr(self.request.channel, "transport", None)
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None)
-            (abort or transport.loseConnection)()
-
-    # IPushProducer, called by the request's HTTP channel
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.drain()
-        if self.on_resume is not None:
-            self.on_resume(self)
-
-    def stopProducing(self) -> None:
-        self.closed = True
-        self.queued.clear()
-        self.snapshot = None
-
-
-class EventHub:
+class EventHub(StreamHub):
     """Every open event stream of one page, fed by one subscription to the location service."""
-
-    log = Logger(namespace="sipproxy.web")
 
     def __init__(
         self,
@@ -188,18 +60,12 @@ class EventHub:
         debug: bool = False,
         client: Callable[[Request], str] = lambda request: "?",
     ) -> None:
+        super().__init__(clock, max_streams=max_streams, buffer_limit=buffer_limit, client=client)
         self.store = store
-        self.clock = clock
-        self.max_streams = max_streams
-        self.buffer_limit = buffer_limit
         self.debug = debug
-        self.client = client
-        self.streams: set[EventStream] = set()
         self._outgoing: list[bytes] = []
         """Event messages of this reactor turn, written to every stream together by ``_flush``."""
         self._flush_call: DelayedCall | None = None
-        self._unsubscribe: Callable[[], None] | None = None
-        self._ping: DelayedCall | None = None
         self._sending: deque[EventStream] = deque()
         """Streams whose snapshot is not out yet and whose client reads, in round-robin order."""
         self._slice_call: DelayedCall | None = None
@@ -209,29 +75,12 @@ class EventHub:
         self._encoded: dict[float, dict[int, tuple[Binding, bytes]]] = {}
         """Snapshot time -> id(binding) -> (binding, its JSON): one encoding per binding per second."""
 
-    def is_full(self) -> bool:
-        return len(self.streams) >= self.max_streams
-
-    def refuse(self, request: Request) -> bytes:
-        """503 for one stream too many; the page polls ``api/bindings`` until it reconnects."""
-        request.setResponseCode(503)
-        request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        reason = f"too many event streams open ({len(self.streams)}); poll api/bindings or retry later"
-        return _JSON.encode({"error": reason}).encode()
-
     def open(self, request: Request) -> EventStream:
         """Start ``request``'s stream: the retry line now, then its snapshot over the next turns, then changes."""
         self._flush()  # the changes so far go to the streams already open; the snapshot has them
-        stream = EventStream(request, self.buffer_limit, self._overflowed)
-        request.registerProducer(stream, True)
-        stream.write_now(f"retry: {RETRY_MS}\n\n".encode())
-        if not self.streams:
-            self._unsubscribe = self.store.subscribe(self.on_binding_event)
-            self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping)
-        stream.snapshot = _Snapshot(self._every_binding(), self._snapshot_time())
+        stream = super().open(request)
+        stream.snapshot = Snapshot(self._every_binding(), self._snapshot_time())
         stream.on_resume = self._resumed
-        self.streams.add(stream)
         self._sending.append(stream)
         self._schedule_slice()
         if self.debug:
@@ -240,28 +89,19 @@ class EventHub:
             )
         return stream
 
-    def closed(self, result: object, stream: EventStream) -> None:
-        """``notifyFinish`` callback: forget the stream; the last one stops the subscription and pings.
+    def _subscribe(self) -> Callable[[], None]:
+        return self.store.subscribe(self.on_binding_event)
 
-        Returns None, so a dropped connection's failure ends here.
-        """
-        if stream not in self.streams:
-            return
-        stream.stopProducing()
-        self.streams.discard(stream)
+    def _forget(self, stream: EventStream) -> None:
         if stream in self._sending:
             self._sending.remove(stream)
         if self.debug:
             self.log.debug("Event stream closed; {count} open", count=len(self.streams))
-        if self.streams:
-            return
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        for call in (self._ping, self._slice_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._ping = self._slice_call = None
+
+    def _stopped(self) -> None:
+        if self._slice_call is not None and self._slice_call.active():
+            self._slice_call.cancel()
+        self._slice_call = None
         self._encoded.clear()
         self._view = None
         self._flush()  # nobody left to write to: drop what was pending
@@ -326,21 +166,6 @@ class EventHub:
         else:
             self._view = None
 
-    def _send_ping(self) -> None:
-        for stream in list(self.streams):
-            stream.send(b": ping\n\n")
-        self._ping = self.clock.callLater(PING_INTERVAL, self._send_ping) if self.streams else None
-
-    def _overflowed(self, stream: EventStream) -> None:
-        self.log.info(
-            "Event stream of {client} dropped: {queued} bytes of events waited unread (limit {limit})",
-            client=self.client(stream.request),
-            queued=stream.queued_bytes,
-            limit=stream.limit,
-        )
-        stream.close()
-        self.closed(None, stream)
-
     # -- snapshots, a slice per reactor turn ---------------------------------------
 
     def _resumed(self, stream: EventStream) -> None:
@@ -369,7 +194,7 @@ class EventHub:
             del self._encoded[second]
         self._schedule_slice()
 
-    def _write_piece(self, stream: EventStream, snapshot: _Snapshot, share: int) -> None:
+    def _write_piece(self, stream: EventStream, snapshot: Snapshot, share: int) -> None:
         """Write the next piece of ``stream``'s snapshot, ``share`` of the turn's work (its end too when reached)."""
         parts: list[bytes] = [snapshot.head()] if snapshot.sent == 0 else []
         encoded = self._encoded.setdefault(snapshot.now, {})
@@ -381,7 +206,7 @@ class EventHub:
                 text = cached[1]
                 used += 1
             else:
-                text = _JSON.encode(binding_json(binding, snapshot.now)).encode()
+                text = COMPACT_JSON.encode(binding_json(binding, snapshot.now)).encode()
                 encoded[id(binding)] = (binding, text)
                 used += CACHED_COST
             parts.append(b"," + text if snapshot.sent else text)
