@@ -332,3 +332,14 @@ def test_a_second_stream_transport_is_one_registration_over_the_same_table() -> 
     assert 'sip_parse_errors_total{transport="TLS"} 1.0' in generate_latest(transport.metrics.registry).decode()
     tcp.connectionLost(None)  # type: ignore[arg-type]
     assert not transport.has_flow(Target("TCP", "192.0.2.9", 5061))
+
+
+def test_connection_limits_count_a_peer_as_the_security_limits_do() -> None:
+    """One address key for both: IPv4 as is, IPv6 per /64, IPv4-mapped IPv6 (either spelling) as its IPv4."""
+    from sipproxy.security.sources import source_key
+    from sipproxy.transport.address import address_key
+
+    for host in ("192.0.2.1", "[2001:db8:1:2::7]", "2001:db8:1:2:ffff::1", "::ffff:192.0.2.1", "::ffff:c000:201"):
+        assert address_key(host) == source_key(host)
+    assert address_key("::ffff:c000:201") == "192.0.2.1"
+    assert address_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"

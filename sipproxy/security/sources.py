@@ -11,28 +11,16 @@ sources are counted per /64.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections import OrderedDict
 
 from sipproxy.message import Request
+from sipproxy.transport.address import address_key
 
 __all__ = ["Throttle", "aor_user", "request_address", "source_key"]
 
 
-@functools.lru_cache(maxsize=4096)
-def source_key(host: str) -> str:
-    """What limits count by: the IPv4 address, or the IPv6 /64 (``2001:db8::/64``)."""
-    host = host.strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host.lower()
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+source_key = address_key
+"""What limits count by: the IPv4 address or the IPv6 /64, as the transport's connection limits count."""
 
 
 def request_address(request: Request) -> tuple[str, int]:

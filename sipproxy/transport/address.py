@@ -29,5 +29,7 @@ def address_key(host: str) -> str:
     except ValueError:
         return host.lower()
     if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:c000:201, the hex spelling normalize_host leaves
+            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
