@@ -135,7 +135,7 @@ class Security:
             )
         self.lag = ReactorLag(clock, settings.overload_lag) if settings.overload_lag > 0 else None
         self.guard = self.admission_guard()
-        """The guard the transport calls (``admit``); see :meth:`admission_guard` for a filter with a sink."""
+        """The server's guard: ``build_core`` makes it the transport's message sink, before the transactions."""
 
     @property
     def enabled(self) -> bool:
