@@ -1,4 +1,4 @@
-"""REGISTER cost over UDP, TCP, TLS, WS and WSS, and memory per idle TLS/WS connection (issue 14, Figures).
+"""REGISTER and call cost over UDP, TCP, TLS, WS and WSS, and memory per idle TLS/WS connection (issue 14, Figures).
 
     python3 bench/transports.py [--tree DIR] [--seconds 10] [--phones 50] [--idle 5000]
 
@@ -10,6 +10,10 @@ The client shares the machine's cores with the server, so REGISTER/s is what
 this client reaches; the figure that does not depend on the client is the
 server's CPU time per REGISTER (utime + stime of the ``twistd`` process,
 from ``/proc``), which is what the comparison between transports rests on.
+
+Calls the same way: ``phones`` callers on the transport under test, each
+calling a UDP callee registered at the proxy back to back (INVITE, 200, ACK,
+BYE, 200, no media), and the server's CPU time per call.
 
 Then ``idle`` connections are opened over TLS, over WS and over WSS (TLS
 handshake, WebSocket upgrade, nothing else), from 64-connection groups of
@@ -80,6 +84,12 @@ class Stream:
                     break
         return stream
 
+    def local(self) -> tuple[str, int]:
+        return self.writer.get_extra_info("sockname")
+
+    def close(self) -> None:
+        self.writer.close()
+
     def send(self, data: bytes) -> None:
         self.writer.write(self.ws.send(TextMessage(data=data.decode())) if self.ws else data)
 
@@ -100,46 +110,151 @@ class Stream:
 
 
 class Udp(asyncio.DatagramProtocol):
+    """A UDP phone's socket with the same ``send``/``response`` as :class:`Stream`."""
+
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls, port: int) -> Udp:
+        loop = asyncio.get_running_loop()
+        _, udp = await loop.create_datagram_endpoint(cls, remote_addr=("127.0.0.1", port))
+        return udp
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self.queue.put_nowait(data)
 
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
 
-def ok(response: bytes) -> int:
+    async def response(self) -> bytes:
+        return await asyncio.wait_for(self.queue.get(), 5)
+
+    def local(self) -> tuple[str, int]:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.close()
+
+
+async def channel(transport: str, ports: dict[str, int], tls: ssl.SSLContext) -> Udp | Stream:
+    if transport == "UDP":
+        return await Udp.open(ports["UDP"])
+    return await Stream.open(ports[transport], tls=tls if transport in ("TLS", "WSS") else None, ws="WS" in transport)
+
+
+def ok(response: bytes, what: str) -> None:
     if not response.startswith(b"SIP/2.0 200 "):
-        raise RuntimeError(f"REGISTER not accepted: {response.splitlines()[0]!r}")
-    return 1
+        raise RuntimeError(f"{what} not answered 200: {response.splitlines()[0]!r}")
 
 
 async def phone(transport: str, n: int, ports: dict[str, int], tls: ssl.SSLContext, until: float) -> int:
+    """A phone refreshing its registration back to back until ``until``; returns the 200s."""
     user, done = f"{transport.lower()}{n}", 0
-    if transport == "UDP":
-        loop = asyncio.get_running_loop()
-        sock, udp = await loop.create_datagram_endpoint(Udp, remote_addr=("127.0.0.1", ports["UDP"]))
-        local = sock.get_extra_info("sockname")
-        while time.monotonic() < until:
-            sock.sendto(register("UDP", user, local, done + 1, ports["UDP"]))
-            try:
-                answer = await asyncio.wait_for(udp.queue.get(), 2)
-            except TimeoutError:
-                continue
-            done += ok(answer)
-        sock.close()
-        return done
-    stream = await Stream.open(ports[transport], tls=tls if transport in ("TLS", "WSS") else None, ws="WS" in transport)
-    local = stream.writer.get_extra_info("sockname")
+    chan = await channel(transport, ports, tls)
     while time.monotonic() < until:
-        stream.send(register(transport, user, local, done + 1, ports["UDP"]))
-        done += ok(await stream.response())
-    stream.writer.close()
+        chan.send(register(transport, user, chan.local(), done + 1, ports["UDP"]))
+        ok(await chan.response(), "REGISTER")
+        done += 1
+    chan.close()
     return done
 
 
-async def load(transport: str, phones: int, seconds: float, ports: dict[str, int], tls: ssl.SSLContext) -> int:
+# -- calls: a caller on the transport under test, the callee a UDP UAS ------------------------------
+
+
+def headers(message: bytes, *names: str) -> list[bytes]:
+    wanted = {name.lower().encode() for name in names}
+    return [line for line in message.split(b"\r\n") if line.split(b":", 1)[0].strip().lower() in wanted]
+
+
+def value(line: bytes) -> bytes:
+    return line.split(b":", 1)[1].strip()
+
+
+class Callee(Udp):
+    """The UAS every call reaches: 200 to INVITE (Record-Route copied, RFC 3261 §12.1.1) and to BYE."""
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if data.startswith((b"INVITE ", b"BYE ")):
+            invite = data.startswith(b"INVITE ")
+            lines = headers(data, "via", "v", "from", "f", "call-id", "i", "cseq")
+            lines += [line + b";tag=uas" if invite else line for line in headers(data, "to", "t")]
+            if invite:
+                lines += headers(data, "record-route")
+                lines.append(b"Contact: <sip:uas@%s:%d>" % (self.local()[0].encode(), self.local()[1]))
+            assert self.transport is not None
+            self.transport.sendto(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n", addr)
+        elif data.startswith(b"SIP/2.0 "):
+            self.queue.put_nowait(data)
+
+
+def request(method: str, uri: str, transport: str, local: tuple[str, int], call: str, cseq: int, extra: str) -> bytes:
+    host = "df7jal23ls0d.invalid" if transport in ("WS", "WSS") else f"{local[0]}:{local[1]}"
+    return (
+        f"{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {host};branch=z9hG4bK-{call}-{method};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:caller@example.test>;tag={call}\r\n{extra}"
+        f"Call-ID: {call}\r\nCSeq: {cseq} {method}\r\n"
+        f"Contact: <sip:caller@{host};transport={transport.lower()}>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def final(chan: Udp | Stream, what: str) -> bytes:
+    while True:
+        response = await chan.response()
+        if not response.startswith(b"SIP/2.0 1"):
+            ok(response, what)
+            return response
+
+
+async def caller(transport: str, n: int, ports: dict[str, int], tls: ssl.SSLContext, until: float) -> int:
+    """INVITE, 200, ACK, BYE, 200 back to back until ``until``; returns the calls completed."""
+    chan, done = await channel(transport, ports, tls), 0
+    while time.monotonic() < until:
+        call, local = f"c{transport}{n}x{done}", chan.local()
+        chan.send(
+            request("INVITE", "sip:uas@example.test", transport, local, call, 1, "To: <sip:uas@example.test>\r\n")
+        )
+        answer = await final(chan, "INVITE")
+        to = value(headers(answer, "to", "t")[0]).decode()
+        target = value(headers(answer, "contact", "m")[0]).decode().strip("<>")
+        routes = "".join(f"Route: {value(line).decode()}\r\n" for line in reversed(headers(answer, "record-route")))
+        dialog = f"To: {to}\r\n{routes}"
+        chan.send(request("ACK", target, transport, local, call, 1, dialog))
+        chan.send(request("BYE", target, transport, local, call, 2, dialog))
+        await final(chan, "BYE")
+        done += 1
+    chan.close()
+    return done
+
+
+async def load(
+    transport: str, phones: int, seconds: float, ports: dict[str, int], tls: ssl.SSLContext, *, calls: bool = False
+) -> int:
     until = time.monotonic() + seconds
-    return sum(await asyncio.gather(*(phone(transport, n, ports, tls, until) for n in range(phones))))
+    who = caller if calls else phone
+    return sum(await asyncio.gather(*(who(transport, n, ports, tls, until) for n in range(phones))))
+
+
+async def calls(transport: str, phones: int, seconds: float, ports: dict[str, int], tls: ssl.SSLContext) -> int:
+    """Register the UDP callee, then ``phones`` callers on ``transport`` call it back to back."""
+    loop = asyncio.get_running_loop()
+    _, uas = await loop.create_datagram_endpoint(Callee, remote_addr=("127.0.0.1", ports["UDP"]))
+    uas.send(
+        register("UDP", "uas", uas.local(), 1, ports["UDP"]).replace(b"uas@bench", f"uas{transport}@bench".encode())
+    )
+    ok(await uas.response(), "the callee's REGISTER")
+    try:
+        return await load(transport, phones, seconds, ports, tls, calls=True)
+    finally:
+        uas.close()
 
 
 async def idle(transport: str, count: int, ports: dict[str, int], tls: ssl.SSLContext, group: int) -> list[Stream]:
@@ -206,6 +321,13 @@ def main() -> None:
                 cpu, wall = cpu_seconds(pid) - before, time.monotonic() - start
                 print(
                     f"{transport:4} REGISTER/s={done / wall:7.0f}  server CPU per REGISTER={cpu / done * 1e6:6.0f} us"
+                )
+            for transport in args.transports.split(","):
+                before, start = cpu_seconds(pid), time.monotonic()
+                done = asyncio.run(calls(transport, args.phones, args.seconds, ports, tls))
+                cpu, wall = cpu_seconds(pid) - before, time.monotonic() - start
+                print(
+                    f"{transport:4} calls/s={done / wall:7.0f}  server CPU per call={cpu / done * 1e6:6.0f} us (callee on UDP)"
                 )
         finally:
             server.stop()  # type: ignore[attr-defined]
