@@ -54,8 +54,25 @@ Choices the RFC leaves open, and what we do:
   request with ``500 Out of order CSeq``.  Two Contacts of one REGISTER with
   the same instance ID and reg-id: the last one counts, as for the same URI.
   Contacts without ``+sip.instance`` match by URI only (a ``reg-id`` alone
-  is stored, not acted on).  No ``outbound`` option tag, flow token or
-  ``Require: outbound`` handling is implied.
+  is stored, not acted on).
+- RFC 5626 outbound (§6): the ``outbound`` option tag is supported (and
+  ``path``, RFC 3327).  A REGISTER with ``Supported: outbound`` and a
+  Contact carrying ``+sip.instance`` and ``reg-id`` binds that contact to
+  the flow it arrived on (the binding keeps transport and source address;
+  :attr:`Binding.flow_bound`), keyed by (aor, instance, reg-id) as above;
+  its 200 carries ``Require: outbound`` and ``Flow-Timer`` (§4.4.1, §5.4:
+  how often the phone should send keep-alives; 29 s on UDP, where NATs
+  forget a mapping after 30 s, else ``flow_timer``).  We are the edge
+  proxy and the registrar in one, so no Path with a flow token is needed:
+  the binding itself names the flow, and the proxy writes the flow token
+  into its Record-Route (:mod:`sipproxy.flowtoken`).  Two flows of one
+  instance with *the same* Contact URI cannot both be kept: the location
+  service keys bindings by contact, so the later replaces the earlier.
+- A flow-bound binding whose connection closes is removed (reason
+  ``flow-lost``, :meth:`Registrar.flow_lost`), unless
+  ``keep_flow_bindings``; so are those restored at start-up on a
+  connection-oriented transport (:meth:`Registrar.drop_lost_flows`): their
+  connection cannot come back, the phone re-registers on a new one.
 """
 
 from __future__ import annotations
@@ -71,10 +88,13 @@ from sipproxy.locality import LocalAddress, Locality, canonical_aor
 from sipproxy.location import Binding, LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import canonical_host
-from sipproxy.net import Clock, Source
+from sipproxy.net import Clock, Source, is_reliable
 from sipproxy.randomness import stable_tag
 
-__all__ = ["Authenticate", "Registrar", "RegistrarSettings"]
+__all__ = ["UDP_FLOW_TIMER", "Authenticate", "Registrar", "RegistrarSettings"]
+
+UDP_FLOW_TIMER = 29
+"""RFC 5626 §4.4.1: the ``Flow-Timer`` of an outbound registration over UDP (NAT mappings last about 30 s)."""
 
 Authenticate = Callable[[Request, str], Response | str | None]
 """The step 3 hook: ``(request, aor_text) -> Response | username | None``; it may also raise :class:`SipError`."""
@@ -95,7 +115,11 @@ class RegistrarSettings:
     max_expires: int = 7200
     default_expires: int = 3600
     max_contacts: int = 10
-    supported: frozenset[str] = frozenset({"path"})
+    supported: frozenset[str] = frozenset({"path", "outbound"})
+    flow_timer: int = 120
+    """RFC 5626 §4.4.1: the ``Flow-Timer`` of an outbound registration on a connection (seconds between keep-alives)."""
+    keep_flow_bindings: bool = False
+    """Keep flow-bound bindings until they expire when their connection closes (``--keep-flow-bindings``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domains", frozenset(canonical_host(d.strip()) for d in self.domains))
@@ -107,6 +131,8 @@ class RegistrarSettings:
         object.__setattr__(self, "default_expires", default)
         if self.max_contacts < 1:
             raise ValueError(f"max_contacts {self.max_contacts} is not positive")
+        if self.flow_timer < 1:
+            raise ValueError(f"flow_timer {self.flow_timer} is not positive")
 
 
 class _Log(Protocol):
@@ -241,7 +267,49 @@ class Registrar:
                 self._commit(aor, put, remove)
 
         # step 8: 200 OK listing every current binding.
-        return self._listing(request, aor, path, now)
+        response = self._listing(request, aor, path, now)
+        if contacts and contacts != "*" and self._uses_outbound(request, contacts):
+            # RFC 5626 §6: the registrar says it applied outbound; §4.4.1: how often to send keep-alives.
+            response.add("Require", "outbound")
+            timer = min(self._settings.flow_timer, UDP_FLOW_TIMER) if not is_reliable(source.transport) else None
+            response.add("Flow-Timer", str(timer or self._settings.flow_timer))
+        return response
+
+    def _uses_outbound(self, request: Request, contacts: list[Contact]) -> bool:
+        """RFC 5626 §6: we and the phone support ``outbound``, and a Contact has ``+sip.instance`` and ``reg-id``."""
+        if "outbound" not in self._settings.supported or "outbound" not in request.option_tags("supported"):
+            return False
+        return any(c.instance is not None and c.reg_id is not None for c in contacts)
+
+    # -- flows (RFC 5626 §5.3, §7) -------------------------------------------
+
+    def flow_lost(self, keys: Iterable[tuple[str, str]]) -> int:
+        """The connection of these ``(aor, contact)`` bindings closed: remove the flow-bound ones; return how many.
+
+        RFC 5626 §5.3: a request for that flow would fail (430); the phone
+        registers again on a new flow.  Bindings that are not flow-bound
+        stay (their Contact may still be reachable, RFC 3261 §18.2.2), and
+        so does everything with ``keep_flow_bindings`` (until it expires).
+        Never raises.
+        """
+        if self._settings.keep_flow_bindings:
+            return 0
+        removed = 0
+        for aor, contact in keys:
+            try:
+                binding = self._store.get(aor, contact)
+                if binding is not None and binding.flow_bound:
+                    removed += self._store.remove(aor, contact, reason="flow-lost")
+            except Exception:
+                self._log.failure(
+                    "Removing the binding of a lost flow, {aor} {contact}, failed", aor=aor, contact=contact
+                )
+        return removed
+
+    def drop_lost_flows(self) -> int:
+        """At start-up, once the bindings are restored: remove the flow-bound ones on connections (none survived)."""
+        lost = [(b.aor, b.contact) for b in self._store.all_bindings() if b.flow_bound and is_reliable(b.transport)]
+        return self.flow_lost(lost)
 
     def _path(self, request: Request) -> tuple[str, ...]:
         """RFC 3327: the Path vector to store, only when both sides support ``path``."""

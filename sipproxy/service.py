@@ -21,6 +21,7 @@ from sipproxy.calls import CallObserver
 from sipproxy.calls.capture import Capture
 from sipproxy.calls.log import CallLog
 from sipproxy.calls.ring import RecentCalls
+from sipproxy.flowtoken import FlowTokens
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
@@ -31,6 +32,7 @@ from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
 from sipproxy.net import NextHop
 from sipproxy.proxy import Proxy, ProxySettings
+from sipproxy.proxy.targets import TargetURI
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
@@ -106,6 +108,25 @@ class SipProxyService(MultiService):
     def startService(self) -> None:
         super().startService()
         log.info("sipproxy ready")
+
+
+class AfterRestore(Service):
+    """A child of the :class:`StoreService`: drops, once the bindings are restored, the flow-bound ones whose
+    connection cannot have survived the restart (:meth:`Registrar.drop_lost_flows`), and says how many."""
+
+    def __init__(self, drop: Callable[[], int]) -> None:
+        self.drop = drop
+
+    def startService(self) -> None:
+        super().startService()
+        dropped = self.drop()
+        if dropped:
+            log.info(
+                "Dropped {count} restored {bindings} on connections closed by the restart (RFC 5626 flows); "
+                "the phones register again",
+                count=dropped,
+                bindings="binding" if dropped == 1 else "bindings",
+            )
 
 
 @dataclass
@@ -189,6 +210,13 @@ def build_core(
         elif target is not None:
             transactions.send_stateless(message, target)
 
+    # RFC 5626: the flow tokens of our Record-Route, under the server secret kept in --db (they survive a restart).
+    flow_tokens = FlowTokens(security.secret)
+
+    def flow_failed(target: TargetURI) -> None:
+        if target.aor is not None:
+            registrar.flow_lost([(target.aor, target.contact)])
+
     proxy = Proxy(
         clock,
         transactions,
@@ -206,7 +234,15 @@ def build_core(
         # overload guard (requests of dialogs already up are never shed).
         dialog_token=(security.dialog_token if security.users is not None or security.settings.overload_lag else None),
         on_call=on_call,
+        flow_tokens=flow_tokens,
+        flow_failed=flow_failed,
     )
+
+    def flow_closed(name: str, host: str, port: int) -> None:
+        # The flow-bound bindings the connection carried go (RFC 5626 §5.3; --keep-flow-bindings keeps them).
+        registrar.flow_lost(flows.bindings_on(name, host, port))
+
+    transport.flow_closed = flow_closed
     metrics.watch(metrics.bindings, store.count)
     metrics.watch(metrics.aors, store.aor_count)
     metrics.watch(metrics.server_transactions, transactions.server_transaction_count)
@@ -284,6 +320,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
             min_expires=options["min-expires"],
             max_expires=options["max-expires"],
             max_contacts=options["max-contacts"],
+            flow_timer=options.get("flow-timer", 120),
+            keep_flow_bindings=bool(options.get("keep-flow-bindings")),
         ),
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),
@@ -293,6 +331,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         connect_tls=tls_connector(reactor, reactor, certificates) if certificates is not None else None,
         websockets=[name for name in ("WS", "WSS") if options.get(name.lower())],
     )
+    # After the restore: bindings on connections that died with the last process are not reachable (RFC 5626 §5.3).
+    AfterRestore(core.registrar.drop_lost_flows).setServiceParent(store_service)
     listeners = SipListeners(
         reactor,
         core.transport,

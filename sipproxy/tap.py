@@ -105,6 +105,12 @@ class Options(usage.Options):
         ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
         ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
         ["max-contacts", None, "10", "Bindings allowed per address-of-record."],
+        [
+            "flow-timer",
+            None,
+            "120",
+            "Seconds between a phone's keep-alives on an RFC 5626 outbound connection (Flow-Timer; UDP: at most 29).",
+        ],
         ["timer-c", None, "180", "Seconds a forwarded INVITE may ring unanswered before it is cancelled (Timer C)."],
         ["users", None, None, "Digest users file (user:realm:HA1 lines, see sipproxy-passwd); enables authentication."],
         ["realm", None, None, "Digest realm (default: the first --domain)."],
@@ -213,6 +219,11 @@ class Options(usage.Options):
     optFlags = [  # noqa: RUF012
         ["log-sip", None, "Log every SIP message in and out (info level)."],
         ["debug", None, "Log at debug level, including the SIP trace."],
+        [
+            "keep-flow-bindings",
+            None,
+            "Keep outbound and WebSocket bindings until they expire when their connection closes (default: drop).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -253,7 +264,7 @@ class Options(usage.Options):
                 ipaddress.ip_address(iface)
             except ValueError:
                 raise usage.UsageError(f"--sip-interface must be an IP address, not {iface!r}") from None
-        for name in ("min-expires", "max-expires", "max-contacts", "timer-c"):
+        for name in ("min-expires", "max-expires", "max-contacts", "timer-c", "flow-timer"):
             self[name] = _positive(name, self[name])
         if self["min-expires"] > self["max-expires"]:
             raise usage.UsageError("--min-expires must not exceed --max-expires")

@@ -54,7 +54,7 @@ def test_options_with_max_forwards_zero_is_the_same_200_as_the_servers_own() -> 
     stx = h.send(make_request("OPTIONS", "sip:carol@192.0.2.30", max_forwards=0))
     (response,) = stx.responses
     assert response.get("Accept") == "application/sdp"
-    assert response.get("Supported") == "path"
+    assert response.get("Supported") == "outbound, path"
     assert response.get("Server") == "sipproxy"
 
 

@@ -908,7 +908,7 @@ def test_step8_ok_lists_every_binding_with_remaining_expiry_and_date(registrar: 
     assert (response.status, response.reason) == (200, "OK")
     assert listed(response) == {PHONE: {"expires": "500"}, LAPTOP: {"expires": "1800", "q": "0.25"}}
     assert response.get("date") == formatdate(START + 100.5, usegmt=True)
-    assert response.get_all("supported") == ["path"]
+    assert response.get_all("supported") == ["outbound", "path"]
     assert response.get("call-id") == "call-b"
     assert response.cseq.seq == 1
     assert response.to.tag

@@ -130,7 +130,7 @@ def test_options_to_our_address_or_domain_is_answered_200_with_what_we_can_do(ur
     assert response.status == 200
     assert response.get("allow") == ALLOW and "REGISTER" in ALLOW
     assert response.get("accept") == "application/sdp"
-    assert response.get("supported") == "path"
+    assert response.get("supported") == "outbound, path"
     assert response.get("server") == "sipproxy"
     assert response.to.tag is not None
     assert server.proxied() == []

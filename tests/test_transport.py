@@ -76,7 +76,7 @@ def test_options_to_server_answered_200_with_capabilities() -> None:
     assert addr == ("192.0.2.7", 5062)
     assert response.status == 200  # type: ignore[union-attr]
     assert "REGISTER" in (response.get("allow") or "")
-    assert response.get("supported") == "path"
+    assert response.get("supported") == "outbound, path"
     assert response.to.tag is not None
 
 

@@ -81,6 +81,17 @@ class Binding:
             return 0
         return max(1, math.ceil(remaining - _EXPIRES_IN_TOLERANCE))
 
+    @property
+    def flow_bound(self) -> bool:
+        """Is this binding reached only over the flow its REGISTER came on (RFC 5626 §3.1, RFC 7118 §5.3)?
+
+        A WebSocket phone always is (its Contact names a ``.invalid`` host);
+        any other phone is when it registered with ``+sip.instance`` and
+        ``reg-id`` (only an RFC 5626 user agent sends ``reg-id``).  When
+        such a flow is gone the binding is not reachable at its Contact.
+        """
+        return self.transport in ("WS", "WSS") or (self.instance is not None and self.reg_id is not None)
+
     def source(self) -> str:
         """Transport and address the REGISTER came from, e.g. ``"UDP 192.0.2.7:5062"``.
 

@@ -21,7 +21,9 @@ __all__ = ["BindingEvent", "EventKind", "LocationBackend", "LocationService", "R
 EventKind = Literal["added", "refreshed", "removed", "expired"]
 """What happened to the binding; the page and ``/api/events`` key on these four."""
 
-Reason = Literal["registered", "refreshed", "replaced", "unregistered", "expired", "web", "removed", "reloaded"]
+Reason = Literal[
+    "registered", "refreshed", "replaced", "unregistered", "expired", "web", "removed", "reloaded", "flow-lost"
+]
 """Why it happened.
 
 - ``registered``: a REGISTER added the contact (``added``);
@@ -34,6 +36,9 @@ Reason = Literal["registered", "refreshed", "replaced", "unregistered", "expired
 - ``expired``: nobody refreshed it before its expiry;
 - ``web``: an operator removed it through the web page or its API;
 - ``removed``: removed through :meth:`LocationService.remove` for another reason;
+- ``flow-lost``: the connection its REGISTER came on closed (a flow-bound
+  binding, RFC 5626 §5.3, :attr:`Binding.flow_bound`), or a request
+  towards it found that flow gone;
 - ``reloaded``: a commit failed and the view went back to what durable
   storage holds (any kind but ``expired``).
 """

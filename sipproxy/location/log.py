@@ -19,6 +19,7 @@ WHY: dict[Reason, str] = {
     "web": "removed through the web page/API",
     "removed": "removed",
     "reloaded": "back to what the database holds: the last commit failed",
+    "flow-lost": "the connection it registered on is gone (RFC 5626 flow)",
 }
 """How the log says each :data:`~sipproxy.location.interface.Reason`."""
 

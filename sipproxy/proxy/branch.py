@@ -20,8 +20,16 @@ sip2.other.example:5060 -> 200").
 A binding reached over the TCP/TLS flow its REGISTER came on is sent there
 while the connection is open; once it has closed, the Contact is tried
 instead, and if that fails too the phone is out of reach: 480, with one
-warning that names the address-of-record and the contact (RFC 5626 §5.3
-would say 430 once outbound is supported).
+warning that names the address-of-record and the contact.
+
+A flow-bound binding (RFC 5626 outbound, or a WebSocket phone) is reached
+over its flow only: when that flow is gone (its connection closed, a
+transport error on it, or a ``430 Flow Failed`` from beyond it) the
+binding is dropped (``Environment.flow_failed``, RFC 5626 §7) and the
+branch tries the same instance's next flow (``TargetURI.alternates``);
+with none left it fails 480, "Flow to the phone is gone".  Our
+Record-Route carries the flow tokens of such flows (RFC 5626 §5.2,
+:func:`~sipproxy.proxy.routing.record_route_values`).
 
 What a branch and its response context use of the proxy is one narrow
 value, :class:`Environment`, not the proxy itself.
@@ -39,6 +47,7 @@ from sipproxy.message import ParseError, Request, Response
 from sipproxy.net import Clock, NextHop, Target, is_reliable
 from sipproxy.proxy.failover import TIMEOUT_ASIDE, GreyList, Trail, retry_after
 from sipproxy.proxy.forward import forward_copy, stamp
+from sipproxy.proxy.outbound import flow_gone, incoming_flow_token, same_flow
 from sipproxy.proxy.routing import is_sips_request
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.proxy.validate import make_branch
@@ -111,6 +120,10 @@ class Environment:
     """Targets put aside after a 503 with Retry-After or a timeout (``None``: none kept)."""
     finished: Callable[[ResponseContext, Response], None] | None = None
     """The context has sent ``response``, its final one: the proxy's call record (``None``: nobody listens)."""
+    flow_token: Callable[[Target], str] | None = None
+    """A flow (transport, peer address) -> its signed flow token for our Record-Route (``None``: no tokens)."""
+    flow_failed: Callable[[TargetURI], None] | None = None
+    """The flow of this flow-bound binding is gone: drop the binding (RFC 5626 §7; ``None``: keep it)."""
 
 
 @contextmanager
@@ -131,7 +144,7 @@ def reachable(target: TargetURI, flow_open: FlowOpen | None) -> TargetURI:
     it can be reached.
     """
     flow = target.flow
-    if flow is None or flow_open is None or not is_reliable(flow.transport) or flow_open(flow):
+    if flow is None or target.flow_bound or flow_open is None or not is_reliable(flow.transport) or flow_open(flow):
         return target
     return replace(target, flow=None)
 
@@ -201,6 +214,9 @@ class Branch:
     def start(self) -> None:
         """§16.6 steps 1-7, then resolve the next hop (RFC 3263 §4.2) and try its targets."""
         env = self.env
+        if flow_gone(self.target, env.flow_open):
+            self._flow_failed("its connection is closed")
+            return
         target = reachable(self.target, env.flow_open)
         if target.flow is None and self.target.flow is not None:
             self.gone_flow = self.target.flow
@@ -231,6 +247,8 @@ class Branch:
         env, ctx = self.env, self.context
         assert self.forwarded is not None
         token = env.dialog_token(self.forwarded.call_id) if env.dialog_token and ctx.record_route else None
+        flow_in = incoming_flow_token(env.flow_token, ctx.source, ctx.request) if ctx.record_route else None
+        bound = self.target.flow if self.target.flow_bound and env.flow_token is not None else None
         why = ""
         status = 503
         # §26.2.2: a request with a SIPS Request-URI (the caller's, or the target's) leaves only over TLS.
@@ -243,7 +261,18 @@ class Branch:
             # The last address may take the forwarded copy itself: nothing is tried after it.
             request = self.forwarded.copy() if self.targets else self.forwarded
             branch = make_branch(ctx.loop, env.unique())
-            stamp(request, env.local, branch, ctx.source.transport, hop.transport, ctx.record_route, token)
+            flow_out = env.flow_token(hop) if bound is not None and same_flow(hop, bound) else None  # type: ignore[misc]
+            stamp(
+                request,
+                env.local,
+                branch,
+                ctx.source.transport,
+                hop.transport,
+                ctx.record_route,
+                token,
+                flow_in=flow_in,
+                flow_out=flow_out,
+            )
             self.request, self.hop, self.provisional = request, hop, None
             try:
                 self.client = env.transactions.send_request(request, hop, self)
@@ -288,6 +317,48 @@ class Branch:
         self._stop_timers()
         self.context.on_failure(self, status, reason)
 
+    def _flow_failed(self, why: str) -> None:
+        """RFC 5626 §7: this binding's flow is gone: drop the binding, try the instance's next flow, else 480."""
+        env, target = self.env, self.target
+        if env.flow_failed is not None and target.aor is not None:
+            with guarded(env.log, "dropping the binding of a failed flow"):
+                env.flow_failed(target)
+        flow = target.flow
+        assert flow is not None
+        if self.settled or self.final is not None:
+            return
+        if target.alternates:
+            following, *rest = target.alternates
+            env.log.info(
+                "{aor}: the {transport} flow of {contact} ({host}:{port}) is gone ({why}); trying its next flow {next}",
+                aor=target.aor or str(target.uri),
+                transport=flow.transport,
+                contact=str(target.uri),
+                host=flow.host,
+                port=flow.port,
+                why=why,
+                next=str(following.uri),
+            )
+            self._stop_timers()
+            self.target = replace(following, alternates=tuple(rest))
+            self.forwarded, self.targets, self.request, self.hop, self.client = None, deque(), None, None, None
+            self.provisional = None
+            self.trail = Trail()
+            self.start()
+            return
+        env.log.warn(
+            "Cannot reach {aor} at {contact}: the {transport} flow it registered on ({host}:{port}) is gone "
+            "({why}; RFC 5626 §5.3); answering 480",
+            aor=target.aor or str(target.uri),
+            contact=str(target.uri),
+            transport=flow.transport,
+            host=flow.host,
+            port=flow.port,
+            why=why,
+        )
+        self.why = f"flow gone: the {flow.transport} flow it registered on ({why})"
+        self._fail(480, FLOW_GONE)
+
     # -- ClientTransactionUser (§16.7 steps 1-2) -------------------------
 
     def response_received(self, ctx: Any, response: Response) -> None:
@@ -306,6 +377,8 @@ class Branch:
                 return
             if response.status < 200:
                 self._provisional(response)
+            elif response.status == 430 and self.target.flow_bound and self.final is None:
+                self._flow_failed("430 Flow Failed from beyond it")  # RFC 5626 §7
             elif response.status != 503 or not self._fail_over_503(response):
                 self._final(response)
 
@@ -321,6 +394,9 @@ class Branch:
     def transport_failed(self, ctx: Any, reason: str) -> None:
         """§16.9: a transport error is a 503 for the response context, once no other address is left."""
         with guarded(self.env.log, "branch transport failure"):
+            if self.target.flow_bound and self.final is None and self.provisional is None and not self.settled:
+                self._flow_failed(f"transport error: {reason}")  # a flow has no other address to try
+                return
             self._tried(reason)
             if self.final is None and not self._next_target():
                 self._stop_timers()

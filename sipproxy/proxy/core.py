@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipproxy.calls import CallObserver
+from sipproxy.errors import SipError
+from sipproxy.flowtoken import Flow, FlowTokens
 from sipproxy.locality import canonical_aor
 from sipproxy.location import LocationService
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
@@ -49,6 +51,7 @@ from sipproxy.proxy.branch import (
 from sipproxy.proxy.explain import explain_route
 from sipproxy.proxy.failover import GreyList
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, add_via, forward_copy
+from sipproxy.proxy.outbound import route_flow
 from sipproxy.proxy.record import context_record, is_recorded, refused_record
 from sipproxy.proxy.responses import ResponseContext
 from sipproxy.proxy.routing import LocalAddress, Locality, preprocess_routing, top_route
@@ -130,6 +133,8 @@ class Proxy:
         flow_open: FlowOpen | None = None,
         dialog_token: Callable[[str], str] | None = None,
         on_call: CallObserver | None = None,
+        flow_tokens: FlowTokens | None = None,
+        flow_failed: Callable[[TargetURI], None] | None = None,
     ) -> None:
         self.clock = clock
         self.transactions = transactions
@@ -146,6 +151,8 @@ class Proxy:
         """Is the connection to this TCP/TLS flow still open? (``None``: assume so.)"""
         self.dialog_token = dialog_token
         """Call-ID -> the token our Record-Route carries (``None``: no token)."""
+        self.flow_tokens = flow_tokens
+        """Signs and reads the flow tokens of our Record-Route (RFC 5626 §5.2; ``None``: none)."""
         self.on_call = on_call
         """Told of every finished call (:func:`~sipproxy.proxy.record.is_recorded`): the call log, the recent calls."""
         self._contexts: dict[int, ResponseContext] = {}
@@ -167,6 +174,8 @@ class Proxy:
             dialog_token=dialog_token,
             greylist=self.greylist,
             finished=self._finished if on_call is not None else None,
+            flow_token=self._flow_token if flow_tokens is not None else None,
+            flow_failed=flow_failed,
         )
         """What the response contexts and their branches see of the proxy."""
 
@@ -176,7 +185,7 @@ class Proxy:
         """Proxy one new request; never raises (bad input is answered, bugs answer 500)."""
         try:
             if request.method == "ACK":
-                self._forward_ack(request)
+                self._forward_ack(request, source)
             elif request.method == "CANCEL":
                 self._cancel(request, stx)
             else:
@@ -185,6 +194,10 @@ class Proxy:
             response = self._answer(stx, request, error.status, error.reason)
             if response is not None and request.method not in ("ACK", "CANCEL"):
                 self._refused(request, source, response, error.reason, forwarded=False)
+        except SipError as refusal:  # RFC 5626 §5.3: a bad flow token (403), a flow that is gone (430)
+            response = self._answer(stx, request, refusal.status, refusal.reason)
+            if response is not None:
+                self._refused(request, source, response, refusal.reason or "", forwarded=False)
         except Exception:
             self.log.failure("Bug while proxying {method} {uri}", method=request.method, uri=request.uri_text)
             self._answer(stx, request, 500, None)
@@ -222,8 +235,9 @@ class Proxy:
             return
         loop = loop_part(received)
         request = received.copy()  # the server transaction keeps the request as received
-        preprocess_routing(request, self.locality)  # §16.4
-        groups = self._target_groups(request)  # §16.5
+        ours = preprocess_routing(request, self.locality)  # §16.4
+        flow = route_flow(ours, source, self.flow_tokens, self.flow_open)  # RFC 5626 §5.3
+        groups = self._target_groups(request, flow)  # §16.5
         if not groups:
             response = make_response(received, 480, to_tag=to_tag)
             self._respond(stx, response)
@@ -239,12 +253,19 @@ class Proxy:
             self.release(context)
             raise
 
-    def _target_groups(self, request: Request) -> list[list[TargetURI]]:
-        """§16.5: our domain and no Route left -> the location service, in q groups; else the Request-URI."""
+    def _target_groups(self, request: Request, flow: Target | None = None) -> list[list[TargetURI]]:
+        """§16.5: our domain and no Route left -> the location service, in q groups; else the Request-URI.
+
+        With no Route left and a ``flow`` from our Route's flow token (RFC
+        5626 §5.3), the Request-URI goes over that flow.
+        """
         uri = request.uri
         if not isinstance(uri, SipURI):
             raise ParseError("Unsupported URI Scheme", 416)
-        if top_route(request) is None and self.locality.is_us(uri):
+        route = top_route(request)
+        if route is None and flow is not None:
+            return [[TargetURI(uri=uri, flow=flow, flow_bound=True)]]
+        if route is None and self.locality.is_us(uri):
             return group_by_q(location_targets(uri, self.store))
         return [[TargetURI(uri=uri)]]
 
@@ -319,15 +340,19 @@ class Proxy:
 
     # -- ACK for a 2xx: stateless (§16.11 for this one method) -------------
 
-    def _forward_ack(self, ack: Request) -> None:
+    def _forward_ack(self, ack: Request, source: Source) -> None:
         """Forward an ACK that matched no transaction along its Route set; drop it when it cannot go anywhere."""
         check_syntax(ack)
         if ack.uri.scheme not in SUPPORTED_SCHEMES or ack.max_forwards == 0 or is_looped(ack, self.locality):
             return
         loop = loop_part(ack)
         request = ack.copy()
-        preprocess_routing(request, self.locality)
-        groups = self._target_groups(request)
+        ours = preprocess_routing(request, self.locality)
+        try:
+            flow = route_flow(ours, source, self.flow_tokens, self.flow_open)  # RFC 5626 §5.3
+        except SipError:
+            return  # a forged token, or a flow that is gone: an ACK gets no answer
+        groups = self._target_groups(request, flow)
         if not groups:
             return
         target = reachable(groups[0][0], self.flow_open)
@@ -367,6 +392,12 @@ class Proxy:
         except Exception:
             self.log.failure("Resolving {host} failed", host=host)
             callback([])
+
+    def _flow_token(self, flow: Target) -> str:
+        """RFC 5626 §5.2: the token of ``flow`` (our listener for its transport, the peer's address)."""
+        assert self.flow_tokens is not None
+        local = self.local.hostport_for(flow.transport)
+        return self.flow_tokens.encode(Flow(flow.transport.upper(), local, flow.host, flow.port))
 
     def unique(self) -> str:
         """The per-branch unique part of our Via branch: a counter, and 32 random bits against forged responses."""

@@ -82,8 +82,14 @@ def stamp(
     outgoing: str,
     record_route: bool,
     token: str | None = None,
+    *,
+    flow_in: str | None = None,
+    flow_out: str | None = None,
 ) -> None:
-    """§16.6 steps 4 and 8: Record-Route (when ``record_route``) and Via, for a request leaving on ``outgoing``."""
+    """§16.6 steps 4 and 8: Record-Route (when ``record_route``) and Via, for a request leaving on ``outgoing``.
+
+    ``flow_in``/``flow_out``: the flow tokens of the two sides (RFC 5626 §5.2), see :func:`record_route_values`.
+    """
     if record_route:
-        add_record_route(request, local, incoming, outgoing, token)
+        add_record_route(request, local, incoming, outgoing, token, flow_in=flow_in, flow_out=flow_out)
     add_via(request, local, outgoing, branch)

@@ -7,6 +7,7 @@ same for the stack, the registrar and the proxy (re-exported here).
 
 from __future__ import annotations
 
+from sipproxy.flowtoken import FLOW_TOKEN_PARAM
 from sipproxy.locality import LocalAddress, Locality
 from sipproxy.message import ParseError, Request, SipURI
 
@@ -25,7 +26,7 @@ __all__ = [
 # -- §16.4 Route information preprocessing ----------------------------------
 
 
-def preprocess_routing(request: Request, locality: Locality) -> None:
+def preprocess_routing(request: Request, locality: Locality) -> list[SipURI]:
     """RFC 3261 §16.4, in place.
 
     1. A Request-URI we placed into a Record-Route (a strict router upstream
@@ -36,6 +37,8 @@ def preprocess_routing(request: Request, locality: Locality) -> None:
     3. Every top Route value that is us is removed (two of them after a
        transport change: RFC 5658 double Record-Route).
 
+    Returns the Route URIs removed in step 3, in order: the last one faces
+    the next hop, and its flow token (RFC 5626 §5.3) may say where that is.
     Raises :class:`ParseError` for a malformed Route.
     """
     uri = request.uri
@@ -53,11 +56,15 @@ def preprocess_routing(request: Request, locality: Locality) -> None:
     ):
         params = {k: v for k, v in uri.params.items() if k not in ("maddr", "transport")}
         request.uri = uri.with_(params=params, port=None)
+    ours: list[SipURI] = []
     while True:
         routes = request.addresses("route")
         if not routes or not locality.is_us(routes[0].uri):
             break
+        if isinstance(routes[0].uri, SipURI):
+            ours.append(routes[0].uri)
         request.pop_first("route")
+    return ours
 
 
 def _placed_by_us(uri: SipURI, locality: Locality) -> bool:
@@ -92,7 +99,14 @@ DIALOG_TOKEN_PARAM = "dt"
 
 
 def record_route_values(
-    local: LocalAddress, incoming: str, outgoing: str, token: str | None = None, *, sips: bool = False
+    local: LocalAddress,
+    incoming: str,
+    outgoing: str,
+    token: str | None = None,
+    *,
+    sips: bool = False,
+    flow_in: str | None = None,
+    flow_out: str | None = None,
 ) -> list[str]:
     """The Record-Route values to add at the top, the first one on top (facing the next hop).
 
@@ -106,20 +120,33 @@ def record_route_values(
     ``sips``: the request's Request-URI or top Route is a SIPS URI, so ours
     must be one too (§16.6 step 4): ``sips:`` (which implies TLS) on the
     TLS side; a side on another transport keeps a ``sip:`` URI naming it.
+
+    ``flow_in`` and ``flow_out`` are RFC 5626 §5.2 flow tokens
+    (:mod:`sipproxy.flowtoken`) of the flow the request came on and of the
+    one it leaves on, when a phone is reached only over it: each goes into
+    the value facing its side (``;ft=``), so that an in-dialog request
+    towards that phone follows the flow, not its Contact (§5.3).  One value
+    carries the one token there is; with two tokens there are two values
+    even on one transport (RFC 5658 §3.2), because the last of our Routes
+    in a request names the side it goes to.
     """
     incoming, outgoing = incoming.upper(), outgoing.upper()
-    first = _record_route(local, outgoing, token, sips)
-    if incoming == outgoing:
-        return [first]
-    return [first, _record_route(local, incoming, token, sips)]
+    if incoming == outgoing and not (flow_in and flow_out):
+        return [_record_route(local, outgoing, token, sips, flow_out or flow_in)]
+    first = _record_route(local, outgoing, token, sips, flow_out)
+    return [first, _record_route(local, incoming, token, sips, flow_in)]
 
 
-def _record_route(local: LocalAddress, transport: str, token: str | None, sips: bool = False) -> str:
+def _record_route(
+    local: LocalAddress, transport: str, token: str | None, sips: bool = False, flow: str | None = None
+) -> str:
     secure = sips and transport == "TLS"  # the side that is not TLS keeps a sip: URI with its transport
     scheme = "sips" if secure else "sip"
     params = "" if transport == "UDP" or secure else f";transport={transport.lower()}"
     if token:
         params += f";{DIALOG_TOKEN_PARAM}={token}"
+    if flow:
+        params += f";{FLOW_TOKEN_PARAM}={flow}"
     return f"<{scheme}:{local.hostport_for(transport)}{params};lr>"
 
 
@@ -135,9 +162,18 @@ def is_sips_request(request: Request) -> bool:
 
 
 def add_record_route(
-    request: Request, local: LocalAddress, incoming: str, outgoing: str, token: str | None = None
+    request: Request,
+    local: LocalAddress,
+    incoming: str,
+    outgoing: str,
+    token: str | None = None,
+    *,
+    flow_in: str | None = None,
+    flow_out: str | None = None,
 ) -> None:
     """Insert :func:`record_route_values` above any existing Record-Route (§16.6 step 4)."""
-    values = record_route_values(local, incoming, outgoing, token, sips=is_sips_request(request))
+    values = record_route_values(
+        local, incoming, outgoing, token, sips=is_sips_request(request), flow_in=flow_in, flow_out=flow_out
+    )
     for value in reversed(values):
         request.add("Record-Route", value, first=True)

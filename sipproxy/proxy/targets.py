@@ -19,7 +19,7 @@ TLS (§26.2.2).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sipproxy.locality import canonical_aor
@@ -35,6 +35,7 @@ __all__ = [
     "group_by_q",
     "location_targets",
     "next_hop",
+    "one_flow_per_instance",
     "redirect_targets",
     "target_from_binding",
     "unique",
@@ -57,6 +58,12 @@ class TargetURI:
     """How many 3xx responses led to this target (0 for the original target set)."""
     aor: str | None = None
     """The address-of-record of the binding this target came from (``None`` for any other target)."""
+    flow_bound: bool = False
+    """Reached over ``flow`` only (RFC 5626 §5.3: an outbound or WebSocket binding, or a flow token's flow)."""
+    contact: str = ""
+    """The binding's contact as the location service keys it (to drop the binding when its flow failed)."""
+    alternates: tuple[TargetURI, ...] = ()
+    """RFC 5626 §7: the same instance's other flows (other ``reg-id``), tried in order when this flow fails."""
 
 
 def _bare(host: str) -> str:
@@ -99,7 +106,8 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
     host but another port is a user agent that registers from one socket and
     listens on another (no NAT rewrites the port but keeps the address): its
     Contact is used as it stands.  A binding registered through
-    edge proxies (Path) is reached through its Path instead.
+    edge proxies (Path) is reached through its Path instead.  A flow-bound
+    binding (RFC 5626 outbound, WebSocket) is always reached over its flow.
     """
     try:
         uri = parse_uri(binding.contact)
@@ -111,9 +119,18 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
     if not binding.path and binding.source_host and binding.source_port:
         hop = next_hop(uri)
         behind_nat = _bare(hop.host) != _bare(binding.source_host)
-        if behind_nat or is_reliable(binding.transport):
+        if behind_nat or is_reliable(binding.transport) or binding.flow_bound:
             flow = Target(binding.transport, _bare(binding.source_host), binding.source_port)
-    return TargetURI(uri=uri, q=binding.q, path=tuple(binding.path), flow=flow, depth=depth, aor=binding.aor)
+    return TargetURI(
+        uri=uri,
+        q=binding.q,
+        path=tuple(binding.path),
+        flow=flow,
+        depth=depth,
+        aor=binding.aor,
+        flow_bound=flow is not None and binding.flow_bound,
+        contact=binding.contact,
+    )
 
 
 def location_targets(uri: SipURI, store: LocationService, depth: int = 0) -> list[TargetURI]:
@@ -133,8 +150,31 @@ def location_targets(uri: SipURI, store: LocationService, depth: int = 0) -> lis
         bindings = store.lookup(key)
         if bindings:
             out = [t for t in (target_from_binding(b, depth) for b in bindings) if t is not None]
-            return sorted(out, key=lambda t: -t.q)
+            return sorted(one_flow_per_instance(out, bindings), key=lambda t: -t.q)
     return []
+
+
+def one_flow_per_instance(targets: list[TargetURI], bindings: Sequence[Binding]) -> list[TargetURI]:
+    """RFC 5626 §7: one flow of each user agent instance at a time; its other flows become ``alternates``.
+
+    ``targets`` are those of ``bindings`` in lookup order (highest q, then
+    the most recently refreshed first), so the flow the phone registered on
+    last is tried first.  Targets that are not flow-bound stay as they are.
+    """
+    instances = {b.contact: b.instance for b in bindings if b.flow_bound and b.instance is not None}
+    first: dict[str, int] = {}
+    out: list[TargetURI] = []
+    for target in targets:
+        instance = instances.get(target.contact) if target.flow_bound else None
+        if instance is None:
+            out.append(target)
+        elif instance not in first:
+            first[instance] = len(out)
+            out.append(target)
+        else:
+            at = first[instance]
+            out[at] = replace(out[at], alternates=(*out[at].alternates, target))
+    return out
 
 
 def group_by_q(targets: Iterable[TargetURI]) -> list[list[TargetURI]]:

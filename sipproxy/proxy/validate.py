@@ -40,8 +40,8 @@ __all__ = [
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH"
 """The methods we handle, for the Allow of an OPTIONS we answer (§11.2)."""
 
-SUPPORTED = frozenset({"path"})
-"""The option tags we support as the final recipient (§11.2 Supported, §8.2.2.3 Require): RFC 3327 Path."""
+SUPPORTED = frozenset({"path", "outbound"})
+"""The option tags we support as the final recipient (§11.2 Supported, §8.2.2.3 Require): RFC 3327 Path, RFC 5626."""
 
 SERVER = "sipproxy"
 """The Server header of the responses we originate as a UAS (§20.35)."""

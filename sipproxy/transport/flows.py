@@ -11,7 +11,6 @@ and hands the object to the transport layer as its ``holds_flow``.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Protocol
 
 from sipproxy.net import is_reliable
@@ -45,14 +44,23 @@ class _Event(Protocol):
 
 
 class RegisteredFlows:
-    """``flows(transport, host, port)``: does a live binding come from that connection?"""
+    """``flows(transport, host, port)``: does a live binding come from that connection?
+
+    :meth:`bindings_on` names them: when the connection closes, wiring
+    hands them to the registrar, which drops the flow-bound ones (RFC 5626
+    §5.3: their flow is gone).
+    """
 
     def __init__(self) -> None:
         self._where: dict[tuple[str, str], Flow] = {}
-        self._count: Counter[Flow] = Counter()
+        self._on: dict[Flow, set[tuple[str, str]]] = {}
 
     def __call__(self, transport: str, host: str, port: int) -> bool:
-        return (transport.upper(), host, port) in self._count
+        return (transport.upper(), host, port) in self._on
+
+    def bindings_on(self, transport: str, host: str, port: int) -> list[tuple[str, str]]:
+        """``(aor, contact)`` of every live binding whose REGISTER came on that connection."""
+        return sorted(self._on.get((transport.upper(), normalize_host(host), port), ()))
 
     def changed(self, event: _Event) -> None:
         """One change of the location service (a ``BindingEvent``)."""
@@ -60,10 +68,11 @@ class RegisteredFlows:
         key = (binding.aor, binding.contact)
         old = self._where.pop(key, None)
         if old is not None:
-            self._count[old] -= 1
-            if self._count[old] <= 0:
-                del self._count[old]
+            keys = self._on[old]
+            keys.discard(key)
+            if not keys:
+                del self._on[old]
         if event.kind in ("added", "refreshed") and is_reliable(binding.transport) and binding.source_host:
             flow = (binding.transport.upper(), normalize_host(binding.source_host), binding.source_port)
             self._where[key] = flow
-            self._count[flow] += 1
+            self._on.setdefault(flow, set()).add(key)

@@ -144,6 +144,8 @@ class TransportLayer:
         self.connections: dict[tuple[str, str, int], StreamConnection] = {}
         """Open stream connections by (transport, host, port), inbound and outbound alike."""
         self._pending: dict[tuple[str, str, int], list[tuple[bytes, OnError]]] = {}
+        self.flow_closed: Callable[[str, str, int], None] | None = None
+        """Told (transport, host, port) when a connection left the table: its flow is gone (RFC 5626 §5.3)."""
         self.listening = 0
         self.metrics.watch(self.metrics.tcp_connections, lambda: len(self.connections))
 
@@ -405,6 +407,11 @@ class TransportLayer:
         key = (conn.transport_name, conn.host, conn.port)
         if self.connections.get(key) is conn:
             del self.connections[key]
+            if self.flow_closed is not None:
+                try:
+                    self.flow_closed(*key)
+                except Exception:
+                    self.log.failure("Bug while dropping the bindings of a closed flow")
 
     def connect_failed(self, transport: str, host: str, port: int, reason: str) -> None:
         self.log.warn(

@@ -61,7 +61,7 @@ def test_options_to_our_address_and_port_is_200_when_only_a_domain_name_is_confi
     response = udp_final(server.sip_port, sip_options(server.sip_port, call_id="lb-ping"))
     assert response.status == 200, response.start_line()
     assert "REGISTER" in (response.get("allow") or "")
-    assert response.get("supported") == "path"
+    assert response.get("supported") == "outbound, path"
     assert response.get("server") == "sipproxy"
 
 
