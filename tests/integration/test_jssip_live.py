@@ -12,6 +12,9 @@ a ``trustme`` CA.  Chromium trusts exactly that certificate's key
 would still fail the handshake.  Media is Chromium's fake microphone.
 
 The other phones are sipp over UDP, with a WebRTC-shaped SDP (``webrtc_*.xml``).
+Requests inside a dialog towards a browser (the ACK for its 200, a BYE to
+it) go to a ``.invalid`` Contact: they reach it only by following the flow
+it registered on (RFC 5626 outbound).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import http.server
 import json
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +186,22 @@ def binding_of(proxy: Server, user: str) -> dict[str, Any]:
     return binding
 
 
+def sipp_caller(sipps: Peers, scenario: str, callee: str, *, hold_ms: int = 0) -> Sipp:
+    """A sipp UAC over UDP calling ``callee`` through the proxy, running in the background."""
+    caller = Sipp(
+        sipps.workdir,
+        f"uac-{callee}",
+        scenario,
+        port=free_port(),
+        remote=sipps.server.sip_port,
+        keys={"domain": DOMAIN, "callee": callee},
+        extra=("-d", str(hold_ms), "-recv_timeout", "20000"),
+        timeout=30,
+    )
+    sipps.procs.append(caller)
+    return caller
+
+
 def finished(sipp: Sipp) -> None:
     assert sipp.wait(40) == 0, sipp.report()
 
@@ -241,3 +260,68 @@ def test_jssip_calls_a_sipp_phone_over_udp_and_hangs_up(proxy: PhoneServer, brow
     assert invite.get_all("via")[-1].startswith("SIP/2.0/WSS ") and ".invalid;" in invite.get_all("via")[-1]
     assert invite.get_all("content-type") == ["application/sdp"]
     assert len(carol.requests("BYE")) >= 1
+
+
+def test_a_sipp_call_over_udp_is_answered_by_jssip_and_hung_up_by_sipp(
+    proxy: PhoneServer, browser: Chromium, sipps: Peers
+) -> None:
+    assert start_phone(browser, proxy, "alice") == "registered"
+    caller = sipp_caller(sipps, "webrtc_uac.xml", "alice", hold_ms=500)
+
+    incoming = wait_event(browser, "alice", "call:new:incoming")
+    assert incoming["remote"] == f"sip:caller@{DOMAIN}"
+    act(browser, "answer", "alice")
+    wait_event(browser, "alice", "call:confirmed")  # sipp's ACK reached the browser
+    ended = wait_event(browser, "alice", "call:ended")  # and so did its BYE
+    assert ended["originator"] == "remote" and ended["cause"] == "Terminated"
+    finished(caller)  # the BYE's 200 came back
+
+
+def test_jssip_hangs_up_a_call_from_sipp(proxy: PhoneServer, browser: Chromium, sipps: Peers) -> None:
+    assert start_phone(browser, proxy, "alice") == "registered"
+    caller = sipp_caller(sipps, "webrtc_uac_hungup.xml", "alice")
+
+    wait_event(browser, "alice", "call:new:incoming")
+    act(browser, "answer", "alice")
+    wait_event(browser, "alice", "call:confirmed")
+    act(browser, "hangup", "alice")
+    assert wait_event(browser, "alice", "call:ended")["originator"] == "local"
+    finished(caller)  # the browser's BYE reached sipp, which answered it
+    assert len(caller.requests("BYE")) >= 1
+
+
+def test_two_jssip_phones_call_each_other(proxy: PhoneServer, browser: Chromium) -> None:
+    """Two UAs in one page, each with its own WebSocket: alice calls bob and he hangs up; he calls her and she does."""
+    assert start_phone(browser, proxy, "alice") == "registered"
+    assert start_phone(browser, proxy, "bob") == "registered"
+    assert {b["aor"]: b["transport"] for b in api_bindings(proxy)} == {
+        f"sip:alice@{DOMAIN}": "WSS",
+        f"sip:bob@{DOMAIN}": "WSS",
+    }
+
+    call_and_hang_up(browser, "alice", "bob", hangs_up="bob")
+    call_and_hang_up(browser, "bob", "alice", hangs_up="alice")
+
+
+def call_and_hang_up(browser: Chromium, caller: str, callee: str, *, hangs_up: str) -> None:
+    before = {user: len(state(browser, user)["events"]) for user in (caller, callee)}
+
+    def new_event(user: str, wanted: str) -> Callable[[], dict[str, Any] | None]:
+        return lambda: next((e for e in state(browser, user)["events"][before[user] :] if e["type"] == wanted), None)
+
+    def wait(user: str, wanted: str) -> dict[str, Any]:
+        return browser.wait_for(new_event(user, wanted), f"{user}'s {wanted}", timeout=15)  # type: ignore[no-any-return]
+
+    act(browser, "call", caller, f"sip:{callee}@{DOMAIN}")
+    assert wait(callee, "call:new:incoming")["remote"] == f"sip:{caller}@{DOMAIN}"
+    act(browser, "answer", callee)
+    wait(caller, "call:confirmed")
+    wait(callee, "call:confirmed")  # the caller's ACK reached the callee's browser
+    # Media flows between the two browsers (ICE connected), on loopback only.
+    for user in (caller, callee):
+        browser.wait_for(lambda u=user: state(browser, u)["ice"] in ("connected", "completed"), f"{user}'s ICE")
+        assert set(state(browser, user)["candidates"]) == {LOOPBACK}
+    act(browser, "hangup", hangs_up)
+    other = callee if hangs_up == caller else caller
+    assert wait(hangs_up, "call:ended")["originator"] == "local"
+    assert wait(other, "call:ended")["originator"] == "remote"  # the BYE reached the other browser
