@@ -82,6 +82,17 @@ def test_ip_literals_are_their_own_answer_without_a_lookup() -> None:
     assert names.asked == []
 
 
+def test_an_invalid_name_is_an_empty_list_without_a_lookup() -> None:
+    """RFC 6761 §6.4: the Contact host of a WebSocket phone (``df7jal23ls0d.invalid``) is never sent to DNS."""
+    names = Names(a={"df7jal23ls0d.invalid": ["192.0.2.66"]})
+    with capturedLogs() as events:
+        assert resolve(Resolver(names=names), Target("WS", "df7jal23ls0d.INVALID", 443)) == [[]]
+    assert names.asked == []
+    [warning] = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert warning["host"] == "df7jal23ls0d.INVALID"
+    assert warning["reason"] == ".invalid is never looked up (RFC 6761 §6.4)"
+
+
 def test_an_unknown_name_is_an_empty_list_and_one_readable_warning() -> None:
     with capturedLogs() as events:
         assert resolve(Resolver(names=Names())) == [[]]

@@ -103,11 +103,19 @@ def layer(clock: Clock) -> tuple[TransportLayer, Sink]:
     return transport, sink
 
 
-def phone_connects(transport: TransportLayer, clock: Clock, certs: TLSCertificates, ca: trustme.CA, name: str):  # type: ignore[no-untyped-def]
-    """A phone opens a TLS connection to our listener, checking our certificate for ``name``."""
+def phone_connects(  # type: ignore[no-untyped-def]
+    transport: TransportLayer,
+    clock: Clock,
+    certs: TLSCertificates,
+    ca: trustme.CA,
+    name: str,
+    alpn: tuple[bytes, ...] = (),
+):
+    """A phone opens a TLS connection to our listener, checking our certificate for ``name`` (offering ALPN ``alpn``)."""
     server = tls_server_factory(transport, clock, certs).buildProtocol(PHONE)
     phone = Collector()
-    options_ = ssl.optionsForClientTLS(name, trustRoot=ssl.Certificate.loadPEM(ca.cert_pem.bytes()))
+    trust = ssl.Certificate.loadPEM(ca.cert_pem.bytes())
+    options_ = ssl.optionsForClientTLS(name, trustRoot=trust, acceptableProtocols=list(alpn) or None)
     client = TLSMemoryBIOFactory(options_, True, Factory.forProtocol(lambda: phone), clock).buildProtocol(US)
     pump = iosim.connect(
         server,
@@ -139,6 +147,20 @@ def test_a_request_over_tls_arrives_as_tls_and_the_answer_goes_back_on_the_conne
     pump.flush()
     assert phone.data.startswith(b"SIP/2.0 200 OK")
     assert phone.peer_subject() == "sip.example.test"
+
+
+def test_a_client_offering_alpn_is_served_without_a_protocol_chosen(tmp_path: Path) -> None:
+    """Browsers offer ALPN (``http/1.1``) when they open a WSS connection; we pick none and the handshake goes on."""
+    ca, clock = trustme.CA(), Clock()
+    certs = TLSCertificates(files(tmp_path, ca, "sip.example.test"))
+    transport, sink = layer(clock)
+    phone, client, pump = phone_connects(transport, clock, certs, ca, "sip.example.test", alpn=(b"http/1.1", b"h2"))
+    client.write(options("alpn"))
+    pump.flush()
+    [(message, _)] = sink.received
+    assert message.method == "OPTIONS"
+    assert phone.lost is None
+    assert client.negotiatedProtocol is None
 
 
 def test_reload_serves_the_new_certificate_to_new_connections_and_the_open_one_keeps_working(tmp_path: Path) -> None:

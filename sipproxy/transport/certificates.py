@@ -153,6 +153,17 @@ class _Pair:
         return context
 
 
+def _no_application_protocol(connection: SSL.Connection, offered: list[bytes]) -> object:
+    """ALPN (RFC 7301): we choose none, as a server without ALPN would; browsers offer it on every WSS connection.
+
+    This replaces the callback Twisted puts on every context, which looks
+    for the Twisted protocol in the connection's app data (ours carry none)
+    and, had it found one, would have answered an empty name: either way the
+    handshake of every client offering ALPN failed with an internal error.
+    """
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class TLSCertificates:
     """Our certificate for the listener, the client side's certificate and trust roots; :meth:`reload` swaps them."""
@@ -175,6 +186,7 @@ class TLSCertificates:
             trust = ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in roots])
         # Twisted's defaults (ciphers, no compression, no renegotiation), TLS 1.2 or newer.
         context = server.install(ssl.CertificateOptions(raiseMinimumTo=MINIMUM_TLS).getContext())
+        context.set_alpn_select_callback(_no_application_protocol)
         # Everything read: now swap, all at once.
         self.context = context
         first = server.chain[0]

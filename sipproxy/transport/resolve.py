@@ -5,7 +5,8 @@ RFC 3263 §4 turns a next hop into an ordered list of (transport, address,
 port), which a client tries one after the other (§4.3, done by the proxy's
 branch):
 
-- a numeric host is its own answer, without a lookup (§4.1, §4.2);
+- a numeric host is its own answer, without a lookup (§4.1, §4.2); a name
+  under ``.invalid`` has none, without a lookup either (RFC 6761 §6.4);
 - a host name with an explicit port: its A, then its AAAA addresses, at
   that port (§4.2);
 - an explicit transport (``transport=``) and no port: the SRV records of
@@ -138,6 +139,14 @@ class Resolver:
         if is_ip_address(host):
             target = Target(hop.transport, host, hop.port)
             _deliver(found, Resolved([target], "", {}), host)
+            return
+        if host.lower().rstrip(".").rpartition(".")[2] == "invalid":
+            # RFC 6761 §6.4: never looked up.  A WebSocket phone's Contact host (RFC 7118 §5.2) is one:
+            # it is reached over its own connection (RFC 5626), or not at all.
+            self.log.warn(
+                "Could not resolve {host}: {reason}", host=host, reason=".invalid is never looked up (RFC 6761 §6.4)"
+            )
+            _deliver(found, Resolved([], "", {}), host)
             return
         answered = ensureDeferred(self._resolve(hop, host))
         answered.addErrback(self._bug, host)

@@ -92,7 +92,7 @@ class DevToolsError(RuntimeError):
 class Chromium:
     """One headless Chromium with one page, spoken to over ``--remote-debugging-pipe``."""
 
-    def __init__(self, binary: str, profile: Path, log_path: Path) -> None:
+    def __init__(self, binary: str, profile: Path, log_path: Path, extra_flags: tuple[str, ...] = ()) -> None:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
 
@@ -103,7 +103,14 @@ class Chromium:
 
         self.log = open(log_path, "wb")  # noqa: SIM115 - open as long as Chromium runs, closed in close()
         self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                *extra_flags,
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
