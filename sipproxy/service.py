@@ -49,7 +49,7 @@ from sipproxy.transport import (
     tcp_connector,
 )
 from sipproxy.transport.certificates import ReloadOnHangup, TLSCertificates, TLSFiles
-from sipproxy.transport.flows import RegisteredFlows
+from sipproxy.transport.flows import RegisteredFlows, flow_state
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.transport.sink import MessageTap
 from sipproxy.transport.tls import TLSConnect, TLSSender, tls_connector, tls_server_factory, tls_wrap
@@ -369,6 +369,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         max_streams=options.get("max-event-streams", 100),
         calls=recent,
         explain=lambda uri, from_, method: core.proxy.explain(uri, from_, method, security.users is not None),
+        flow=flow_state(core.transport.has_flow),
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]
