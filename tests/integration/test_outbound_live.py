@@ -243,3 +243,19 @@ def test_a_stun_binding_request_on_the_udp_port_gets_our_view_of_its_address(ws_
         address = bytes(a ^ b for a, b in zip(answer[28:32], struct.pack("!I", 0x2112A442), strict=True))
         assert (attr, family) == (0x0020, 1)
         assert (socket.inet_ntoa(address), xport ^ 0x2112) == s.getsockname()
+
+
+def test_after_a_restart_the_websocket_binding_is_not_offered_until_the_phone_registers_again(
+    ws_server: Server,
+) -> None:
+    alice = registered(ws_server)
+    ws_server.kill9()  # the binding is in --db; the WebSocket died with the process
+    alice.close()
+    ws_server.start()
+    assert bindings(ws_server) == []
+    assert "Dropped 1 restored binding on connections closed by the restart" in ws_server.log_text()
+    again = registered(ws_server)
+    try:
+        assert [b["flow"] for b in bindings(ws_server)] == ["open"]
+    finally:
+        again.close()
