@@ -259,3 +259,13 @@ def test_after_a_restart_the_websocket_binding_is_not_offered_until_the_phone_re
         assert [b["flow"] for b in bindings(ws_server)] == ["open"]
     finally:
         again.close()
+
+
+def test_a_shutdown_with_a_websocket_phone_connected_is_quiet(ws_server: Server) -> None:
+    alice = registered(ws_server)
+    try:
+        ws_server.stop()
+    finally:
+        alice.close()
+    log = ws_server.log_text()
+    assert "Traceback" not in log and "lost flow" not in log, log[-3000:]
