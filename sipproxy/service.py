@@ -49,7 +49,7 @@ from sipproxy.transport import (
     tcp_connector,
 )
 from sipproxy.transport.certificates import ReloadOnHangup, TLSCertificates, TLSFiles
-from sipproxy.transport.flows import RegisteredFlows
+from sipproxy.transport.flows import RegisteredFlows, flow_state
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.transport.sink import MessageTap
 from sipproxy.transport.tls import TLSConnect, TLSSender, tls_connector, tls_server_factory, tls_wrap
@@ -111,15 +111,25 @@ class SipProxyService(MultiService):
 
 
 class AfterRestore(Service):
-    """A child of the :class:`StoreService`: drops, once the bindings are restored, the flow-bound ones whose
-    connection cannot have survived the restart (:meth:`Registrar.drop_lost_flows`), and says how many."""
+    """A child of the :class:`StoreService`: the flow-bound bindings' lifecycle around the store's (RFC 5626).
 
-    def __init__(self, drop: Callable[[], int]) -> None:
-        self.drop = drop
+    Once the bindings are restored it drops those whose connection cannot
+    have survived the restart (:meth:`Registrar.drop_lost_flows`) and says
+    how many.  When it stops (before the store closes) a connection closing
+    no longer drops its bindings: the reactor closes every connection at
+    shutdown, and the restart's restore drops them anyway.
+    """
+
+    def __init__(self, core: SipCore) -> None:
+        self.core = core
+
+    def stopService(self) -> None:
+        self.core.transport.flow_closed = None
+        super().stopService()
 
     def startService(self) -> None:
         super().startService()
-        dropped = self.drop()
+        dropped = self.core.registrar.drop_lost_flows()
         if dropped:
             log.info(
                 "Dropped {count} restored {bindings} on connections closed by the restart (RFC 5626 flows); "
@@ -332,7 +342,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         websockets=[name for name in ("WS", "WSS") if options.get(name.lower())],
     )
     # After the restore: bindings on connections that died with the last process are not reachable (RFC 5626 §5.3).
-    AfterRestore(core.registrar.drop_lost_flows).setServiceParent(store_service)
+    AfterRestore(core).setServiceParent(store_service)
     listeners = SipListeners(
         reactor,
         core.transport,
@@ -369,6 +379,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         max_streams=options.get("max-event-streams", 100),
         calls=recent,
         explain=lambda uri, from_, method: core.proxy.explain(uri, from_, method, security.users is not None),
+        flow=flow_state(core.transport.has_flow),
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]

@@ -73,6 +73,7 @@
     cseq: (b) => String(b.cseq),
     user_agent: (b) => b.user_agent,
     source: (b) => b.source,
+    flow: (b) => (b.flow ? "flow " + b.flow : ""),
     registered_at: (b) => utc(b.registered_at),
     refreshed_at: (b) => utc(b.refreshed_at),
     path: (b) => b.path.join("\n"),

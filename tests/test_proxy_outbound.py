@@ -214,3 +214,20 @@ def test_without_flow_tokens_nothing_changes_for_plain_udp_phones(ob: Outbound) 
     ob.h.register(binding())
     ob.h.send(make_request(), ALICE)
     assert all(";ft=" not in value for value in record_routes(ob))
+
+
+def test_an_in_dialog_request_whose_flow_fails_while_sending_is_430(ob: Outbound) -> None:
+    rr = call_bob(ob)
+    ob.h.tx.sent.clear()
+    stx = ob.h.send(in_dialog("BYE", list(reversed(rr)), WS_CONTACT))
+    [client] = ob.h.branches("BYE")
+    client.owner.transport_failed(client, "no WS connection from 192.0.2.30:53211")
+    assert (stx.last_response.status, stx.last_response.reason) == (430, "Flow Failed")  # type: ignore[union-attr]
+
+
+def test_routing_explain_says_a_gone_flow_is_not_reachable(ob: Outbound) -> None:
+    ob.h.register(ws_binding())
+    ob.open.clear()
+    explained = ob.h.proxy.explain("sip:bob@example.test")
+    text = repr(explained)
+    assert "is gone (RFC 5626): not reachable until it registers" in text, text

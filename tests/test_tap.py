@@ -177,3 +177,17 @@ def test_the_resolver_offers_tls_once_it_is_on_and_never_websocket(tmp_path) -> 
     assert {"TLS", "WS", "WSS"} <= set(service.core.transport.senders)
     assert set(service.core.proxy.resolve.transports) == {"UDP", "TCP", "TLS"}  # type: ignore[attr-defined]
     service.core.store.close()
+
+
+def test_flow_options_reach_the_registrar(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    assert parse()["flow-timer"] == 120 and not parse()["keep-flow-bindings"]
+    options = parse("--db", ":memory:", "--flow-timer", "90", "--keep-flow-bindings")
+    service = build_service(options, Clock())
+    settings = service.core.registrar._settings
+    assert (settings.flow_timer, settings.keep_flow_bindings) == (90, True)
+    with pytest.raises(UsageError, match="--flow-timer"):
+        parse("--flow-timer", "0")

@@ -55,3 +55,16 @@ def test_a_closed_connection_drops_its_outbound_binding_with_reason_flow_lost() 
     proto.connectionLost(None)
     assert store.lookup("sip:alice@example.test") == []
     assert [(e.kind, e.reason) for e in events] == [("added", "registered"), ("removed", "flow-lost")]
+
+
+def test_the_page_shows_a_connections_flow_open_or_lost_and_nothing_for_udp() -> None:
+    from sipproxy.net import Target
+    from sipproxy.transport.flows import flow_state
+    from sipproxy.web.render import binding_json
+
+    open_flows = {Target("WS", "192.0.2.9", 40400)}
+    state = flow_state(lambda target: target in open_flows)
+    up, gone = ws("sip:a@x.invalid", 40400, transport="WS"), ws("sip:b@x.invalid", 40401, transport="WS")
+    udp = ws("sip:c@10.0.0.5", 5060, transport="UDP")
+    shown = [binding_json(b, 0.0, state) for b in (up, gone, udp)]
+    assert [(s["transport"], s["flow"]) for s in shown] == [("WS", "open"), ("WS", "lost"), ("UDP", None)]

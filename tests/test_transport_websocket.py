@@ -197,3 +197,14 @@ def test_a_connection_that_never_completes_its_handshake_counts_and_is_closed_af
     assert browser.layer.connection("WS", "192.0.2.9", 40400) is browser.proto  # the limits count it
     browser.clock.advance(30)
     assert browser.wire.disconnecting or browser.wire.disconnected
+
+
+def test_a_double_crlf_message_is_answered_with_one_crlf_and_a_lone_crlf_is_dropped() -> None:
+    # RFC 5626 §4.4.1 keep-alive as SIP.js sends it over a WebSocket (JsSIP answers ours the same way)
+    browser = Browser()
+    browser.handshake()
+    browser.send(TextMessage(data="\r\n\r\n"))
+    [pong] = browser.read()
+    assert isinstance(pong, TextMessage) and pong.data == "\r\n"
+    browser.send(TextMessage(data="\r\n"))  # a pong of the phone's: nothing to answer, nothing for SIP
+    assert browser.read() == [] and browser.sink.received == []

@@ -257,6 +257,7 @@ def test_json_lists_every_binding(web: Web) -> None:
         "path": ["<sip:p1.example.test;lr>"],
         "instance": "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>",
         "reg_id": 1,
+        "flow": None,
         "registered_at": "2024-05-01T12:34:56Z",
         "refreshed_at": "2024-05-01T12:34:56Z",
     }

@@ -89,7 +89,7 @@ def test_streams_opened_in_the_same_second_share_the_encoding(monkeypatch: pytes
     web.put(*many(300))
     calls: list[object] = []
     real = events_module.binding_json
-    monkeypatch.setattr(events_module, "binding_json", lambda b, now: calls.append(b) or real(b, now))
+    monkeypatch.setattr(events_module, "binding_json", lambda b, now, flow=None: calls.append(b) or real(b, now, flow))
     first, second = web.raw(get("/api/events")), web.raw(get("/api/events"))
     web.snapshots_out()
     assert len(calls) == 300

@@ -47,7 +47,7 @@ from sipproxy.message import ParseError, Request, Response
 from sipproxy.net import Clock, NextHop, Target, is_reliable
 from sipproxy.proxy.failover import TIMEOUT_ASIDE, GreyList, Trail, retry_after
 from sipproxy.proxy.forward import forward_copy, stamp
-from sipproxy.proxy.outbound import flow_gone, incoming_flow_token, same_flow
+from sipproxy.proxy.outbound import FLOW_FAILED, flow_gone, incoming_flow_token, same_flow
 from sipproxy.proxy.routing import is_sips_request
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.proxy.validate import make_branch
@@ -345,6 +345,10 @@ class Branch:
             self.provisional = None
             self.trail = Trail()
             self.start()
+            return
+        if target.aor is None:  # the flow of our Route's flow token (RFC 5626 §5.3), in a dialog
+            self.why = f"flow gone: the {flow.transport} flow {flow.host}:{flow.port} of the dialog ({why})"
+            self._fail(*FLOW_FAILED)
             return
         env.log.warn(
             "Cannot reach {aor} at {contact}: the {transport} flow it registered on ({host}:{port}) is gone "

@@ -38,6 +38,7 @@ from sipproxy.message.uri import is_ip_address
 from sipproxy.net import NextHop, Target, is_reliable
 from sipproxy.proxy.branch import reachable
 from sipproxy.proxy.forward import RECORD_ROUTE_METHODS, forward_copy
+from sipproxy.proxy.outbound import flow_gone
 from sipproxy.proxy.routing import preprocess_routing, top_route
 from sipproxy.proxy.targets import TargetURI, group_by_q, location_targets
 from sipproxy.proxy.validate import validate_request
@@ -213,6 +214,8 @@ def _target(
         return {"group": group, "q": target.q, "target": str(target.uri), "aor": target.aor, "how": error.reason}
     if target.path:
         how = f"through its Path {', '.join(target.path)}"
+    elif flow_gone(target, flow_open):
+        how = f"its {hop.transport} flow ({hop.host}:{hop.port}) is gone (RFC 5626): not reachable until it registers"
     elif usable.flow is not None and is_reliable(usable.flow.transport):
         how = f"over the {hop.transport} connection its REGISTER came on ({hop.host}:{hop.port})"
     elif usable.flow is not None:

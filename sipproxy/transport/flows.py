@@ -11,12 +11,13 @@ and hands the object to the transport layer as its ``holds_flow``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from sipproxy.net import is_reliable
+from sipproxy.net import Target, is_reliable
 from sipproxy.transport.address import normalize_host
 
-__all__ = ["RegisteredFlows"]
+__all__ = ["RegisteredFlows", "flow_state"]
 
 Flow = tuple[str, str, int]
 
@@ -41,6 +42,24 @@ class _Event(Protocol):
     def kind(self) -> str: ...
     @property
     def binding(self) -> _Binding: ...
+
+
+def flow_state(has_flow: Callable[[Target], bool]) -> Callable[[_Binding], str | None]:
+    """A binding's flow as the page shows it: ``"open"`` while its connection is, else ``"lost"``; UDP: ``None``.
+
+    ``has_flow`` is the transport's :meth:`~sipproxy.transport.TransportLayer.has_flow`.
+    A flow-bound binding shows ``"lost"`` only with ``--keep-flow-bindings``
+    (otherwise it goes with its connection); other TCP/TLS bindings may stay
+    "lost", reachable at their Contact.
+    """
+
+    def state(binding: _Binding) -> str | None:
+        if not is_reliable(binding.transport) or not binding.source_host:
+            return None
+        flow = Target(binding.transport.upper(), normalize_host(binding.source_host), binding.source_port)
+        return "open" if has_flow(flow) else "lost"
+
+    return state
 
 
 class RegisteredFlows:

@@ -15,6 +15,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from sipproxy.net import Source
 from sipproxy.transport.address import normalize_host
+from sipproxy.transport.stun import is_stun, stun_answer
 
 if TYPE_CHECKING:
     from sipproxy.transport.layer import TransportLayer
@@ -38,6 +39,11 @@ class SipDatagramProtocol(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         host, port = normalize_host(addr[0]), addr[1]
+        if is_stun(datagram):  # RFC 5626 §8.3 keep-alive: STUN, not SIP (RFC 7983 demultiplexing)
+            answer = stun_answer(datagram, host, port)
+            if answer is not None:
+                self.transport.write(answer, addr)  # type: ignore[union-attr]
+            return
         if not datagram.strip(b"\r\n\x00 "):
             return  # keep-alive (CRLF or NUL padding): nothing to answer on UDP
         if len(datagram) > self.layer.limits.max_datagram:

@@ -15,7 +15,11 @@ connection or fails at once.
   (RFC 7118 §5.1): no Content-Length framing; we send text when the
   message is UTF-8 (every SIP message without a binary body), else binary.
 - Pings are answered; we send one every ``ping_interval`` seconds so that
-  NATs keep the connection and a dead peer is noticed.  A message larger
+  NATs keep the connection and a dead peer is noticed.  RFC 7118 has no
+  CRLF keep-alive, but SIP.js sends RFC 5626's double CRLF as a message of
+  its own and waits for the single CRLF: we answer it so (JsSIP's
+  ``Transport._onData`` answers a server's ``"\r\n\r\n"`` the same way
+  and ignores a lone ``"\r\n"``).  A message larger
   than the transport's limit closes the connection with 1009.
 
 The WebSocket layer is ``wsproto`` (sans-I/O, the library under Twisted
@@ -59,6 +63,9 @@ __all__ = ["SUBPROTOCOL", "SipWebSocketFactory", "SipWebSocketProtocol", "WebSoc
 
 SUBPROTOCOL = "sip"
 """RFC 7118 §4.1, registered with IANA: the subprotocol a SIP WebSocket client asks for and the server selects."""
+
+KEEPALIVE_PING = b"\r\n\r\n"
+"""RFC 5626 §4.4.1: the double-CRLF keep-alive, here one WebSocket message; its pong is one CRLF."""
 
 MESSAGE_TOO_BIG = 1009
 """RFC 6455 §7.4.1: the close code for a message larger than we take."""
@@ -168,8 +175,13 @@ class SipWebSocketProtocol(SipStreamProtocol):
         if not event.message_finished:
             return
         message, self._parts, self._size = b"".join(self._parts), [], 0
+        if message == KEEPALIVE_PING:
+            # RFC 5626 §4.4.1's double-CRLF ping in a frame of its own (SIP.js sends it and waits for the
+            # CRLF; JsSIP answers ours so): the pong, one CRLF, as a text message.  Not a SIP message.
+            self._write(self.ws.send(TextMessage(data="\r\n")))
+            return
         if not message.strip():
-            return  # an empty message: nothing to hand up
+            return  # an empty message, or a CRLF pong: nothing to hand up
         if not message.startswith((b"SIP/", b"ACK ")):
             self._unanswered += 1
         assert self.source is not None

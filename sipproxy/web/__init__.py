@@ -14,7 +14,7 @@ from sipproxy.location import LocationService
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.app import BindingsPage, Explain
-from sipproxy.web.render import make_environment
+from sipproxy.web.render import FlowState, make_environment
 from sipproxy.web.streams import MAX_STREAMS
 
 __all__ = ["BindingsPage", "QuietSite", "is_loopback_description", "make_environment", "make_web_resource"]
@@ -51,6 +51,7 @@ def make_web_resource(
     max_streams: int = MAX_STREAMS,
     calls: RecentCalls | None = None,
     explain: Explain | None = None,
+    flow: FlowState | None = None,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
@@ -61,6 +62,7 @@ def make_web_resource(
     server's own names, accepted in ``Host`` on a loopback listener besides
     ``localhost`` and the loopback addresses. ``max_streams``:
     ``--max-event-streams``. ``calls``: the recent calls (``--recent-calls``). ``explain``: the proxy's routing explain.
+    ``flow``: each binding's flow state (RFC 5626), from the transport.
     """
     page = BindingsPage(
         store,
@@ -75,6 +77,7 @@ def make_web_resource(
         max_streams=max_streams,
         calls=calls,
         explain=explain,
+        flow=flow,
     )
     return page.resource()
 

@@ -52,7 +52,7 @@ from sipproxy.net import Clock
 from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
 from sipproxy.web.calls import MAX_LISTED, CallHub, call_json, calls_answer, ladder_json, render_calls_page
 from sipproxy.web.events import EventHub
-from sipproxy.web.render import EMPTY_BINDING, binding_json, readable
+from sipproxy.web.render import EMPTY_BINDING, FlowState, binding_json, readable
 from sipproxy.web.streams import MAX_STREAMS, PING_INTERVAL, EventStream, sse_message
 
 __all__ = ["ADMIN_USER", "PING_INTERVAL", "BindingsPage", "EventStream", "Explain", "sse_message"]
@@ -99,6 +99,7 @@ class BindingsPage:
         max_streams: int = MAX_STREAMS,
         calls: RecentCalls | None = None,
         explain: Explain | None = None,
+        flow: FlowState | None = None,
     ) -> None:
         """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
 
@@ -123,7 +124,9 @@ class BindingsPage:
         self.public = public
         self.debug = debug
         self.hosts = HostCheck(hosts)
-        self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client)
+        self.flow = flow
+        """Each binding's flow state (RFC 5626 outbound) for the ``flow`` field; ``None``: not known."""
+        self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client, flow=flow)
         self.calls = calls
         self.explain = explain
         self.call_hub = CallHub(calls, clock, max_streams=max_streams, client=_client) if calls is not None else None
@@ -156,7 +159,10 @@ class BindingsPage:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         now = self.clock.seconds()
-        groups = [(readable(aor), [binding_json(b, now) for b in self.store.lookup(aor)]) for aor in self.store.aors()]
+        groups = [
+            (readable(aor), [binding_json(b, now, self.flow) for b in self.store.lookup(aor)])
+            for aor in self.store.aors()
+        ]
         page = self.env.get_template("bindings.html").render(
             groups=groups,
             aor_count=len(groups),
@@ -347,7 +353,7 @@ class BindingsPage:
         now = self.clock.seconds()
         bindings = self.store.lookup(aor) if aor is not None else self.store.all_bindings()
         return {
-            "bindings": [binding_json(b, now) for b in bindings],
+            "bindings": [binding_json(b, now, self.flow) for b in bindings],
             "aors": len({b.aor for b in bindings}),
             "total": len(bindings),
         }

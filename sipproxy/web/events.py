@@ -35,7 +35,7 @@ from twisted.web.server import Request
 
 from sipproxy.location import Binding, BindingEvent, LocationService
 from sipproxy.net import Clock, DelayedCall
-from sipproxy.web.render import binding_json
+from sipproxy.web.render import FlowState, binding_json
 from sipproxy.web.streams import COMPACT_JSON, MAX_STREAMS, STREAM_BUFFER, EventStream, Snapshot, StreamHub, sse_message
 
 __all__ = ["CACHED_COST", "SNAPSHOT_SLICE", "EventHub"]
@@ -59,9 +59,11 @@ class EventHub(StreamHub):
         buffer_limit: int = STREAM_BUFFER,
         debug: bool = False,
         client: Callable[[Request], str] = lambda request: "?",
+        flow: FlowState | None = None,
     ) -> None:
         super().__init__(clock, max_streams=max_streams, buffer_limit=buffer_limit, client=client)
         self.store = store
+        self.flow = flow
         self.debug = debug
         self._outgoing: list[bytes] = []
         """Event messages of this reactor turn, written to every stream together by ``_flush``."""
@@ -118,7 +120,7 @@ class EventHub(StreamHub):
         payload = {
             "kind": event.kind,
             "reason": event.reason,
-            "binding": binding_json(event.binding, self.clock.seconds()),
+            "binding": binding_json(event.binding, self.clock.seconds(), self.flow),
         }
         self._outgoing.append(sse_message("binding", payload))
         if self._flush_call is None:
@@ -206,7 +208,7 @@ class EventHub(StreamHub):
                 text = cached[1]
                 used += 1
             else:
-                text = COMPACT_JSON.encode(binding_json(binding, snapshot.now)).encode()
+                text = COMPACT_JSON.encode(binding_json(binding, snapshot.now, self.flow)).encode()
                 encoded[id(binding)] = (binding, text)
                 used += CACHED_COST
             parts.append(b"," + text if snapshot.sent else text)

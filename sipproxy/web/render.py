@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sipproxy.location import Binding
 __all__ = [
     "EMPTY_BINDING",
     "SOURCE_TEMPLATES",
+    "FlowState",
     "binding_json",
     "format_duration",
     "format_utc",
@@ -52,6 +54,7 @@ EMPTY_BINDING: dict[str, Any] = {
     "path": [],
     "instance": None,
     "reg_id": None,
+    "flow": None,
     "registered_at": "",
     "refreshed_at": "",
 }
@@ -151,8 +154,16 @@ def readable(text: str) -> str:
     return text if text.isascii() else text.translate(_READABLE)
 
 
-def binding_json(binding: Binding, now: float) -> dict[str, Any]:
-    """One binding as the JSON API, the event stream and the page show it at ``now`` (text as :func:`readable`)."""
+FlowState = Callable[[Binding], str | None]
+"""A binding's flow (RFC 5626): ``"open"`` or ``"lost"`` on a connection, ``None`` on UDP (nothing to watch)."""
+
+
+def binding_json(binding: Binding, now: float, flow: FlowState | None = None) -> dict[str, Any]:
+    """One binding as the JSON API, the event stream and the page show it at ``now`` (text as :func:`readable`).
+
+    ``transport`` is UDP, TCP, TLS, WS or WSS; ``flow`` the state of the
+    connection it came on (``flow``: who knows it, the transport).
+    """
     return {
         "aor": readable(binding.aor),
         "contact": readable(binding.contact),
@@ -169,6 +180,7 @@ def binding_json(binding: Binding, now: float) -> dict[str, Any]:
         "path": [readable(hop) for hop in binding.path],
         "instance": None if binding.instance is None else readable(binding.instance),
         "reg_id": binding.reg_id,
+        "flow": flow(binding) if flow is not None else None,
         "registered_at": iso_utc(binding.registered_at),
         "refreshed_at": iso_utc(binding.refreshed_at),
     }
