@@ -47,6 +47,11 @@ default: past it the first retransmission is already queued)
   together (see :meth:`Congestion.retry_after`).  ACK, CANCEL, BYE,
   requests with a To tag (in a dialog, §12.2), retransmissions of requests
   already taken and every response pass: they finish work already done;
+  It starts once the wait has stayed there for ``dwell`` (0.1 s) without
+  falling: a pause of the process (a full garbage collection, a slow disk,
+  another process on the core) leaves a queue that drains by itself, the
+  waits falling from the first datagram read after it, while under
+  overload they keep rising;
 - shedding stops when the wait falls under **0.5 T** (250 ms): the gap
   keeps the decision from flapping on every datagram;
 - a datagram that waited **4 T** (2 s) is dropped unread: a UDP sender has
@@ -104,10 +109,11 @@ class Congestion:
         *,
         retry_after: int = 5,
         quiet: float = 5.0,
+        dwell: float = 0.1,
         random: Callable[[], float] = random.random,
     ) -> None:
-        if not tolerance > 0 or retry_after < 1 or not quiet > 0:
-            raise ValueError("tolerance and quiet must be positive, retry_after at least 1")
+        if not tolerance > 0 or retry_after < 1 or not quiet > 0 or not dwell >= 0:
+            raise ValueError("tolerance and quiet must be positive, dwell not negative, retry_after at least 1")
         self.clock = clock
         self.tolerance = tolerance
         self.start_at = START * tolerance
@@ -115,6 +121,7 @@ class Congestion:
         self.stale_at = STALE * tolerance
         self.base_retry_after = retry_after
         self.quiet = quiet
+        self.dwell = dwell
         self.random = random
         self.shedding = False
         """Do new requests get 503 now?"""
@@ -123,6 +130,8 @@ class Congestion:
         self._udp_wait = 0.0
         self._udp_at = float("-inf")
         self._lag = 0.0
+        self._over_since: float | None = None
+        self._over_wait = 0.0
         # the episode, for the log: from the first refusal to ``quiet`` seconds without one
         self._episode: DelayedCall | None = None
         self._began = 0.0
@@ -144,13 +153,21 @@ class Congestion:
         self._decide()
 
     def _decide(self) -> None:
-        fresh = self.clock.seconds() - self._udp_at <= UDP_FRESH
+        now = self.clock.seconds()
+        fresh = now - self._udp_at <= UDP_FRESH
         wait = self.wait = max(self._udp_wait if fresh else 0.0, self._lag)
         if self.shedding:
             if wait < self.stop_at:
                 self.shedding = False
-        elif wait >= self.start_at:
-            self.shedding = True
+        elif wait < self.start_at:
+            self._over_since = None
+        else:
+            if self._over_since is None:
+                self._over_since, self._over_wait = now, wait
+            if now - self._over_since >= self.dwell:
+                if wait >= self._over_wait:
+                    self.shedding = True  # not falling: overload
+                self._over_since, self._over_wait = (None, 0.0) if self.shedding else (now, wait)
         if self._episode is not None and wait > self._peak:
             self._peak = wait
 
