@@ -48,15 +48,17 @@ ROWS="$OUT/rows.md"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
 
 # calls NAME HOST PORT PIDS RATE [REFINE] -> the harness's call steps at RATE; prints "achieved success m verdict"
+RUN=0
 calls() {
     local name="$1" host="$2" port="$3" pids="$4" rates="$5" refine="${6:-0}" dir
-    dir="$OUT/$name/calls_${rates// /_}"
+    RUN=$(( RUN + 1 ))
+    dir="$OUT/$name/$RUN-calls_${rates// /_}"
     SKIP_REGISTER=1 CALL_RATES="$rates" REFINE="$refine" FAIL_COOLDOWN_S=0 SERVER_PIDS="$pids" \
         OUTDIR="$dir" LABEL="$name overload" timeout -k 10 900 "$SHARED/run_bench.sh" "$host" "$port" \
         >"$dir.txt" 2>&1
     # the last step run: target, result, achieved, success (steps.tsv columns 2, 3, 4, 6)
     tail -n 1 "$dir/steps.tsv" 2>/dev/null | awk -F'\t' '{print $4, $6, $2 * '"$STEP_SECONDS"', $3}'
-    grep -h "call_cps=" "$dir.txt" | tail -n 1 >"$dir.cps"
+    grep -h "call_cps=" "$dir.txt" | tail -n 1 >"$OUT/$name/last.cps"
 }
 
 # one_server NAME HOST PORT PIDS CAPACITY_GIVEN
@@ -65,7 +67,7 @@ one_server() {
     mkdir -p "$OUT/$name"
     if [[ -z "$capacity" ]]; then
         calls "$name" "$host" "$port" "$pids" "$CAPACITY_RATES" 1 >/dev/null
-        capacity="$(sed -n 's/.*call_cps=\([0-9]*\).*/\1/p' "$OUT/$name/calls_${CAPACITY_RATES// /_}.cps")"
+        capacity="$(sed -n 's/.*call_cps=\([0-9]*\).*/\1/p' "$OUT/$name/last.cps")"
         log "$name: capacity $capacity calls/s (highest passing step of $CAPACITY_RATES, ${STEP_SECONDS} s steps)"
     else
         log "$name: capacity $capacity calls/s (given)"
@@ -74,12 +76,14 @@ one_server() {
     local row="| $name | $capacity"
     for factor in 2 4; do
         local offered=$(( capacity * factor )) half=$(( capacity / 2 )) ach succ m verdict
-        read -r ach succ m verdict <<<"$(calls "$name" "$host" "$port" "$pids" "$offered")"
+        calls "$name" "$host" "$port" "$pids" "$offered" >"$OUT/$name/step"
+        read -r ach succ m verdict <"$OUT/$name/step"
         local goodput; goodput="$(awk -v s="${succ:-0}" -v t="$STEP_SECONDS" 'BEGIN{printf "%.0f", s/t}')"
         local share; share="$(awk -v g="$goodput" -v c="$capacity" 'BEGIN{printf "%.0f", 100*g/c}')"
         log "$name: ${factor}x = $offered calls/s offered: $succ of $m calls completed, goodput $goodput/s" \
             "= $share % of capacity (achieved $ach/s)"
-        read -r ach succ m verdict <<<"$(calls "$name" "$host" "$port" "$pids" "$half")"
+        calls "$name" "$host" "$port" "$pids" "$half" >"$OUT/$name/step"
+        read -r ach succ m verdict <"$OUT/$name/step"
         log "$name: 50 % = $half calls/s right after: $verdict ($succ of $m, achieved $ach/s)"
         row="$row | $goodput/s ($share %) | $verdict"
     done
@@ -124,7 +128,7 @@ if [[ "$WHAT" != kamailio ]]; then
     for _ in $(seq 100); do grep -q "sipproxy ready" "$OUT/sipproxy.log" 2>/dev/null && break; sleep 0.1; done
     log "sipproxy $(git -C "$ROOT" rev-parse --short HEAD) on 127.0.0.1:$PORT, options: ${SIPPROXY_ARGS:-defaults}"
     one_server sipproxy 127.0.0.1 "$PORT" "$SIPPROXY_PID" "${CAPACITY:-}"
-    grep -h "Overload" "$OUT/sipproxy.log" | sed 's/^/  log: /' | tail -n 8 | tee -a "$OUT/summary.txt"
+    ls -tr "$OUT"/sipproxy.log* | xargs grep -h "Overload" | cut -c 1-250 | sed 's/^/  log: /' | tee -a "$OUT/summary.txt"
     kill "$SIPPROXY_PID"; wait "$SIPPROXY_PID" 2>/dev/null
 fi
 if [[ "$WHAT" != sipproxy ]]; then

@@ -279,3 +279,54 @@ def test_the_udp_read_tells_the_sink_each_datagrams_wait_and_drops_what_it_refus
     protocol.read(now=lambda: 1000.5)
     assert waits == pytest.approx([0.25, 3.0])
     assert layer.received == [fresh]
+
+
+# -- on by default -------------------------------------------------------------------------------
+
+
+def _service(*extra: str) -> Any:
+    from twisted.internet import reactor
+
+    from sipproxy.service import build_service
+    from sipproxy.tap import Options
+
+    options = Options()
+    options.parseOptions(
+        ["--db", ":memory:", "--sip-interface", "127.0.0.1", "--web", "tcp:0:interface=127.0.0.1", *extra]
+    )
+    return build_service(options, reactor)
+
+
+def test_overload_control_by_wait_is_on_by_default_and_its_timer_runs() -> None:
+    from sipproxy.security.overload import LagWatch
+
+    service = _service()
+    security = service.core.security
+    assert security.guard.congestion is security.congestion
+    assert security.congestion.tolerance == 0.5 and security.guard.lagging() is None
+    [watch] = [child for child in service if isinstance(child, LagWatch)]
+    assert watch.lag.observe == security.congestion.reactor_lagged and not watch.lag_rule
+    service.core.store.close()
+
+
+def test_overload_wait_0_turns_it_off_and_lag_alone_still_works() -> None:
+    from sipproxy.security.overload import LagWatch
+
+    service = _service("--overload-wait", "0")
+    assert service.core.security.guard.congestion is None
+    assert not [child for child in service if isinstance(child, LagWatch)]
+    service.core.store.close()
+    service = _service("--overload-wait", "0", "--overload-lag", "0.2")
+    assert service.core.security.guard.congestion is None
+    assert service.core.security.guard.lagging is service.core.security.lag
+    service.core.store.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf"])
+def test_a_bad_overload_wait_is_one_line(value: str) -> None:
+    from twisted.python.usage import UsageError
+
+    from sipproxy.tap import Options
+
+    with pytest.raises(UsageError, match="--overload-wait"):
+        Options().parseOptions(["--overload-wait", value])

@@ -190,8 +190,10 @@ class Security:
         """The service that runs the lag timer (``--overload-wait``, ``--overload-lag``), if either is on."""
         if self.watch is None:
             return None
-        wait = self.settings.overload_wait if self.congestion is not None else None
-        return LagWatch(self.watch, lag_rule=self.lag is not None, wait=wait)
+        if self.congestion is None:
+            return LagWatch(self.watch)
+        congestion = self.congestion
+        return LagWatch(self.watch, lag_rule=self.lag is not None, wait=congestion.tolerance, on_stop=congestion.stop)
 
     def is_blocked(self, source: Source, now: float) -> bool:
         """Is ``source`` refused as a scanner's address (see :mod:`sipproxy.security.blocks`)?"""

@@ -92,10 +92,18 @@ class ReactorLag:
 class LagWatch(Service):
     """Runs a :class:`ReactorLag` while the server runs, and says at start-up what overload control does."""
 
-    def __init__(self, lag: ReactorLag, *, lag_rule: bool = True, wait: float | None = None) -> None:
+    def __init__(
+        self,
+        lag: ReactorLag,
+        *,
+        lag_rule: bool = True,
+        wait: float | None = None,
+        on_stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self.lag = lag
         self.lag_rule = lag_rule
         self.wait = wait
+        self.on_stop = on_stop
 
     def startService(self) -> None:
         super().startService()
@@ -119,3 +127,4 @@ class LagWatch(Service):
     def stopService(self) -> Any:
         super().stopService()
         self.lag.stop()
+        self.on_stop()
