@@ -92,6 +92,11 @@ one_server() {
     echo "$row" >>"$ROWS"
 }
 
+shed_registers() {  # REGISTERs sipproxy refused or dropped for overload so far
+    curl -s "http://127.0.0.1:${WEB_PORT}/metrics" |
+        awk '/^sip_shed_requests_total\{method="REGISTER"/ {s+=$2} END {printf "%d", s}'
+}
+
 # avalanche NAME HOST PORT PIDS -> sets AVALANCHE_ROW
 avalanche() {
     local name="$1" host="$2" port="$3" pids="$4" dir="$OUT/$1/avalanche"
@@ -99,22 +104,21 @@ avalanche() {
     python3 "$SHARED/gen_users.py" "$dir/phones.csv" "$PHONES" a SEQUENTIAL
     local rate=$(( (PHONES + WITHIN - 1) / WITHIN ))
     log "$name: avalanche: $PHONES phones REGISTER within $WITHIN s ($rate/s), honouring 503 + Retry-After"
-    local t0; t0="$(date +%s)"
+    local t0 shed0=0; t0="$(date +%s)"
+    [[ "$name" == sipproxy ]] && shed0="$(shed_registers)"
     ( cd "$dir" && timeout -k 5 $(( WITHIN + 150 )) sipp "$host:$port" -sf "$HERE/scenarios/register_retry.xml" \
         -inf "$dir/phones.csv" -key domain bench.test -key contact_host 127.0.0.1 -key contact_port 5199 \
         -key expires 3600 -i 127.0.0.1 -p "$AVALANCHE_PORT" -r "$rate" -m "$PHONES" -l "$PHONES" \
         -nostdin -buff_size 4194304 -recv_timeout 32000 -timeout $(( WITHIN + 140 ))s -trace_stat -fd 1 \
         -stf "$dir/stat.csv" >"$dir/sipp.out" 2>&1 )
     local r; r="$($STAT step "$dir/stat.csv" - "$PHONES" "$rate")"
-    local succ retrans; succ="$(sed -n 's/.*success=\([0-9]*\).*/\1/p' <<<"$r")"
-    retrans="$(sed -n 's/.*retrans=\([0-9]*\).*/\1/p' <<<"$r")"
+    local succ retrans; succ="$(sed -n 's/.* success=\([0-9]*\).*/\1/p' <<<"$r")"
+    retrans="$(sed -n 's/.* retrans=\([0-9]*\).*/\1/p' <<<"$r")"
     local shed="-"
-    if [[ "$name" == sipproxy ]]; then
-        shed="$(curl -s "http://127.0.0.1:${WEB_PORT}/metrics" | awk '/^sip_shed_requests_total\{method="REGISTER"/ {s+=$2} END {printf "%d", s}')"
-    fi
+    [[ "$name" == sipproxy ]] && shed=$(( $(shed_registers) - shed0 ))
     log "$name: avalanche: $succ of $PHONES phones registered in $(( $(date +%s) - t0 )) s;" \
-        "Timer E retransmissions $retrans; REGISTERs answered 503 (sipproxy_shed_requests) $shed; sipp: $r"
-    AVALANCHE_ROW="$succ of $PHONES registered, $retrans retransmissions, $shed 503s"
+        "Timer E retransmissions $retrans; REGISTERs refused 503 or dropped (sip_shed_requests) $shed; sipp: $r"
+    AVALANCHE_ROW="$succ of $PHONES registered in $(( $(date +%s) - t0 )) s, $retrans retransmissions, $shed 503s"
 }
 
 if [[ "$WHAT" != kamailio ]]; then
