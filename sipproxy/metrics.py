@@ -54,7 +54,8 @@ class Metrics:
         self.shed = Counter(
             "sip_shed_requests",
             "Requests refused or dropped for overload, by method and reason (wait: 503 while messages wait too "
-            "long; stale: a UDP datagram dropped unread; transactions; lag)",
+            "long; retransmission: the same 503 again, unparsed; stale: a UDP datagram dropped unread; "
+            "transactions; lag)",
             ["method", "reason"],
             registry=r,
         )

@@ -129,6 +129,7 @@ def test_one_line_when_shedding_starts_and_one_with_the_counts_when_it_is_over()
             congestion.shed("INVITE", "wait")
         congestion.shed("REGISTER", "wait")
         congestion.shed("response", "stale")
+        congestion.shed("INVITE", "retransmission")
         clock.advance(4.0)
         congestion.shed("INVITE", "wait")  # still at it: the episode goes on
         clock.advance(4.9)
@@ -137,7 +138,7 @@ def test_one_line_when_shedding_starts_and_one_with_the_counts_when_it_is_over()
     start, end = events
     assert start["log_format"].startswith("Overload: messages wait")
     assert start["wait_ms"] == pytest.approx(450)
-    assert end["refused"] == 5 and end["stale"] == 1
+    assert end["refused"] == 5 and end["stale"] == 1 and end["again"] == 1
     assert end["by_method"] == "INVITE 4, REGISTER 1"
     assert end["seconds"] == pytest.approx(4.0) and end["peak_ms"] == pytest.approx(450)
     assert clock.getDelayedCalls() == []
@@ -216,6 +217,36 @@ def test_stale_datagrams_are_dropped_unparsed_and_counted_by_method() -> None:
     assert metrics.shed.labels("INVITE", "stale")._value.get() == 1
     assert metrics.shed.labels("response", "stale")._value.get() == 1
     assert metrics.shed.labels("OTHER", "stale")._value.get() == 1
+
+
+def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_unparsed() -> None:
+    guard, metrics, out = _shedding_guard()
+    sent: list[tuple[Response, Source]] = []
+    guard.reply = lambda response, source: sent.append((response, source))
+    invite = request("INVITE", call_id="refused")
+    assert guard.datagram_waited(invite, 0.45) is True
+    guard.message_received(parse_message(invite), SOURCE, len(invite))
+    [(refusal, to)] = sent
+    assert refusal.status == 503 and to == SOURCE
+    assert guard.datagram_waited(invite, 0.46) is False  # the same bytes again: answered, not parsed
+    assert sent[1] == (refusal, SOURCE)
+    assert metrics.shed.labels("INVITE", "retransmission")._value.get() == 1
+    assert guard.datagram_waited(request("INVITE", call_id="other"), 0.45) is True
+    over = guard.congestion
+    assert over is not None
+    over.datagram_waited(0.1)  # shedding is over: a retransmission now is a new chance
+    assert guard.datagram_waited(invite, 0.1) is True
+
+
+def test_only_udp_datagrams_are_remembered() -> None:
+    guard, _, _ = _shedding_guard()
+    sent: list[Response] = []
+    guard.reply = lambda response, source: sent.append(response)
+    invite = request("INVITE")
+    guard.datagram_waited(invite, 0.45)
+    guard.message_received(parse_message(invite), Source("TCP", "192.0.2.66", 5060), len(invite))
+    assert len(sent) == 1
+    assert guard.datagram_waited(invite, 0.45) is True
 
 
 # -- the UDP read path: the kernel's stamp becomes the wait ----------------------------------------

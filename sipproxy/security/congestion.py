@@ -179,7 +179,7 @@ class Congestion:
         return base + min(base, int(self.random() * (base + 1)))
 
     def shed(self, method: str, reason: str) -> None:
-        """A request refused (``wait``) or a datagram dropped (``stale``): counted for the episode's log line."""
+        """A request refused (``wait``), a datagram dropped (``stale``) or answered again (``retransmission``)."""
         now = self.clock.seconds()
         self._last_shed = now
         self._counts[(reason, method)] += 1
@@ -203,16 +203,19 @@ class Congestion:
             return
         self._episode = None
         counts, self._counts = self._counts, Counter()
-        refused = sum(n for (reason, _), n in counts.items() if reason != "stale")
-        stale = sum(n for (reason, _), n in counts.items() if reason == "stale")
-        by_method = ", ".join(f"{method} {n}" for (reason, method), n in sorted(counts.items()) if reason != "stale")
+        by_reason: Counter[str] = Counter()
+        for (reason, _), n in counts.items():
+            by_reason[reason] += n
+        by_method = ", ".join(f"{method} {n}" for (reason, method), n in sorted(counts.items()) if reason == "wait")
         self.log.warn(
             "Overload over after {seconds:.1f} s: {refused} new requests got 503 ({by_method}), "
-            "{stale} stale datagrams dropped; the wait peaked at {peak_ms:.0f} ms",
+            "{again} retransmissions of them the same 503 again, {stale} stale datagrams dropped; "
+            "the wait peaked at {peak_ms:.0f} ms",
             seconds=self._last_shed - self._began,
-            refused=refused,
+            refused=by_reason["wait"],
             by_method=by_method or "none",
-            stale=stale,
+            again=by_reason["retransmission"],
+            stale=by_reason["stale"],
             peak_ms=self._peak * 1000,
             counts={f"{reason}:{method}": n for (reason, method), n in counts.items()},
         )

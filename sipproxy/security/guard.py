@@ -35,10 +35,14 @@ an ACK.  Checked in this order for each message as it arrives:
 
 Where the cost is: the guard runs after the parse and before the
 transaction layer, and the retransmission test (one dictionary lookup) only
-runs when a request would be refused.  A pre-parse test of the raw bytes
-would save the parse alone, a few µs per INVITE with the C accelerator
-against the 503's own cost (see ``bench/README.md``): not worth a second
-reading of SIP.
+runs when a request would be refused.  While shedding, a UDP datagram
+byte for byte the same as one refused a moment ago (a retransmission,
+§17.1.1.2) gets the same ``503`` again before it is parsed, as a server
+transaction would resend its response (§17.2.1), for the price of a
+dictionary lookup on the bytes: no parse, no new response, no Via stamping
+(``bench/shed_cost.py``: parse 3 µs, building the 503 3 µs, sending it
+again 1 µs, with the C accelerator).  Nothing else is read before the
+parse: a second reading of SIP would save only the parse.
 
 Every response the guard sends has a To tag starting ``sg.``: the ACK for
 such a non-2xx final response (§17.1.1.3) belongs to no transaction, so the
@@ -53,6 +57,7 @@ the next sink; :meth:`Guard.admit` is the decision alone.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -115,12 +120,18 @@ class Guard:
         self.replies = RateLimiter(settings.reply_rate, settings.reply_burst)
         self.blocked_replies = RateLimiter(settings.reply_burst / settings.block_for, settings.reply_burst)
         self._log_once = Throttle(settings.log_every)
+        self._datagram: bytes | None = None
+        """The UDP datagram :meth:`datagram_waited` just let through (what the message now admitted was)."""
+        self._refused: OrderedDict[bytes, tuple[Response, Source]] = OrderedDict()
+        """While shedding: the datagrams refused, with their 503, for their retransmissions (oldest first)."""
 
     # -- the MessageSink shape -------------------------------------------------
 
     def message_received(self, message: Request | Response, source: Source, size: int) -> None:
         """Pass ``message`` on to the next sink if it is admitted; what is refused was answered or dropped."""
-        if self.admit(message, source, size) and self.sink is not None:
+        admitted = self.admit(message, source, size)
+        self._datagram = None
+        if admitted and self.sink is not None:
             self.sink.message_received(message, source, size)
 
     def datagram_waited(self, datagram: bytes, wait: float) -> bool:
@@ -131,12 +142,28 @@ class Guard:
         method (read from the first bytes), a response as ``response``.
         """
         congestion = self.congestion
-        if congestion is None or congestion.datagram_waited(wait):
+        if congestion is None:
             return True
+        if not congestion.datagram_waited(wait):
+            self._dropped(datagram, "stale")
+            return False
+        if self._refused:
+            if not congestion.shedding:
+                self._refused.clear()  # over: a retransmission now is a new chance
+            else:
+                refused = self._refused.get(datagram)
+                if refused is not None:
+                    self._dropped(datagram, "retransmission")
+                    (self.reply or _no_reply)(*refused)
+                    return False
+        self._datagram = datagram
+        return True
+
+    def _dropped(self, datagram: bytes, reason: str) -> None:
         method = _method_of(datagram)
-        self.metrics.shed_request(method, "stale")
-        congestion.shed(method, "stale")
-        return False
+        self.metrics.shed_request(method, reason)
+        assert self.congestion is not None
+        self.congestion.shed(method, reason)
 
     def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
         """``False`` (drop silently) for a blocked source or over the rate; else what the next sink says."""
@@ -198,7 +225,7 @@ class Guard:
             return not _is_ours(request)
         if method == "CANCEL":
             return True
-        return self._not_overloaded(request, source, now, reply)
+        return self._not_overloaded(request, source, size, now, reply)
 
     def _within_rate(self, request: Request | None, source: Source, key: str, now: float, reply: Reply) -> bool:
         assert self.rate is not None
@@ -223,7 +250,7 @@ class Guard:
             reply(_response(request, 503, None, retry), source)
         return False
 
-    def _not_overloaded(self, request: Request, source: Source, now: float, reply: Reply) -> bool:
+    def _not_overloaded(self, request: Request, source: Source, size: int, now: float, reply: Reply) -> bool:
         in_flight = self.in_flight()
         if in_flight >= self.settings.max_transactions and not self.is_retransmission(request):
             self._overloaded(
@@ -261,7 +288,13 @@ class Guard:
             self.metrics.shed_request(method, "wait")
             self.metrics.inc(self.metrics.blocked, "wait")
             congestion.shed(method, "wait")
-            reply(_response(request, 503, None, congestion.retry_after()), source)
+            response = _response(request, 503, None, congestion.retry_after())
+            reply(response, source)
+            datagram = self._datagram
+            if datagram is not None and source.transport == "UDP" and len(datagram) == size:
+                self._refused[datagram] = (response, source)
+                if len(self._refused) > REFUSED_KEPT:
+                    self._refused.popitem(last=False)
             return False
         return True
 
@@ -279,6 +312,9 @@ class Guard:
         if self._log_once(f"{kind}:{source_key(source.host)}", self.clock.seconds()):
             self.log.warn(fmt, host=source.host, port=source.port, **fields)
 
+
+REFUSED_KEPT = 20000
+"""Refused datagrams remembered for their retransmissions (a few seconds' worth at thousands a second)."""
 
 _ENDING = frozenset({"ACK", "CANCEL", "BYE"})
 """Requests that end or finish work already taken: never shed for the wait."""
