@@ -14,6 +14,9 @@ INVITE of ``bench/parse_bench.py`` (907 bytes, SDP):
   aside);
 - ``retransmission``: parse and the guard letting a retransmission of a
   request in progress through (the transaction layer then absorbs it);
+- ``again``: a retransmission of a refused INVITE, the same 503 sent
+  again before any parse (``Guard.datagram_waited``; the response's
+  serialization included, the ``sendto`` aside);
 - ``stale``: a datagram dropped unread (``Guard.datagram_waited``).
 """
 
@@ -66,6 +69,15 @@ def main() -> None:
     print(f"parse={best(lambda: parse_message(INVITE)):.1f}us")
     print(f"refuse={best(refuse):.1f}us")
     print(f"retransmission={best(lambda: taken.admit(parse_message(INVITE), SOURCE, len(INVITE))):.1f}us")
+    guard.datagram_waited(INVITE, 0.45)
+    guard.message_received(parse_message(INVITE), SOURCE, len(INVITE))
+    assert guard.datagram_waited(INVITE, 0.45) is False  # remembered: answered again
+
+    def again() -> None:
+        guard.datagram_waited(INVITE, 0.45)
+        sent.clear()
+
+    print(f"again={best(again):.2f}us")
     print(f"stale={best(lambda: guard.datagram_waited(INVITE, 3.0)):.2f}us")
 
 
