@@ -51,6 +51,20 @@ class Metrics:
         self.blocked = Counter(
             "sip_blocked_requests", "Requests refused by abuse limits, by reason", ["reason"], registry=r
         )
+        self.shed = Counter(
+            "sip_shed_requests",
+            "Requests refused or dropped for overload, by method and reason (wait: 503 while messages wait too "
+            "long; retransmission: the same 503 again, unparsed; stale: a UDP datagram dropped unread; "
+            "transactions; lag)",
+            ["method", "reason"],
+            registry=r,
+        )
+        self.admission_wait = Gauge(
+            "sip_admission_wait_seconds",
+            "How long messages waited before they were read, as the last admission decision saw it",
+            registry=r,
+        )
+        self.shedding = Gauge("sip_overload_shedding", "1 while new requests get 503 for overload, else 0", registry=r)
         self.server_transactions = Gauge("sip_server_transactions", "Active server transactions", registry=r)
         self.client_transactions = Gauge("sip_client_transactions", "Active client transactions", registry=r)
         self.bindings = Gauge("sip_bindings", "Current registration bindings", registry=r)
@@ -74,6 +88,15 @@ class Metrics:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = counter.labels(label)
+        child.inc()
+
+    def shed_request(self, method: str, reason: str) -> None:
+        """``sip_shed_requests{method, reason}`` one up (``response`` for a dropped response)."""
+        label = method if method in KNOWN_METHODS or method == "response" else "OTHER"
+        key = (id(self.shed), f"{label}\x00{reason}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.shed.labels(label, reason)
         child.inc()
 
     def method(self, counter: Counter, method: str) -> None:

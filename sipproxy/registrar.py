@@ -77,6 +77,7 @@ Choices the RFC leaves open, and what we do:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from email.utils import formatdate
@@ -120,6 +121,9 @@ class RegistrarSettings:
     """RFC 5626 §4.4.1: the ``Flow-Timer`` of an outbound registration on a connection (seconds between keep-alives)."""
     keep_flow_bindings: bool = False
     """Keep flow-bound bindings until they expire when their connection closes (``--keep-flow-bindings``)."""
+    expires_jitter: float = 0.0
+    """Step 7 grants a random expiry in [expires x (1 - jitter), expires] (``--expires-jitter``), never
+    under ``min_expires``: phones registered together refresh spread out."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domains", frozenset(canonical_host(d.strip()) for d in self.domains))
@@ -133,6 +137,14 @@ class RegistrarSettings:
             raise ValueError(f"max_contacts {self.max_contacts} is not positive")
         if self.flow_timer < 1:
             raise ValueError(f"flow_timer {self.flow_timer} is not positive")
+        if not 0 <= self.expires_jitter < 1:
+            raise ValueError(f"expires_jitter {self.expires_jitter} is not in [0, 1)")
+
+    def granted(self, expires: int, draw: Callable[[], float]) -> int:
+        """The expiry step 7 grants for ``expires``; ``draw()`` is uniform in [0, 1) (``expires_jitter``)."""
+        if not self.expires_jitter or expires <= self.min_expires:
+            return expires
+        return max(self.min_expires, expires - int(expires * self.expires_jitter * draw()))
 
 
 class _Log(Protocol):
@@ -168,6 +180,8 @@ class Registrar:
         self._supported = ", ".join(sorted(settings.supported))
         self._date_second = -1
         self._date_text = ""
+        self.random: Callable[[], float] = random.random
+        """The draw for ``--expires-jitter``."""
 
     def is_for_us(self, request: Request) -> bool:
         """Step 1: is the Request-URI a SIP or SIPS URI naming one of our domains or us?
@@ -364,7 +378,7 @@ class Registrar:
                     contact=wanted.contact,
                     call_id=call_id,
                     cseq=cseq,
-                    expires_at=now + wanted.expires,
+                    expires_at=now + self._settings.granted(wanted.expires, self.random),
                     q=wanted.q,
                     transport=source.transport.upper(),
                     source_host=source.host,

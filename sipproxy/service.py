@@ -332,6 +332,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
             max_contacts=options["max-contacts"],
             flow_timer=options.get("flow-timer", 120),
             keep_flow_bindings=bool(options.get("keep-flow-bindings")),
+            expires_jitter=options.get("expires-jitter", 0.0),
         ),
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level),

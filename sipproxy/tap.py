@@ -72,6 +72,17 @@ def _non_negative(name: str, value: str, meaning: str) -> float:
     return number
 
 
+def _fraction(name: str, value: str) -> float:
+    """``10%`` or ``0.1``: a share from 0 up to (not including) 1."""
+    text = str(value).strip()
+    percent = text.endswith("%")
+    number = _non_negative(name, text[:-1] if percent else text, "a share such as 10% or 0.1 (0: off)")
+    number = number / 100 if percent else number
+    if number >= 1:
+        raise usage.UsageError(f"--{name} must be below 100%, not {value!r}")
+    return number
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -110,6 +121,13 @@ class Options(usage.Options):
             None,
             "120",
             "Seconds between a phone's keep-alives on an RFC 5626 outbound connection (Flow-Timer; UDP: at most 29).",
+        ],
+        [
+            "expires-jitter",
+            None,
+            "0",
+            "Grant each registration a random expiry in [expires x (1 - J), expires], e.g. 10%, so that phones "
+            "registered together (after an outage) refresh spread out. 0: the expiry asked for (within bounds).",
         ],
         ["timer-c", None, "180", "Seconds a forwarded INVITE may ring unanswered before it is cancelled (Timer C)."],
         ["users", None, None, "Digest users file (user:realm:HA1 lines, see sipproxy-passwd); enables authentication."],
@@ -166,6 +184,14 @@ class Options(usage.Options):
             "0",
             "Seconds the reactor may run behind (three times in a row, sampled every 50 ms) before new requests "
             "get 503 + Retry-After; requests of established dialogs still pass. 0: off.",
+        ],
+        [
+            "overload-wait",
+            None,
+            "0.5",
+            "Overload control: the seconds a message may wait before it is read. From 80% of it new out-of-dialog "
+            "requests get 503 + jittered Retry-After (until under 50%); UDP datagrams that waited 4 times it are "
+            "dropped unread. 0: off.",
         ],
         # -- the recent calls (sipproxy.calls) --
         [
@@ -347,6 +373,8 @@ class Options(usage.Options):
         for name in ("max-failures", "block-time", "max-message-size", "max-transactions", "nonce-lifetime"):
             self[name] = _positive(name, self[name])
         self["overload-lag"] = _non_negative("overload-lag", self["overload-lag"], "a number of seconds (0: off)")
+        self["overload-wait"] = _non_negative("overload-wait", self["overload-wait"], "a number of seconds (0: off)")
+        self["expires-jitter"] = _fraction("expires-jitter", self["expires-jitter"])
         if self["rate-limit"] is not None:
             self["rate-limit"] = _non_negative(
                 "rate-limit", self["rate-limit"], "a number of requests per second (0: none)"

@@ -11,8 +11,10 @@ per job:
   throttle;
 - :mod:`~sipproxy.security.bound`: who holds a binding (from the location
   service);
-- :mod:`~sipproxy.security.overload`: the reactor's lag (RFC 3261
-  §21.5.4);
+- :mod:`~sipproxy.security.congestion`: admission by how long messages
+  wait before they are read (RFC 3261 §21.5.4, on by default);
+- :mod:`~sipproxy.security.overload`: the reactor's lag (the wait of
+  stream transports, and the older ``--overload-lag`` rule);
 - :mod:`~sipproxy.security.guard`: the admission guard in front of the
   message sink (403/503/513, before any transaction state);
 - :mod:`~sipproxy.security.authentication`: the 401 (§10.3 step 3) and 407
@@ -27,7 +29,8 @@ valid only until the server restarts (the nonce-count replay table lives
 in memory): after a restart each phone is asked once more (``stale=true``,
 no password prompt).  IPv6 sources are counted per /64.  Each refused
 request counts in ``sip_blocked_requests`` with reason ``auth``, ``rate``,
-``size``, ``transactions`` or ``lag``; failed authentications in
+``size``, ``transactions``, ``lag`` or ``wait``, and what overload refused
+or dropped in ``sip_shed_requests`` by method and reason; failed authentications in
 ``sip_auth_failures``.  Bindings per address-of-record (``--max-contacts``)
 and TCP connections per address are limited where they are made.
 """
@@ -53,6 +56,7 @@ from sipproxy.security.authentication import Authentication
 from sipproxy.security.blocks import Blocks
 from sipproxy.security.bound import BoundSources
 from sipproxy.security.challenges import ChallengePolicy
+from sipproxy.security.congestion import Congestion
 from sipproxy.security.dialog import DialogRoutes
 from sipproxy.security.guard import Guard, MessageSink, Reply
 from sipproxy.security.overload import LagWatch, ReactorLag
@@ -67,6 +71,7 @@ from sipproxy.security.sources import request_address, source_key
 
 __all__ = [
     "DEFAULT_RATE",
+    "Congestion",
     "Guard",
     "LagWatch",
     "MessageSink",
@@ -133,7 +138,22 @@ class Security:
             self.authentication = Authentication(
                 self.digest, self.realm, domains, locality, self.dialogs, self.blocks, challenges, clock, metrics
             )
-        self.lag = ReactorLag(clock, settings.overload_lag) if settings.overload_lag > 0 else None
+        self.congestion: Congestion | None = None
+        if settings.overload_wait > 0:
+            self.congestion = Congestion(clock, settings.overload_wait, retry_after=settings.overload_retry_after)
+            congestion = self.congestion
+            metrics.watch(metrics.admission_wait, lambda: congestion.wait)
+            metrics.watch(metrics.shedding, lambda: float(congestion.shedding))
+        self.lag: ReactorLag | None = None
+        """The ``--overload-lag`` rule, if it is on (the guard's ``lagging``)."""
+        self.watch: ReactorLag | None = None
+        """The lag timer: the ``--overload-lag`` rule's, which also feeds the congestion, or one for that alone."""
+        if settings.overload_lag > 0:
+            self.lag = self.watch = ReactorLag(clock, settings.overload_lag)
+        elif self.congestion is not None:
+            self.watch = ReactorLag(clock, settings.overload_wait)
+        if self.watch is not None and self.congestion is not None:
+            self.watch.observe = self.congestion.reactor_lagged
         self.guard = self.admission_guard()
         """The server's guard: ``build_core`` makes it the transport's message sink, before the transactions."""
 
@@ -163,11 +183,17 @@ class Security:
             is_retransmission=is_retransmission,
             lagging=self.lag if self.lag is not None else (lambda: None),
             in_dialog=self.dialogs.follows_our_record_route,
+            congestion=self.congestion,
         )
 
     def overload_service(self) -> LagWatch | None:
-        """The service that runs the reactor-lag watch (``--overload-lag``), if it is on."""
-        return LagWatch(self.lag) if self.lag is not None else None
+        """The service that runs the lag timer (``--overload-wait``, ``--overload-lag``), if either is on."""
+        if self.watch is None:
+            return None
+        if self.congestion is None:
+            return LagWatch(self.watch)
+        congestion = self.congestion
+        return LagWatch(self.watch, lag_rule=self.lag is not None, wait=congestion.tolerance, on_stop=congestion.stop)
 
     def is_blocked(self, source: Source, now: float) -> bool:
         """Is ``source`` refused as a scanner's address (see :mod:`sipproxy.security.blocks`)?"""

@@ -26,6 +26,28 @@ an ACK.  Checked in this order for each message as it arrives:
    ``503`` with ``Retry-After``, unless it retransmits a request already
    taken; so does one while the reactor lags (``--overload-lag``), unless it
    belongs to a dialog we record-routed (:mod:`sipproxy.security.dialog`).
+5. the wait (:mod:`sipproxy.security.congestion`, ``--overload-wait``, on
+   by default): while messages wait too long before they are read, a new
+   out-of-dialog request (no To tag; not ACK, CANCEL or BYE) gets ``503``
+   with a jittered ``Retry-After``, unless it retransmits a request already
+   taken.  Before that, for UDP, :meth:`Guard.datagram_waited` drops a
+   datagram too stale to answer, unparsed.
+
+Where the cost is: the guard runs after the parse and before the
+transaction layer, and the retransmission test (one dictionary lookup) only
+runs when a request would be refused.  While shedding, a UDP datagram
+byte for byte the same as one refused a moment ago (a retransmission,
+§17.1.1.2) gets the same ``503`` again before it is parsed, as a server
+transaction would resend its response (§17.2.1), for the price of a
+dictionary lookup on the bytes: no parse, no new response, no Via stamping
+(``bench/shed_cost.py``: parse 3 µs, building the 503 3 µs, sending it
+again 1 µs, with the C accelerator).  Nothing else is read before the
+parse: a second reading of SIP would save only the parse.
+
+Every response the guard sends has a To tag starting ``sg.``: the ACK for
+such a non-2xx final response (§17.1.1.3) belongs to no transaction, so the
+guard absorbs it instead of letting the proxy forward it (§16.11 would send
+it on along the Request-URI).
 
 The guard has the shape of the transport's ``MessageSink``
 (``message_received`` and ``unparseable``) and passes what it admits on to
@@ -35,6 +57,7 @@ the next sink; :meth:`Guard.admit` is the decision alone.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -44,6 +67,7 @@ from sipproxy.message import ParseError, Request, Response, make_response
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, Source
 from sipproxy.randomness import random_hex
+from sipproxy.security.congestion import Congestion
 from sipproxy.security.settings import SecuritySettings
 from sipproxy.security.sources import Throttle, source_key
 from sipproxy.transport.sink import MessageSink, Reply
@@ -70,6 +94,7 @@ class Guard:
         is_retransmission: Callable[[Request], bool] = lambda request: False,
         lagging: Callable[[], float | None] = lambda: None,
         in_dialog: Callable[[Request], bool] = lambda request: False,
+        congestion: Congestion | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -87,19 +112,58 @@ class Guard:
         """How far behind the reactor runs, in seconds, when it is overloaded (``ReactorLag``); else ``None``."""
         self.in_dialog = in_dialog
         """Does the request belong to a dialog we record-routed (``DialogRoutes.follows_our_record_route``)?"""
+        self.congestion = congestion
+        """The admission by wait time (``--overload-wait``); ``None``: off."""
         self.rate: RateLimiter | None = None
         if settings.rate is not None:
             self.rate = RateLimiter(settings.rate, settings.effective_burst)
         self.replies = RateLimiter(settings.reply_rate, settings.reply_burst)
         self.blocked_replies = RateLimiter(settings.reply_burst / settings.block_for, settings.reply_burst)
         self._log_once = Throttle(settings.log_every)
+        self._datagram: bytes | None = None
+        """The UDP datagram :meth:`datagram_waited` just let through (what the message now admitted was)."""
+        self._refused: OrderedDict[bytes, tuple[Response, Source]] = OrderedDict()
+        """While shedding: the datagrams refused, with their 503, for their retransmissions (oldest first)."""
 
     # -- the MessageSink shape -------------------------------------------------
 
     def message_received(self, message: Request | Response, source: Source, size: int) -> None:
         """Pass ``message`` on to the next sink if it is admitted; what is refused was answered or dropped."""
-        if self.admit(message, source, size) and self.sink is not None:
+        admitted = self.admit(message, source, size)
+        self._datagram = None
+        if admitted and self.sink is not None:
             self.sink.message_received(message, source, size)
+
+    def datagram_waited(self, datagram: bytes, wait: float) -> bool:
+        """A UDP datagram waited ``wait`` seconds unread; ``False``: too stale, drop it unparsed.
+
+        What the UDP transport asks of its sink before it parses (the
+        kernel's receive time stamp).  A dropped request is counted by its
+        method (read from the first bytes), a response as ``response``.
+        """
+        congestion = self.congestion
+        if congestion is None:
+            return True
+        if not congestion.datagram_waited(wait):
+            self._dropped(datagram, "stale")
+            return False
+        if self._refused:
+            if not congestion.shedding:
+                self._refused.clear()  # over: a retransmission now is a new chance
+            else:
+                refused = self._refused.get(datagram)
+                if refused is not None:
+                    self._dropped(datagram, "retransmission")
+                    (self.reply or _no_reply)(*refused)
+                    return False
+        self._datagram = datagram
+        return True
+
+    def _dropped(self, datagram: bytes, reason: str) -> None:
+        method = _method_of(datagram)
+        self.metrics.shed_request(method, reason)
+        assert self.congestion is not None
+        self.congestion.shed(method, reason)
 
     def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
         """``False`` (drop silently) for a blocked source or over the rate; else what the next sink says."""
@@ -156,9 +220,12 @@ class Guard:
             if method != "ACK":
                 reply(_response(request, 513, None), source)
             return False
-        if method in ("ACK", "CANCEL"):
+        if method == "ACK":
+            # the ACK for one of our stateless refusals ends there (§17.1.1.3): no transaction, nowhere to go
+            return not _is_ours(request)
+        if method == "CANCEL":
             return True
-        return self._not_overloaded(request, source, now, reply)
+        return self._not_overloaded(request, source, size, now, reply)
 
     def _within_rate(self, request: Request | None, source: Source, key: str, now: float, reply: Reply) -> bool:
         assert self.rate is not None
@@ -183,7 +250,7 @@ class Guard:
             reply(_response(request, 503, None, retry), source)
         return False
 
-    def _not_overloaded(self, request: Request, source: Source, now: float, reply: Reply) -> bool:
+    def _not_overloaded(self, request: Request, source: Source, size: int, now: float, reply: Reply) -> bool:
         in_flight = self.in_flight()
         if in_flight >= self.settings.max_transactions and not self.is_retransmission(request):
             self._overloaded(
@@ -210,6 +277,25 @@ class Guard:
                 lag=lag * 1000,
             )
             return False
+        congestion, method = self.congestion, request.method
+        if (
+            congestion is not None
+            and congestion.shedding
+            and method not in _ENDING
+            and _out_of_dialog(request)
+            and not self.is_retransmission(request)
+        ):
+            self.metrics.shed_request(method, "wait")
+            self.metrics.inc(self.metrics.blocked, "wait")
+            congestion.shed(method, "wait")
+            response = _response(request, 503, None, congestion.retry_after())
+            reply(response, source)
+            datagram = self._datagram
+            if datagram is not None and source.transport == "UDP" and len(datagram) == size:
+                self._refused[datagram] = (response, source)
+                if len(self._refused) > REFUSED_KEPT:
+                    self._refused.popitem(last=False)
+            return False
         return True
 
     def _overloaded(
@@ -217,6 +303,7 @@ class Guard:
     ) -> None:
         """Refuse ``request`` for overload: counted by ``kind``, logged once a while, 503 with Retry-After."""
         self.metrics.inc(self.metrics.blocked, kind)
+        self.metrics.shed_request(request.method, kind)
         if self._log_once(kind, now):
             self.log.warn(fmt, **fields)
         reply(_response(request, 503, None, self.settings.overload_retry_after), source)
@@ -226,8 +313,42 @@ class Guard:
             self.log.warn(fmt, host=source.host, port=source.port, **fields)
 
 
+REFUSED_KEPT = 20000
+"""Refused datagrams remembered for their retransmissions (a few seconds' worth at thousands a second)."""
+
+_ENDING = frozenset({"ACK", "CANCEL", "BYE"})
+"""Requests that end or finish work already taken: never shed for the wait."""
+
+_TAG_PREFIX = "sg."
+"""The To tag of every refusal the guard sends (stateless): the ACK for one is recognised and absorbed."""
+
+
+def _out_of_dialog(request: Request) -> bool:
+    """No To tag: the request starts new work (§12.2: a request within a dialog has one)."""
+    try:
+        return request.to.tag is None
+    except ParseError:
+        return True
+
+
+def _is_ours(ack: Request) -> bool:
+    try:
+        tag = ack.to.tag
+    except ParseError:
+        return False
+    return tag is not None and tag.startswith(_TAG_PREFIX)
+
+
+def _method_of(datagram: bytes) -> str:
+    """The method of a raw request (``response`` for a response), for the metrics; no parse."""
+    first = datagram[:16].split(b" ", 1)[0].lstrip(b"\r\n")
+    if first.startswith(b"SIP/"):
+        return "response"
+    return first.decode("ascii", "replace")
+
+
 def _response(request: Request, status: int, reason: str | None, retry_after: int | None = None) -> Response:
-    response = make_response(request, status, reason, to_tag=random_hex(4))
+    response = make_response(request, status, reason, to_tag=_TAG_PREFIX + random_hex(4))
     if retry_after is not None:
         response.add("Retry-After", str(retry_after))
     return response

@@ -51,6 +51,9 @@ class SecuritySettings:
     overload_retry_after: int = 5
     overload_lag: float = 0.0
     """Seconds the reactor may run behind before new requests get 503 (0: not watched)."""
+    overload_wait: float = 0.5
+    """The tolerance of the admission by wait time (``--overload-wait``, see
+    :mod:`sipproxy.security.congestion`): shed from 80 % of it, drop UDP datagrams at 4x; 0: off."""
     log_every: float = 60.0
     """At most one log line per source and kind of refusal in this many seconds."""
     unanswered_challenges: int = 3
@@ -66,8 +69,8 @@ class SecuritySettings:
             raise ValueError("rate must be positive (or None for no limit)")
         if self.burst is not None and not self.burst > 0:
             raise ValueError("burst must be positive")
-        if not self.overload_lag >= 0 or self.unanswered_challenges < 1:
-            raise ValueError("overload_lag must not be negative, unanswered_challenges must be positive")
+        if not self.overload_lag >= 0 or not self.overload_wait >= 0 or self.unanswered_challenges < 1:
+            raise ValueError("overload_lag and overload_wait must not be negative, unanswered_challenges positive")
 
     @property
     def effective_burst(self) -> float:
@@ -118,4 +121,5 @@ def settings_from_options(options: Mapping[str, Any]) -> SecuritySettings:
         max_message_size=int(_option(options, "max-message-size", SecuritySettings.max_message_size)),
         max_transactions=int(_option(options, "max-transactions", SecuritySettings.max_transactions)),
         overload_lag=float(_option(options, "overload-lag", 0.0)),
+        overload_wait=float(_option(options, "overload-wait", SecuritySettings.overload_wait)),
     )

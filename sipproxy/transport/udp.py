@@ -4,14 +4,26 @@
 :class:`SipDatagramProtocol` is what the UDP listeners run (one per address
 family); :class:`DatagramSender` is UDP's entry in the transport layer's
 table of senders, writing from those same sockets.
+
+Each datagram's wait: the socket asks the kernel to stamp every datagram as
+it arrives (``SO_TIMESTAMPNS``), and the protocol reads its socket itself
+(:meth:`SipDatagramProtocol.read`, ``recvmsg`` where Twisted's port uses
+``recvfrom``, otherwise the same loop), so that before a datagram is parsed
+the message sink learns how long it waited (``datagram_waited``, the
+admission guard's overload signal, :mod:`sipproxy.security.congestion`) and
+may have it dropped unread.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
 from sipproxy.net import Source
 from sipproxy.transport.address import normalize_host
@@ -21,6 +33,14 @@ if TYPE_CHECKING:
     from sipproxy.transport.layer import TransportLayer
 
 __all__ = ["DatagramSender", "SipDatagramProtocol"]
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS): a ``struct timespec`` of the arrival, CLOCK_REALTIME."""
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+_READ_IGNORE = frozenset({11, 4})  # EAGAIN/EWOULDBLOCK, EINTR: nothing (more) to read now
+_READ_REFUSED = 111  # ECONNREFUSED, an ICMP error for what we sent: nothing to read either
+_log = Logger(namespace="sipproxy.transport")
 
 
 class SipDatagramProtocol(DatagramProtocol):
@@ -32,6 +52,7 @@ class SipDatagramProtocol(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.layer.udp[self.family] = self.transport  # type: ignore[assignment]
+        self._stamp_arrivals()
 
     def stopProtocol(self) -> None:
         if self.layer.udp.get(self.family) is self.transport:
@@ -50,6 +71,54 @@ class SipDatagramProtocol(DatagramProtocol):
             self.layer.drops.warn("oversized", host, "Dropped oversized datagram from {host}:{port}", port=port)
             return
         self.layer.received(datagram, Source("UDP", host, port))
+
+    # -- the read path: every datagram with its wait -------------------------------------
+
+    def _stamp_arrivals(self) -> None:
+        """Have the kernel stamp arrivals and read the socket ourselves; where it cannot, Twisted's loop stays."""
+        port: Any = self.transport
+        sock = getattr(port, "socket", None)
+        if sock is None or not _ANCILLARY or not hasattr(sock, "recvmsg"):
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            return
+        self._socket = sock
+        self._max_read = getattr(port, "maxPacketSize", 65535)
+        self._max_throughput = getattr(port, "maxThroughput", 256 * 1024)
+        # The reactor calls the port's doRead when the socket is readable: this one reads it instead.
+        port.doRead = self.read
+
+    def read(self, now: Callable[[], float] = time.time) -> None:
+        """Twisted's ``udp.Port.doRead`` with ``recvmsg``: up to ``maxThroughput`` bytes, then back to the reactor.
+
+        Before a datagram goes to :meth:`datagramReceived` the sink is told
+        how long it waited since the kernel stamped it (``now`` is the same
+        clock, CLOCK_REALTIME); if it answers ``False`` the datagram is
+        dropped unread.
+        """
+        sock, size, anc = self._socket, self._max_read, _ANCILLARY
+        waited = getattr(self.layer.sink, "datagram_waited", None)
+        read = 0
+        while read < self._max_throughput:
+            try:
+                data, ancillary, _, addr = sock.recvmsg(size, anc)
+            except OSError as error:
+                if error.errno in _READ_IGNORE or error.errno == _READ_REFUSED:
+                    return
+                raise
+            read += len(data)
+            try:
+                if waited is not None and ancillary:
+                    level, kind, stamp = ancillary[0]
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= _TIMESPEC.size:
+                        seconds, nanoseconds = _TIMESPEC.unpack_from(stamp)
+                        if not waited(data, now() - seconds - nanoseconds * 1e-9):
+                            continue
+                self.datagramReceived(data, addr[:2])
+            except Exception:
+                _log.failure("Bug while reading a UDP datagram")
 
 
 class DatagramSender:
