@@ -11,6 +11,7 @@ from twisted.web.server import Request, Site
 
 from sipproxy.calls.ring import RecentCalls
 from sipproxy.location import LocationService
+from sipproxy.location.history import BindingHistory
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.app import BindingsPage, Explain
@@ -51,6 +52,7 @@ def make_web_resource(
     max_streams: int = MAX_STREAMS,
     calls: RecentCalls | None = None,
     explain: Explain | None = None,
+    history: BindingHistory | None = None,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
@@ -61,6 +63,7 @@ def make_web_resource(
     server's own names, accepted in ``Host`` on a loopback listener besides
     ``localhost`` and the loopback addresses. ``max_streams``:
     ``--max-event-streams``. ``calls``: the recent calls (``--recent-calls``). ``explain``: the proxy's routing explain.
+    ``history``: the binding history (``None``: off).
     """
     page = BindingsPage(
         store,
@@ -75,6 +78,7 @@ def make_web_resource(
         max_streams=max_streams,
         calls=calls,
         explain=explain,
+        history=history,
     )
     return page.resource()
 
