@@ -92,13 +92,19 @@ from sipproxy.message.uri import canonical_host
 from sipproxy.net import Clock, Source, is_reliable
 from sipproxy.randomness import stable_tag
 
-__all__ = ["UDP_FLOW_TIMER", "Authenticate", "Registrar", "RegistrarSettings"]
+__all__ = ["UDP_FLOW_TIMER", "Authenticate", "Refused", "Registrar", "RegistrarSettings"]
 
 UDP_FLOW_TIMER = 29
 """RFC 5626 §4.4.1: the ``Flow-Timer`` of an outbound registration over UDP (NAT mappings last about 30 s)."""
 
 Authenticate = Callable[[Request, str], Response | str | None]
 """The step 3 hook: ``(request, aor_text) -> Response | username | None``; it may also raise :class:`SipError`."""
+
+Refused = Callable[[str, Request, Source, int, str], None]
+"""Told of each REGISTER the registrar refuses by policy (403, 423): ``(aor, request, source, status, reason)``."""
+
+_TOLD = frozenset({403, 423})
+"""The refusals :data:`Refused` hears: step 4's 403, too many contacts, step 6's 423 Interval Too Brief."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +176,11 @@ class Registrar:
         *,
         log: _Log | None = None,
         local: LocalAddress | None = None,
+        on_refused: Refused | None = None,
     ) -> None:
+        """``on_refused`` hears the policy refusals (the binding history); it must not raise."""
         self._store = store
+        self._on_refused = on_refused
         self._locality = Locality(local, settings.domains)
         self._clock = clock
         self._settings = settings
@@ -218,7 +227,10 @@ class Registrar:
         try:
             return self._process(request, source)
         except SipError as refusal:
-            return self._respond(request, refusal.status, refusal.reason, refusal.headers)
+            response = self._respond(request, refusal.status, refusal.reason, refusal.headers)
+            if self._on_refused is not None and refusal.status in _TOLD:
+                self._told(request, source, response)
+            return response
         except ParseError as error:
             return self._respond(request, error.status, error.reason)
         except Exception:
@@ -227,6 +239,19 @@ class Registrar:
                 return self._respond(request, 500)
             except Exception:
                 return Response(500, "Server Internal Error")
+
+    def _told(self, request: Request, source: Source, response: Response) -> None:
+        assert self._on_refused is not None
+        reason = response.reason
+        minimum = response.get("min-expires")
+        if minimum is not None:
+            reason = f"{reason} (Min-Expires {minimum})"
+        try:
+            to_uri = request.to.uri
+            aor = canonical_aor(to_uri) if isinstance(to_uri, SipURI) else str(to_uri)
+            self._on_refused(aor, request, source, response.status, reason)
+        except Exception:  # the history is not the REGISTER: it is answered all the same
+            self._log.failure("Telling of the refused REGISTER {request!r} failed", request=request)
 
     # -- the steps ---------------------------------------------------------
 

@@ -10,10 +10,12 @@ levels in ``loglevel``.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from twisted.application.internet import UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger, LogLevel
 
@@ -25,10 +27,13 @@ from sipproxy.flowtoken import FlowTokens
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
 from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
+from sipproxy.location.history import BindingHistory, HistoryService, HistoryStore, MemoryHistory
+from sipproxy.location.historydb import SQLiteHistory
 from sipproxy.location.log import BindingLog
 from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
 from sipproxy.message import Request, Response, _accel
+from sipproxy.message.uri import is_ip_address
 from sipproxy.metrics import Metrics
 from sipproxy.net import NextHop
 from sipproxy.proxy import Proxy, ProxySettings
@@ -50,6 +55,7 @@ from sipproxy.transport import (
 )
 from sipproxy.transport.certificates import ReloadOnHangup, TLSCertificates, TLSFiles
 from sipproxy.transport.flows import RegisteredFlows, flow_state
+from sipproxy.transport.hep import HepSender
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
 from sipproxy.transport.sink import MessageTap
 from sipproxy.transport.tls import TLSConnect, TLSSender, tls_connector, tls_server_factory, tls_wrap
@@ -158,6 +164,8 @@ class SipCore:
     stack: SipStack
     transactions: TransactionLayer
     proxy: Proxy
+    history: BindingHistory | None = None
+    """The binding history (``--history-events``), ``None`` when off."""
 
 
 def build_core(
@@ -178,6 +186,7 @@ def build_core(
     tap: MessageTap | None = None,
     connect_tls: TLSConnect | None = None,
     websockets: Sequence[str] = (),
+    history: BindingHistory | None = None,
 ) -> SipCore:
     """The layers bottom-up: transport (§18), transactions (§17), stack, registrar (§10) and proxy (§16).
 
@@ -192,6 +201,7 @@ def build_core(
         authenticate=security.registrar_hook,
         log=Logger(namespace="sipproxy.registrar"),
         local=local,
+        on_refused=history.refused if history is not None else None,
     )
     # A stream buffers no more than the guard would accept (513 above it).
     limits = replace(transport_limits, max_message=security.settings.max_message_size)
@@ -272,7 +282,11 @@ def build_core(
     stack.proxy = proxy
     guard.in_flight = proxy.active_contexts
     guard.is_retransmission = transactions.is_retransmission
-    return SipCore(clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy)
+    if history is not None and security.authentication is not None:  # its 401/403 refusals, to the history
+        security.authentication.on_refused = history.refused
+    return SipCore(
+        clock, metrics, domains, local, store, security, registrar, transport, stack, transactions, proxy, history
+    )
 
 
 def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
@@ -303,6 +317,9 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
     store_service = StoreService(store, store.where)
     services.append(store_service)
+    history = _binding_history(options, reactor, store)
+    if history is not None:  # closed (pending events written) before the store closes
+        HistoryService(history.store).setServiceParent(store_service)
     if persistence is not None:
         WalCheckpointer(persistence).setServiceParent(store_service)
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
@@ -310,6 +327,9 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     recent = _recent_calls(options)
     certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
+    hep = _hep_sender(options, reactor, local, interface)
+    if hep is not None:  # its socket, opened before the SIP listeners start so that nothing goes uncopied
+        services.append(UDPServer(0, hep, interface="::" if ":" in hep.server[0] else "0.0.0.0"))
     core = build_core(
         reactor,
         store,
@@ -335,12 +355,13 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
             expires_jitter=options.get("expires-jitter", 0.0),
         ),
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
-        wirelog=WireLog(level),
+        wirelog=WireLog(level, copy=hep.copy if hep is not None else None),
         transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
         on_call=_observers(CallLog(), recent),
         tap=Capture(recent, reactor) if recent is not None and recent.max_bytes > 0 else None,
         connect_tls=tls_connector(reactor, reactor, certificates) if certificates is not None else None,
         websockets=[name for name in ("WS", "WSS") if options.get(name.lower())],
+        history=history,
     )
     # After the restore: bindings on connections that died with the last process are not reachable (RFC 5626 §5.3).
     AfterRestore(core).setServiceParent(store_service)
@@ -381,6 +402,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         calls=recent,
         explain=lambda uri, from_, method: core.proxy.explain(uri, from_, method, security.users is not None),
         flow=flow_state(core.transport.has_flow),
+        history=history,
     )
     web = WebListener(reactor, description, QuietSite(resource))
     services += [web, GarbageCollection()]
@@ -409,6 +431,59 @@ def _websocket_listeners(
             lines = {"listening": "SIP over WSS on {web}", "failed": "No WSS listener: --wss {web}: {reason}"}
         out.append(WebListener(reactor, description, factory, option=f"--{name.lower()}", **lines))
     return out
+
+
+def _hep_sender(options: Mapping[str, Any], reactor: Any, local: LocalAddress, interface: str) -> HepSender | None:
+    """``--hep``: the sender, with our side of each message (see :mod:`sipproxy.transport.hep`)."""
+    server = options.get("hep-server")
+    if server is None:
+        return None
+    ours = interface or (local.host if is_ip_address(local.host) else "")
+    ports = {"UDP": local.port, "TCP": local.port, "TLS": local.tls_port, "WS": local.ws_port, "WSS": local.wss_port}
+
+    def local_side(transport: str, peer: str) -> tuple[str, int]:
+        host = ours or ("::" if ":" in peer else "0.0.0.0")
+        return host, ports.get(transport.upper()) or local.port
+
+    log.info(
+        "HEP3 copies of every SIP message to {host}:{port} (capture ID {id})",
+        host=server[0],
+        port=server[1],
+        id=options.get("hep-capture-id", 2001),
+    )
+    return HepSender(
+        reactor,
+        server,
+        local_side,
+        capture_id=options.get("hep-capture-id", 2001),
+        auth_key=options.get("hep-password"),
+    )
+
+
+def _binding_history(options: Mapping[str, Any], reactor: Any, store: LocationStore) -> BindingHistory | None:
+    """``--history-events`` (0: none) and ``--history-age``: in ``--db``'s file, or in memory with ``:memory:``.
+
+    A file whose history table cannot be opened leaves the history in memory, with an error line:
+    the bindings do not depend on it.
+    """
+    count = options.get("history-events", 50)
+    if not count:
+        return None
+    age = float(options.get("history-age", 7 * 86400))
+    kept: HistoryStore = MemoryHistory(reactor, age, count)
+    if isinstance(store, SQLiteLocation):
+        try:
+            kept = SQLiteHistory(reactor, store.persistence.path, age, count)
+        except sqlite3.Error as error:
+            log.error(
+                "Binding history: cannot use {path} ({error}); keeping it in memory until restarted",
+                path=store.persistence.path,
+                error=error,
+            )
+
+    history = BindingHistory(kept, reactor)
+    store.subscribe(history.changed)
+    return history
 
 
 def _recent_calls(options: Mapping[str, Any]) -> RecentCalls | None:

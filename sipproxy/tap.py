@@ -207,6 +207,29 @@ class Options(usage.Options):
             "Memory for the recent calls and their messages, in bytes (K, M suffixes); the oldest calls go "
             "beyond it. 0: outcomes only, no call-flow ladders (the transport then captures nothing).",
         ],
+        # -- the binding history (sipproxy.location.history) --
+        [
+            "history-age",
+            None,
+            "7d",
+            "How long the binding history keeps an event (s, m, h, d suffixes; default 7d); in --db's file, "
+            "or in memory with --db :memory:.",
+        ],
+        [
+            "history-events",
+            None,
+            "50",
+            "Binding history events kept per address-of-record (0: no history).",
+        ],
+        # -- HEP (sipproxy.transport.hep, sipproxy.transport.hep3) --
+        [
+            "hep",
+            None,
+            None,
+            "udp:HOST:PORT of a Homer capture server: a HEP3 copy of every SIP message sent and received goes there.",
+        ],
+        ["hep-capture-id", None, "2001", "The capture agent ID in each HEP copy (--hep), 0-4294967295."],
+        ["hep-password", None, None, "The authentication key in each HEP copy, when the capture server wants one."],
         # -- TCP (sipproxy.transport.stream) --
         [
             "tcp-message-timeout",
@@ -304,6 +327,8 @@ class Options(usage.Options):
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
         self._recent_calls()
+        self._history_options()
+        self._hep_options()
         self._tls_options()
         self._websocket_options()
 
@@ -320,6 +345,37 @@ class Options(usage.Options):
                 f"--recent-calls-bytes must be a number of bytes such as 4M or 500K (0: no ladders), not {text!r}"
             )
         self["recent-calls-bytes"] = int(digits) << {"": 0, "K": 10, "M": 20}[unit]
+
+    def _history_options(self) -> None:
+        """``--history-age`` (a duration, above 0) and ``--history-events`` (a whole number, 0: off)."""
+        text = str(self["history-age"]).strip().lower()
+        digits, unit = (text[:-1], text[-1]) if text[-1:] in ("s", "m", "h", "d") else (text, "s")
+        if not digits.isdigit() or int(digits) == 0:
+            raise usage.UsageError(
+                f"--history-age must be a duration such as 7d, 12h or 3600 (seconds), above 0, not {text!r}"
+            )
+        self["history-age"] = float(int(digits) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+        count = str(self["history-events"]).strip()
+        if not count.isdigit():
+            raise usage.UsageError(f"--history-events must be a whole number of events (0: no history), not {count!r}")
+        self["history-events"] = int(count)
+
+    def _hep_options(self) -> None:
+        """``--hep udp:HOST:PORT`` (a host name is resolved now), ``--hep-capture-id`` a 32-bit number."""
+        from sipproxy.transport.hep import parse_capture_server
+
+        capture_id = str(self["hep-capture-id"]).strip()
+        if not capture_id.isdigit() or int(capture_id) > 0xFFFFFFFF:
+            raise usage.UsageError(f"--hep-capture-id must be a whole number 0-4294967295, not {capture_id!r}")
+        self["hep-capture-id"] = int(capture_id)
+        if self["hep"] is None:
+            if self["hep-password"] is not None:
+                raise usage.UsageError("--hep-password needs --hep udp:HOST:PORT")
+            return
+        try:
+            self["hep-server"] = parse_capture_server(self["hep"])
+        except ValueError as error:
+            raise usage.UsageError(f"--hep {self['hep']!r}: {error}") from None
 
     def _tls_options(self) -> None:
         """Which TLS files go together; whether they can be read is ``startup.load_certificates``' business."""

@@ -177,6 +177,8 @@
     const tbody = aorTemplate.content.firstElementChild.cloneNode(true);
     tbody.dataset.aor = aor;
     tbody.querySelector('[data-field="aor"]').textContent = aor;
+    const history = tbody.querySelector('[data-field="history"]');
+    if (history) history.setAttribute("href", "history?aor=" + encodeURIComponent(aor));
     tbody.querySelector('[data-field="aor-count"]').textContent =
       contacts.size + (contacts.size === 1 ? " contact" : " contacts");
     const removeAll = tbody.querySelector(".remove-aor");

@@ -77,6 +77,7 @@ class FakeServer:
         max_contacts: int = 10,
         secret: bytes = SECRET,
         random_bytes: Any = None,
+        history: Any = None,
     ) -> None:
         self.clock = Clock()
         self.clock.advance(START)
@@ -95,6 +96,8 @@ class FakeServer:
             random_bytes=random_bytes,
         )
         self.connector = Connector()
+        self.history = history(self.clock, self.store) if history is not None else None
+        """``history(clock, store)`` builds a binding history to wire (``service._binding_history``'s job)."""
         core = build_core(
             self.clock,
             self.store,
@@ -105,6 +108,7 @@ class FakeServer:
             connect_tcp=self.connector,
             resolve=lambda host, callback: callback(None),
             registrar_settings=RegistrarSettings(domains=frozenset(self.domains.names), max_contacts=max_contacts),
+            history=self.history,
         )
         self.registrar, self.transport, self.stack = core.registrar, core.transport, core.stack
         self.transactions = core.transactions

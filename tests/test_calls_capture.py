@@ -103,3 +103,55 @@ def test_without_a_tap_nothing_is_captured_and_sip_goes_on() -> None:
     transport = TransportLayer(sink=sink, clock=clock)
     transport.received(request(), Source("UDP", *ALICE))
     assert len(sink.received) == 1 and transport.tap is None
+
+
+def _record(method: str, call_id: str, status: int) -> Any:
+    from sipproxy.calls import CallRecord
+
+    return CallRecord(
+        method,
+        call_id,
+        "sip:alice@example.test",
+        "sip:bob@example.test",
+        "UDP 192.0.2.7:5060",
+        1000,
+        1000.5,
+        status,
+        "x",
+    )
+
+
+def test_a_failed_out_of_dialog_message_gets_its_ladder_from_what_was_held() -> None:
+    """Issue 18: MESSAGE, OPTIONS, SUBSCRIBE... the proxy forwarded and that failed show their flow too."""
+    transport, ring, clock, sink, protocol = stack()
+    protocol.datagramReceived(request("MESSAGE", "msg-1"), ALICE)
+    assert ring.entries == {} and list(ring.pending) == ["msg-1"]
+    message: Request = sink.received[0][0]
+    transport.send_request(message.copy(), Target("UDP", "192.0.2.20", 5062), lambda reason: None)
+    reply = messages.make_response_bytes(404, "Not Found", method="MESSAGE", call_id="msg-1", cseq="1 MESSAGE")
+    protocol.datagramReceived(reply, ("192.0.2.20", 5062))
+    transport.send_response(make_response(message, 404), Source("UDP", *ALICE))
+    ring(_record("MESSAGE", "msg-1", 404))  # the proxy's record, after its final response went out
+    (entry,) = ring.entries.values()
+    assert [(m.incoming, m.host, m.data.split(b"\r\n", 1)[0]) for m in entry.messages] == [
+        (True, "192.0.2.7", b"MESSAGE sip:bob@example.test SIP/2.0"),
+        (False, "192.0.2.20", b"MESSAGE sip:bob@example.test SIP/2.0"),
+        (True, "192.0.2.20", b"SIP/2.0 404 Not Found"),
+        (False, "192.0.2.7", b"SIP/2.0 404 Not Found"),
+    ]
+    assert ring.pending == {} and ring.pending_bytes == 0
+    assert ring.calls()[0].record is not None and ring.calls()[0].record.method == "MESSAGE"
+
+
+def test_held_requests_that_never_become_calls_make_way_without_taking_a_calls_place() -> None:
+    from sipproxy.calls.ring import PENDING_CALLS
+
+    transport, ring, clock, sink, protocol = stack()
+    protocol.datagramReceived(request(), ALICE)  # a call
+    for n in range(PENDING_CALLS + 10):  # OPTIONS pings the proxy answers itself: no record ever
+        protocol.datagramReceived(request("OPTIONS", f"ping-{n}"), ALICE)
+    assert list(ring.entries) == ["call-1"]
+    assert len(ring.pending) == PENDING_CALLS and "ping-0" not in ring.pending
+    protocol.datagramReceived(request("ACK", "ack-1"), ALICE)
+    protocol.datagramReceived(request("CANCEL", "cancel-1"), ALICE)
+    assert "ack-1" not in ring.pending and "cancel-1" not in ring.pending

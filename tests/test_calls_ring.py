@@ -114,3 +114,17 @@ def test_no_byte_budget_keeps_records_only() -> None:
     assert entry is not None
     ring.add(entry, message())
     assert len(ring.calls()) == 5 and entry.messages == [] and entry.dropped == 1
+
+
+def test_held_messages_are_bounded_by_their_share_of_the_budget() -> None:
+    from sipproxy.calls.ring import PENDING_MESSAGES, PENDING_SHARE
+
+    ring = RecentCalls(max_calls=10, max_bytes=PENDING_SHARE * 10_000)
+    for n in range(20):
+        ring.hold(f"m{n}", message(b"x" * 2000))
+    assert ring.pending_bytes <= 10_000 and list(ring.pending)[-1] == "m19"
+    for _ in range(PENDING_MESSAGES + 5):
+        ring.hold("m19", message(b"y"))
+    assert len(ring.pending["m19"]) == PENDING_MESSAGES
+    ring(record("m19", method="OPTIONS", status=408))
+    assert len(ring.entries["m19"].messages) == PENDING_MESSAGES and "m19" not in ring.pending

@@ -7,6 +7,8 @@ and its log line.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sipproxy.calls import CallRecord, call_line
 from sipproxy.proxy import ProxySettings
 from sipproxy.transaction import build_cancel
@@ -185,3 +187,23 @@ def test_a_message_refused_before_routing_is_not_a_call_but_one_without_binding_
     h.send(make_request("MESSAGE", "sip:carol@example.test"))
     (record,) = records
     assert (record.status, record.why) == (480, "no binding for sip:carol@example.test")
+
+
+def test_a_failed_message_is_recorded_after_its_server_transaction_let_go_of_the_request() -> None:
+    """The real non-INVITE server transaction keeps only the bytes once it has answered (Timer J)."""
+    h, records = harness()
+    h.register(binding())
+    stx = h.send(make_request("MESSAGE", BOB))
+    respond = stx.respond
+
+    def letting_go(response: Any) -> None:
+        respond(response)
+        if response.status >= 200:
+            stx.request = None  # type: ignore[assignment]
+
+    stx.respond = letting_go  # type: ignore[method-assign]
+    (client,) = h.branches("MESSAGE")
+    h.reply(client, 486)
+    (record,) = records
+    assert (record.method, record.status, record.callee) == ("MESSAGE", 486, BOB)
+    assert h.log.failures == []

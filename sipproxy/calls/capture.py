@@ -8,8 +8,13 @@ It keeps them in the :class:`~sipproxy.calls.ring.RecentCalls` entry of
 their Call-ID:
 
 - an out-of-dialog INVITE received (no To tag) starts an entry;
-- any other message joins the entry of its Call-ID if there is one, and is
-  forgotten at once if not (REGISTERs, OPTIONS pings, other dialogs).
+- another out-of-dialog request (MESSAGE, OPTIONS, SUBSCRIBE..., not
+  REGISTER, ACK or CANCEL) is held with the messages that follow it
+  (:meth:`RecentCalls.hold`), until the proxy's record of its failure
+  makes them a ladder, or newer ones push them out;
+- any other message joins the entry of its Call-ID (or what is held for
+  it) if there is one, and is forgotten at once if not (REGISTERs, other
+  dialogs).
 
 What it costs per message when it is on: a Call-ID lookup in a dict, and
 for the messages of a call kept, a small object holding a reference to
@@ -28,6 +33,9 @@ from sipproxy.message import ParseError, Request, Response
 from sipproxy.net import Clock, Source
 
 __all__ = ["Capture"]
+
+_NEVER = frozenset({"REGISTER", "ACK", "CANCEL"})
+"""Requests that start nothing: the registrar's, and the two that belong to an INVITE."""
 
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
@@ -68,13 +76,18 @@ class Capture:
         if call_id is None:
             return
         entry = entries.get(call_id)
+        captured = CapturedMessage(self.clock.seconds(), True, source.transport, source.host, source.port, data)
         if entry is None:
-            if not isinstance(message, Request) or message.method != "INVITE" or _has_to_tag(message):
+            if call_id in self.ring.pending:
+                self.ring.hold(call_id, captured)
+                return
+            if not isinstance(message, Request) or message.method in _NEVER or _has_to_tag(message):
+                return
+            if message.method != "INVITE":
+                self.ring.hold(call_id, captured)
                 return
             entry = self.ring.start(call_id, self.clock.seconds())
-        self.ring.add(
-            entry, CapturedMessage(self.clock.seconds(), True, source.transport, source.host, source.port, data)
-        )
+        self.ring.add(entry, captured)
 
     def _sent(self, message: Request | Response | None, transport: str, host: str, port: int, data: bytes) -> None:
         if message is not None:
@@ -82,9 +95,13 @@ class Capture:
         else:
             found = _CALL_ID.search(data)
             call_id = found.group(1).strip().decode("utf-8", "replace") if found else None
-        entry = self.ring.entries.get(call_id) if call_id is not None else None
+        if call_id is None:
+            return
+        entry = self.ring.entries.get(call_id)
         if entry is not None:
             self.ring.add(entry, CapturedMessage(self.clock.seconds(), False, transport, host, port, data))
+        elif call_id in self.ring.pending:
+            self.ring.hold(call_id, CapturedMessage(self.clock.seconds(), False, transport, host, port, data))
 
 
 def _has_to_tag(request: Request) -> bool:

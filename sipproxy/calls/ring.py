@@ -21,6 +21,15 @@ more than :data:`CALL_SHARE` of the byte budget nor
 Call-ID hammered by a peer): past that its messages are counted in
 ``dropped``, not kept.
 
+Out-of-dialog requests other than INVITE (MESSAGE, OPTIONS, SUBSCRIBE...)
+are recorded only when the proxy forwarded them and they failed, which
+is known only once they are answered; until then their messages wait in
+a small buffer of their own (:meth:`RecentCalls.hold`: the latest
+:data:`PENDING_CALLS` Call-IDs, at most 1/:data:`PENDING_SHARE` of the byte
+budget), and become the ladder of the entry their record starts.  The rest
+(an OPTIONS ping answered by the proxy itself, a MESSAGE delivered) leaves
+that buffer as newer ones arrive, without ever taking a call's place.
+
 A message already captured with the same bytes, peer and direction is a
 retransmission (§17.1.1.2 Timer A, §17.2.1 the server's 2xx resent): it
 is kept, marked.
@@ -39,6 +48,9 @@ __all__ = [
     "CALL_SHARE",
     "MAX_MESSAGES_PER_CALL",
     "MESSAGE_OVERHEAD",
+    "PENDING_CALLS",
+    "PENDING_MESSAGES",
+    "PENDING_SHARE",
     "RECORD_COST",
     "CallEntry",
     "CapturedMessage",
@@ -60,6 +72,15 @@ CALL_SHARE = 8
 """One call's messages may take at most 1/CALL_SHARE of the byte budget."""
 
 MAX_MESSAGES_PER_CALL = 500
+
+PENDING_CALLS = 64
+"""Call-IDs of out-of-dialog non-INVITE requests whose messages are held until their outcome is known."""
+
+PENDING_SHARE = 16
+"""The held messages may take at most 1/PENDING_SHARE of the byte budget."""
+
+PENDING_MESSAGES = 16
+"""Messages held per Call-ID at most (a request, its forwarded copy, the responses, a few retransmissions)."""
 
 
 class CapturedMessage(NamedTuple):
@@ -116,6 +137,9 @@ class RecentCalls:
         """Bytes counted for every entry kept."""
         self.evicted = 0
         """Entries dropped to stay within the bounds since start."""
+        self.pending: OrderedDict[str, list[CapturedMessage]] = OrderedDict()
+        """Messages of out-of-dialog non-INVITE requests not (yet) recorded, by Call-ID (see the module docstring)."""
+        self.pending_bytes = 0
         self._subscribers: list[Callable[[CallEntry], None]] = []
 
     def __len__(self) -> int:
@@ -132,6 +156,8 @@ class RecentCalls:
         entry = self.entries.get(record.call_id)
         if entry is None:
             entry = self.start(record.call_id, record.started)
+            for message in self._release(record.call_id):
+                self.add(entry, message)
         entry.records.append(record)
         cost = RECORD_COST + BRANCH_COST * len(record.branches)
         entry.size += cost
@@ -172,6 +198,27 @@ class RecentCalls:
         self.size += cost
         if self.size > budget:
             self._shrink(keep=entry)
+
+    def hold(self, call_id: str, message: CapturedMessage) -> None:
+        """Hold ``message`` of a request whose outcome decides whether it is a call (the oldest held go first)."""
+        held = self.pending.get(call_id)
+        if held is None:
+            held = self.pending[call_id] = []
+        elif len(held) >= PENDING_MESSAGES:
+            return
+        held.append(message)
+        self.pending_bytes += len(message.data) + MESSAGE_OVERHEAD
+        budget = self.max_bytes // PENDING_SHARE
+        while len(self.pending) > PENDING_CALLS or (self.pending_bytes > budget and len(self.pending) > 1):
+            _, dropped = self.pending.popitem(last=False)
+            self.pending_bytes -= sum(len(m.data) + MESSAGE_OVERHEAD for m in dropped)
+
+    def _release(self, call_id: str) -> list[CapturedMessage]:
+        held = self.pending.pop(call_id, None)
+        if held is None:
+            return []
+        self.pending_bytes -= sum(len(m.data) + MESSAGE_OVERHEAD for m in held)
+        return held
 
     def _shrink(self, keep: CallEntry) -> None:
         """Drop the oldest entries until both bounds hold; ``keep`` (the one just added to) stays.

@@ -122,7 +122,8 @@ def context_record(context: ResponseContext, final: Response, now: float) -> Cal
         method=request.method,
         call_id=_call_id(request),
         caller=_uri(request, "from"),
-        callee=getattr(context.stx, "request", request).uri_text,  # as received, before §16.4
+        # as received, before §16.4; a non-INVITE server transaction lets go of its request once answered
+        callee=(getattr(context.stx, "request", None) or request).uri_text,
         source=_source(context.source),
         started=context.started,
         finished=now,

@@ -40,7 +40,7 @@ at info level, each block that starts at warn level.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 
 from twisted.logger import Logger
 
@@ -91,6 +91,9 @@ class Authentication:
         self.challenges = challenges
         self.clock = clock
         self.metrics = metrics
+        self.on_refused: Callable[[str, Request, Source, int, str], None] | None = None
+        """Told of each REGISTER refused for its credentials (401 wrong, 403 blocked), not of plain challenges:
+        ``(aor, request, source, status, reason)`` (the binding history); must not raise."""
 
     # -- the hooks -------------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class Authentication:
         phone, client = Phone(host, port, user), source_key(host)
         if self.blocks.address_blocked(host, port, now):  # the guard refuses these first
             self.metrics.inc(self.metrics.blocked, "auth")
+            self._tell(aor, request, source, 403, f"{BLOCKED}: address {host} is blocked")
             raise SipError(403, BLOCKED)
         header = "authorization" if status == 401 else "proxy-authorization"
         value = self._our_credentials(request.get_all(header))
@@ -152,6 +156,7 @@ class Authentication:
                 host=host,
                 port=port,
             )
+            self._tell(aor, request, source, 403, f"{BLOCKED}: user {claimed or user} is blocked")
             raise SipError(403, BLOCKED)
         result = self.digest.verify(value, request.method, self.realm, now, client=client)
         if result.ok:  # failures are not forgotten on success: they age out after failure_window
@@ -175,10 +180,21 @@ class Authentication:
                 reason=result.reason,
             )
             raise self._challenge(status, phone, now)
+        wrong = f"user {result.username}: {result.reason}"
         if self._failed(result, request, source, aor, now):
             self.metrics.inc(self.metrics.blocked, "auth")
+            self._tell(aor, request, source, 403, f"{BLOCKED} after this failed authentication ({wrong})")
             raise SipError(403, BLOCKED)
+        self._tell(aor, request, source, status, f"Unauthorized: wrong credentials ({wrong})")
         raise self._challenge(status, phone, now)
+
+    def _tell(self, aor: str | None, request: Request, source: Source, status: int, reason: str) -> None:
+        """A REGISTER (``aor`` given) refused for its credentials: tell :attr:`on_refused`."""
+        if aor is not None and self.on_refused is not None:
+            try:
+                self.on_refused(aor, request, source, status, reason)
+            except Exception:
+                self.log.failure("Telling of a refused REGISTER for {aor} failed", aor=aor)
 
     def _came_back(self, phone: Phone, request: Request, source: Source, now: float, reason: str = "") -> None:
         """A request without usable credentials: log (info, once) a phone that leaves challenges unanswered."""

@@ -11,6 +11,7 @@ from twisted.web.server import Request, Site
 
 from sipproxy.calls.ring import RecentCalls
 from sipproxy.location import LocationService
+from sipproxy.location.history import BindingHistory
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
 from sipproxy.web.app import BindingsPage, Explain
@@ -52,6 +53,7 @@ def make_web_resource(
     calls: RecentCalls | None = None,
     explain: Explain | None = None,
     flow: FlowState | None = None,
+    history: BindingHistory | None = None,
 ) -> IResource:
     """The resource to serve with ``twisted.web.server.Site``.
 
@@ -63,6 +65,7 @@ def make_web_resource(
     ``localhost`` and the loopback addresses. ``max_streams``:
     ``--max-event-streams``. ``calls``: the recent calls (``--recent-calls``). ``explain``: the proxy's routing explain.
     ``flow``: each binding's flow state (RFC 5626), from the transport.
+    ``history``: the binding history (``None``: off).
     """
     page = BindingsPage(
         store,
@@ -78,6 +81,7 @@ def make_web_resource(
         calls=calls,
         explain=explain,
         flow=flow,
+        history=history,
     )
     return page.resource()
 

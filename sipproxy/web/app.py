@@ -16,6 +16,9 @@ Routes (a Klein app on :class:`BindingsPage`):
   event per finished call (:mod:`sipproxy.web.calls`).  Message texts show
   what peers sent (credentials masked): these follow the removal rule, never
   served to a public request without a password.
+- ``GET /history?aor=``: one address-of-record's binding history, the page;
+  ``GET /api/history?aor=`` the same as JSON, newest first
+  (:mod:`sipproxy.web.history`); these follow the removal rule too.
 - ``GET /api/route?uri=&from=&method=``: routing explain, what the proxy's
   §16 steps would do with that request (nothing is sent), also a form on
   the Recent calls page.
@@ -33,6 +36,7 @@ gets the page read-only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -47,11 +51,13 @@ from twisted.web.server import Request
 
 from sipproxy.calls.ring import RecentCalls
 from sipproxy.location import LocationService
+from sipproxy.location.history import BindingHistory
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock
-from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, forwarded
+from sipproxy.web.access import ADMIN_USER, AccessGuard, HostCheck, client_address, forwarded
 from sipproxy.web.calls import MAX_LISTED, CallHub, call_json, calls_answer, ladder_json, render_calls_page
 from sipproxy.web.events import EventHub
+from sipproxy.web.history import history_json, render_history_page
 from sipproxy.web.render import EMPTY_BINDING, FlowState, binding_json, readable
 from sipproxy.web.streams import MAX_STREAMS, PING_INTERVAL, EventStream, sse_message
 
@@ -66,6 +72,7 @@ _STATIC = {
     "bindings.css": b"text/css; charset=utf-8",
     "calls.js": b"text/javascript; charset=utf-8",
     "calls.css": b"text/css; charset=utf-8",
+    "history.css": b"text/css; charset=utf-8",
 }
 
 _SECURITY_HEADERS = {
@@ -100,6 +107,7 @@ class BindingsPage:
         calls: RecentCalls | None = None,
         explain: Explain | None = None,
         flow: FlowState | None = None,
+        history: BindingHistory | None = None,
     ) -> None:
         """Serve ``store``; ``public`` says the listener is reachable beyond loopback.
 
@@ -109,7 +117,9 @@ class BindingsPage:
         ``--max-event-streams`` (for each of the two event streams).
         ``calls``: the recent calls (``None``: ``--recent-calls 0``, the
         page says so).  ``explain``: the proxy's routing explain, for
-        ``/api/route`` (``None``: no proxy, 404).
+        ``/api/route`` (``None``: no proxy, 404).  ``history``: the binding
+        history (``None``: off, ``--history-events 0``); removals through
+        the page are recorded in it with who made them.
 
         ``debug`` logs every event stream opening and closing (at debug
         level: ``twistd`` prints every level, so without ``--debug`` these
@@ -129,6 +139,7 @@ class BindingsPage:
         self.hub = EventHub(store, clock, max_streams=max_streams, debug=debug, client=_client, flow=flow)
         self.calls = calls
         self.explain = explain
+        self.history = history
         self.call_hub = CallHub(calls, clock, max_streams=max_streams, client=_client) if calls is not None else None
 
     def resource(self) -> IResource:
@@ -204,10 +215,11 @@ class BindingsPage:
         if refusal is not None:
             return refusal
         contact = _query(request, "contact")
-        if contact is None:
-            count = self.store.remove_aor(aor, reason="web")
-        else:
-            count = 1 if self.store.remove(aor, contact, reason="web") else 0
+        with self._acting(request):
+            if contact is None:
+                count = self.store.remove_aor(aor, reason="web")
+            else:
+                count = 1 if self.store.remove(aor, contact, reason="web") else 0
         if count == 0:
             what = f"binding {contact} of {aor}" if contact is not None else f"bindings of {aor}"
             return self._json(request, 404, {"error": f"no {what}"})
@@ -232,6 +244,54 @@ class BindingsPage:
 
         self.store.when_durable(durable)
         return answered
+
+    def _acting(self, request: Request) -> Any:
+        """The history's ``acting`` for whoever sends ``request``: its address, with the user when it logged in."""
+        if self.history is None:
+            return contextlib.nullcontext()
+        who = client_address(request, trust_forwarded=not self.public)
+        if self._is_public(request) and self.password is not None:
+            who = f"{ADMIN_USER} from {who}"
+        return self.history.acting(who)
+
+    # -- the binding history (issue 18) -----------------------------------
+
+    @app.route("/history", methods=["GET"])
+    def history_page(self, request: Request) -> bytes:
+        """One AOR's binding history (``?aor=``), newest first; a form to ask for one."""
+        refusal = self._refuse_reads(request, page=True, what="the binding history is")
+        if refusal is not None:
+            return refusal
+        self._secure(request)
+        # The page's one form (GET, to this page) needs form-action; it has no script.
+        csp = _SECURITY_HEADERS[b"content-security-policy"].replace(b"form-action 'none'", b"form-action 'self'")
+        request.setHeader(b"content-security-policy", csp)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        aor = _query(request, "aor") or None
+        history = self.history
+        if history is None:
+            events, max_age, max_count = [], 0.0, 0
+        else:
+            events = history.events(aor) if aor is not None else []
+            max_age, max_count = history.store.max_age, history.store.max_per_aor
+        return render_history_page(self.env, aor, events, max_age, max_count).encode("utf-8")
+
+    @app.route("/api/history", methods=["GET"])
+    def history_api(self, request: Request) -> bytes:
+        """``{"aor": ..., "events": [...newest first]}`` for ``?aor=`` (exact, as the bindings are keyed)."""
+        refusal = self._refuse_reads(request, what="the binding history is")
+        if refusal is not None:
+            return refusal
+        if self.history is None:
+            return self._json(request, 404, {"error": "the binding history is off (--history-events 0)"})
+        aor = _query(request, "aor")
+        if not aor:
+            return self._json(
+                request, 400, {"error": "give the address-of-record: /api/history?aor=sip:alice@example.test"}
+            )
+        events = [history_json(e) for e in self.history.events(aor)]
+        return self._json(request, 200, {"aor": aor, "events": events, "total": len(events)})
 
     # -- live updates -----------------------------------------------------
 
@@ -318,11 +378,11 @@ class BindingsPage:
         answer = self.explain(uri, _query(request, "from") or "", _query(request, "method") or "INVITE")
         return self._json(request, 200, answer)
 
-    def _refuse_reads(self, request: Request, page: bool = False) -> bytes | None:
+    def _refuse_reads(self, request: Request, page: bool = False, what: str = "the recent calls are") -> bytes | None:
         """Message texts and call parties follow the removal rule: refused to a public request without a password."""
         if not self._is_public(request) or self.password is not None:
             return None
-        reason = "the recent calls are disabled: the web listener is public and has no password"
+        reason = f"{what} disabled: the web listener is public and has no password"
         if page:
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")

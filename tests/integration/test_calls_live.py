@@ -245,3 +245,33 @@ def test_routing_explain_for_a_registered_aor_lists_its_contacts_in_q_order(
     forwarding = steps[4][1]
     assert f"UDP to 127.0.0.1:{high}" in forwarding and forwarding.index(str(high)) < forwarding.index(str(low))
     assert browser.problems() == []
+
+
+def test_a_message_refused_by_the_callee_has_its_log_line_and_its_ladder(server: Server, peers: Peers) -> None:
+    """An out-of-dialog request other than INVITE that was forwarded and failed: in the log, the list and a ladder."""
+    delivered = peers.uas("uas_message.xml", user="heidi")
+    succeeded(peers.call("msg_send.xml", keys={"callee": "heidi"}))
+    finished(delivered)
+    grace = peers.uas("uas_message_busy.xml", user="grace")
+    succeeded(peers.call("msg_send_refused.xml", keys={"callee": "grace"}))
+    finished(grace)
+
+    lines = call_lines(server)
+    assert any(
+        line.startswith("MESSAGE sip:caller@example.test -> sip:grace@example.test: 486 Busy Here after ")
+        for line in lines
+    ), lines
+    assert not any("sip:heidi@" in line for line in lines), lines  # delivered: no line, no entry (the rule)
+    [call] = api(server, "/api/calls")["calls"]
+    assert (call["method"], call["status"], call["callee"]) == ("MESSAGE", 486, "sip:grace@example.test")
+    ladder = api(server, "/api/ladder?call_id=" + urllib.request.quote(call["call_id"]))["ladder"]
+    roles = [party["role"] for party in ladder["parties"]]
+    assert roles == ["caller", "sipproxy", "branch 1"], ladder["parties"]
+    assert ladder["parties"][2]["address"].endswith(f":{grace.port}")
+    arrows = [(m["from"], m["to"], m["label"]) for m in ladder["messages"] if not m["retransmission"]]
+    assert arrows == [
+        (0, 1, "MESSAGE"),
+        (1, 2, "MESSAGE"),
+        (2, 1, "486 Busy Here (MESSAGE)"),
+        (1, 0, "486 Busy Here (MESSAGE)"),
+    ], arrows

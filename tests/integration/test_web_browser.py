@@ -51,16 +51,25 @@ CHROMIUM_FLAGS = [
 
 
 def sipp_register(
-    server: Any, tmp: Path, users: list[tuple[str, str]], *, expires: int = 3600, contact_port: int | None = None
+    server: Any,
+    tmp: Path,
+    users: list[tuple[str, str]],
+    *,
+    expires: int = 3600,
+    contact_port: int | None = None,
+    scenario: Path = SCENARIO,
 ) -> None:
-    """REGISTER each ``(user, user_agent)`` at ``user@example.test`` with real sipp; fail unless all got 200."""
+    """REGISTER each ``(user, user_agent)`` at ``user@example.test`` with real sipp; fail unless all got 200.
+
+    (``scenario`` ``register_brief.xml``: unless all got 423.)
+    """
     sipp = require("sipp")
     csv = tmp / f"users-{time.monotonic_ns()}.csv"
     csv.write_text("SEQUENTIAL\n" + "".join(f"{user};{agent}\n" for user, agent in users))
     local_port = free_port()
     command = [
         sipp, f"{LOOPBACK}:{server.sip_port}",
-        "-sf", str(SCENARIO), "-inf", str(csv),
+        "-sf", str(scenario), "-inf", str(csv),
         "-key", "domain", DOMAIN,
         "-key", "contact_host", LOOPBACK,
         "-key", "contact_port", str(contact_port or local_port),
@@ -423,3 +432,68 @@ def test_page_falls_back_to_polling_when_the_event_stream_is_blocked(server, bro
     assert time.monotonic() - registered <= LIVE_DEADLINE
     assert browser.evaluate("document.getElementById('status').dataset.state") == "polling"
     assert any(e["method"] == "Fetch.requestPaused" for e in browser.events)
+
+
+# -- the binding history (issue 18) ----------------------------------------------------
+
+HISTORY_ROWS = """Array.from(document.querySelectorAll('#history tr.event')).map(tr => ({
+  kind: tr.dataset.kind,
+  what: tr.querySelector('[data-field="what"]').textContent,
+  contact: tr.querySelector('[data-field="contact"]').textContent,
+  user_agent: tr.querySelector('[data-field="user_agent"]').textContent,
+}))"""
+
+
+def history_rows(browser: Chromium) -> list[dict[str, Any]]:
+    return browser.evaluate(HISTORY_ROWS)  # type: ignore[no-any-return]
+
+
+def test_binding_history_says_why_a_binding_vanished(server_factory, browser: Chromium, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Removed with the page's Remove button, refused 423, expired: each in the AOR's history, as text."""
+    server = server_factory("--min-expires", "2")
+    hostile = "<script>window.pwned=1</script>\"quoted' <img src=x onerror=window.pwned=2>"
+    sipp_register(server, tmp_path, [("erin", hostile)])
+    browser.on_event = accept_confirm_dialogs(browser)
+    base = f"http://{LOOPBACK}:{server.web_port}/"
+    browser.navigate(base)
+    browser.wait_for(lambda: browser.evaluate("document.getElementById('status').dataset.state") == "live", "live")
+    browser.wait_for(lambda: aor("erin") in aors_shown(browser), "erin's row")
+    browser.pump(0.5)  # the script's first render after the snapshot: buttons with their handlers
+    link = browser.evaluate(f"document.querySelector('tbody[data-aor=\"{aor('erin')}\"] a.history-link').href")
+    assert link == base + "history?aor=sip%3Aerin%40example.test"
+
+    # The Remove button, then the AOR's history: removed through the page by the browser's address.
+    click(browser, f'tbody[data-aor="{aor("erin")}"] .remove-contact')
+    browser.wait_for(lambda: aor("erin") not in aors_shown(browser), "erin's row to go", timeout=5)
+    browser.navigate(link)
+    removed, registered = browser.wait_for(
+        lambda: (found := history_rows(browser)) and len(found) == 2 and found, "two events"
+    )
+    assert removed["kind"] == "removed" and removed["what"] == f"removed through the page by {LOOPBACK}"
+    assert registered["kind"] == "registered" and registered["what"].startswith(f"registered from UDP {LOOPBACK}:")
+    assert registered["user_agent"] == hostile
+    assert browser.evaluate("document.querySelectorAll('#history td script, #history td img').length") == 0
+    assert browser.evaluate("typeof window.pwned") == "undefined"
+
+    # A REGISTER with a too-brief Expires: 423 in the history, with the minimum.
+    sipp_register(
+        server, tmp_path, [("erin", "Brief/1.0")], expires=1, scenario=SCENARIO.with_name("register_brief.xml")
+    )
+    # An expired binding: registered for 2 s, gone by itself.
+    sipp_register(server, tmp_path, [("erin", "Short/1.0")], expires=2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "Binding expired: " + aor("erin") not in server.log_text():
+        time.sleep(0.1)
+    browser.navigate(link)
+    found = browser.wait_for(lambda: (rows_ := history_rows(browser)) and len(rows_) == 5 and rows_, "five events")
+    assert [row["kind"] for row in found] == ["expired", "registered", "rejected", "removed", "registered"]
+    assert found[0]["what"] == "expired: not refreshed before it expired"
+    assert found[2]["what"].startswith("REGISTER rejected: 423 Interval Too Brief (Min-Expires 2) (from UDP ")
+    assert found[2]["user_agent"] == "Brief/1.0"
+
+    # The JSON says the same, under the same access rule as removal (loopback: open).
+    with urllib.request.urlopen(f"{base}api/history?aor=sip%3Aerin%40example.test", timeout=5) as response:
+        events = json.loads(response.read())["events"]
+    assert [e["kind"] for e in events] == ["expired", "registered", "rejected", "removed", "registered"]
+    assert events[2]["status"] == 423
+    assert browser.problems() == []
