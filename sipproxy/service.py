@@ -24,8 +24,11 @@ from sipproxy.calls.ring import RecentCalls
 from sipproxy.flowtoken import FlowTokens
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
-from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
+from sipproxy.location import LocationBackend, MemoryLocation, SQLiteLocation
 from sipproxy.location.log import BindingLog
+from sipproxy.location.redis_secret import RedisReplyError, server_secret
+from sipproxy.location.redis_store import RedisLocation, RedisStoreService
+from sipproxy.location.redis_url import RedisAddress
 from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
 from sipproxy.message import Request, Response, _accel
@@ -141,7 +144,7 @@ class SipCore:
     metrics: Metrics
     domains: Domains
     local: LocalAddress
-    store: LocationStore
+    store: LocationBackend
     security: Security
     registrar: Registrar
     transport: TransportLayer
@@ -152,7 +155,7 @@ class SipCore:
 
 def build_core(
     clock: Any,
-    store: LocationStore,
+    store: LocationBackend,
     domains: Domains,
     local: LocalAddress,
     security: Security,
@@ -284,18 +287,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     )
     services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
-    db = options["db"]
-    if db == ":memory:":
-        store: LocationStore = MemoryLocation(reactor)
-    else:
-        store = SQLiteLocation(reactor, open_database(db))
-    persistence = store.persistence if isinstance(store, SQLiteLocation) else None
-    store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
-    store_service = StoreService(store, store.where)
-    services.append(store_service)
-    if persistence is not None:
-        WalCheckpointer(persistence).setServiceParent(store_service)
-    secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
+    store, secret, store_services = _location(options, reactor, advertised)
+    services += store_services
     security = build_security(options, reactor, metrics, domains, local, store, secret)
     recent = _recent_calls(options)
     certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
@@ -352,9 +345,16 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     if lag_watch is not None:
         services.append(lag_watch)
 
-    def healthy() -> bool:
-        # Every TCP slot taken by registered phones: new ones are refused (sip_blocked_requests, tcp-connections).
-        return listeners.listening > 0 and store.storage_problem is None and not core.transport.full
+    def healthy() -> bool | str:
+        """True, or why not (``/healthz`` says it)."""
+        if listeners.listening == 0:
+            return "no SIP listener"
+        problem = store.storage_problem
+        if problem is not None:
+            return problem
+        if core.transport.full:  # every TCP slot taken by registered phones: new ones are refused
+            return "every TCP connection slot is taken"
+        return True
 
     description = options["web"]
     resource = make_web_resource(
@@ -375,6 +375,42 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     _announce(domains, advertised, interface)
     security.announce()
     return SipProxyService(core, listeners, web, services, websockets)
+
+
+def _location(
+    options: Mapping[str, Any], reactor: Any, advertised: str
+) -> tuple[LocationBackend, bytes | None, list[Service]]:
+    """The location service ``--store``/``--db`` name, the server secret it keeps, the services that run it.
+
+    With ``--store redis://...`` the bindings and the secret are in Redis
+    (shared by every node); the secret is read now, so a node that cannot
+    reach Redis does not start. Only this node's changes are logged
+    (``subscribe_local``): each change is logged once, by the node that made it.
+    """
+    log_changes = BindingLog(reactor, refreshes=bool(options.get("debug")))
+    address: RedisAddress | None = options.get("store-address")
+    if address is not None:
+        node = options.get("node-id") or f"{advertised}:{options['sip-port']}"
+        try:
+            secret = server_secret(address, lambda: os.urandom(32))
+        except (OSError, RedisReplyError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise StartupError(f"--store {address.display()}: {reason}") from None
+        redis = RedisLocation(reactor, address, node)
+        redis.subscribe_local(log_changes)
+        return redis, secret, [RedisStoreService(redis)]
+    db = options["db"]
+    if db == ":memory:":
+        store: MemoryLocation | SQLiteLocation = MemoryLocation(reactor)
+    else:
+        store = SQLiteLocation(reactor, open_database(db))
+    persistence = store.persistence if isinstance(store, SQLiteLocation) else None
+    store.subscribe(log_changes)
+    store_service = StoreService(store, store.where)
+    if persistence is not None:
+        WalCheckpointer(persistence).setServiceParent(store_service)
+    secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
+    return store, secret, [store_service]
 
 
 def _websocket_listeners(

@@ -102,6 +102,14 @@ class Options(usage.Options):
             "Live event streams (/api/events) open at once; one more gets 503 and its page polls instead.",
         ],
         ["db", None, "sipproxy.sqlite", "SQLite file for the bindings (':memory:' keeps them in memory only)."],
+        [
+            "store",
+            None,
+            None,
+            "redis://[:password@]host:port/db (rediss:// for TLS): keep the bindings and the server secret in a "
+            "Redis shared by several nodes, instead of --db (see README, Several nodes).",
+        ],
+        ["node-id", None, None, "This node's name in the shared store (default: advertised host:SIP port)."],
         ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
         ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
         ["max-contacts", None, "10", "Bindings allowed per address-of-record."],
@@ -275,11 +283,29 @@ class Options(usage.Options):
         self._web_password()
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
+        self._store()
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
         self._recent_calls()
         self._tls_options()
         self._websocket_options()
+
+    def _store(self) -> None:
+        """``--store``: a Redis URL, read here; whether Redis answers is ``startup.redis_secret``'s business."""
+        from sipproxy.location.redis_url import parse_redis_url
+
+        url = self["store"]
+        if url is None:
+            return
+        try:
+            self["store-address"] = parse_redis_url(url)
+        except ValueError as error:
+            shown = url.split("@")[-1]  # never the password
+            raise usage.UsageError(
+                f"--store ...{shown}: {error}; give redis://[:password@]host:port/db or rediss://..."
+            ) from None
+        if self["node-id"] is not None and not self["node-id"].strip():
+            raise usage.UsageError("--node-id must not be empty")
 
     def _recent_calls(self) -> None:
         """``--recent-calls`` and ``--recent-calls-bytes``: whole numbers, 0 allowed (off)."""
