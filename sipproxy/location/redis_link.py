@@ -149,15 +149,22 @@ class RedisLink:
 
     # -- the connections coming and going ------------------------------------------
 
-    def _prepare_commands(self, commands: _Commands) -> Deferred[object]:
-        return commands.whenConnected().addCallback(lambda _: self._joined("commands", commands))
+    # ClientService hands prepareConnection a proxy of the protocol; whenConnected() fires with the protocol itself.
 
-    def _prepare_feed(self, feed: _Feed) -> Deferred[object]:
-        ready = feed.whenConnected()
-        ready.addCallback(lambda _: feed.subscribe([self.channel]))
-        ready.addCallback(lambda _: self._joined("feed", feed))
-        ready.addErrback(self._subscribe_failed, feed)
+    def _prepare_commands(self, commands: Any) -> Deferred[object]:
+        ready: Deferred[Any] = commands.whenConnected()
+        return ready.addCallback(lambda connection: self._joined("commands", connection))
+
+    def _prepare_feed(self, feed: Any) -> Deferred[object]:
+        ready: Deferred[Any] = feed.whenConnected()
+        ready.addCallback(self._subscribe)
         return ready
+
+    def _subscribe(self, feed: _Feed) -> Deferred[object]:
+        subscribed: Deferred[object] = feed.subscribe([self.channel])
+        subscribed.addCallback(lambda _: self._joined("feed", feed))
+        subscribed.addErrback(self._subscribe_failed, feed)
+        return subscribed
 
     def _subscribe_failed(self, failure: Failure, feed: _Feed) -> None:
         self._refused(f"subscribing to the change feed failed: {failure.getErrorMessage()}")

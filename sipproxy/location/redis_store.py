@@ -402,8 +402,10 @@ class RedisLocation:
                 loaded += parse_states(page)
                 if cursor == b"0":
                     break
-        except Exception as error:  # the link went down: the next _up loads again
+        except Exception as error:  # the link went down, or the reply timed out: reconnect, then load again
             log.warn("Loading the bindings from Redis failed ({error}); again after the reconnect", error=error)
+            if self._link.commands is commands:
+                commands.transport.abortConnection()
             return
         finally:
             self._loading = False
