@@ -21,10 +21,10 @@ from sipproxy.calls import CallObserver
 from sipproxy.calls.capture import Capture
 from sipproxy.calls.log import CallLog
 from sipproxy.calls.ring import RecentCalls
-from sipproxy.flowtoken import FlowTokens
+from sipproxy.flowtoken import FLOW_TOKEN_PARAM, Flow, FlowTokens
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
-from sipproxy.location import LocationBackend, MemoryLocation, SQLiteLocation
+from sipproxy.location import Binding, LocationBackend, MemoryLocation, SQLiteLocation
 from sipproxy.location.log import BindingLog
 from sipproxy.location.redis_secret import RedisReplyError, server_secret
 from sipproxy.location.redis_store import RedisLocation, RedisStoreService
@@ -33,7 +33,7 @@ from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
 from sipproxy.message import Request, Response, _accel
 from sipproxy.metrics import Metrics
-from sipproxy.net import NextHop
+from sipproxy.net import NextHop, is_reliable
 from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.registrar import Registrar, RegistrarSettings
@@ -189,7 +189,8 @@ def build_core(
     # A stream buffers no more than the guard would accept (513 above it).
     limits = replace(transport_limits, max_message=security.settings.max_message_size)
     flows = RegisteredFlows()  # the connections that carry a binding: the limits keep them
-    store.subscribe(flows.changed)
+    # A shared store (Redis) has bindings on other nodes' connections: only this node's count here.
+    getattr(store, "subscribe_held", store.subscribe)(flows.changed)
     transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock, tap=tap)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
@@ -215,6 +216,8 @@ def build_core(
 
     # RFC 5626: the flow tokens of our Record-Route, under the server secret kept in --db (they survive a restart).
     flow_tokens = FlowTokens(security.secret)
+    if isinstance(store, RedisLocation):  # other nodes reach a phone on our connection through us (Path)
+        store.reach_here = lambda binding: _path_through_here(local, flow_tokens, binding)
 
     def flow_failed(target: TargetURI) -> None:
         if target.aor is not None:
@@ -287,8 +290,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     )
     services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
-    store, secret, store_services = _location(options, reactor, advertised)
-    services += store_services
+    store, secret, store_service = _location(options, reactor, advertised)
+    services.append(store_service)
     security = build_security(options, reactor, metrics, domains, local, store, secret)
     recent = _recent_calls(options)
     certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
@@ -325,7 +328,12 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         websockets=[name for name in ("WS", "WSS") if options.get(name.lower())],
     )
     # After the restore: bindings on connections that died with the last process are not reachable (RFC 5626 §5.3).
-    AfterRestore(core.registrar.drop_lost_flows).setServiceParent(store_service)
+    if isinstance(store, RedisLocation):  # only this node's own: the others' connections are alive
+        redis = store
+        own = AfterRestore(lambda: core.registrar.flow_lost(_on_connections(redis.own_bindings())))
+        store.when_loaded(own.startService)
+    else:
+        AfterRestore(core.registrar.drop_lost_flows).setServiceParent(store_service)
     listeners = SipListeners(
         reactor,
         core.transport,
@@ -379,7 +387,7 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
 
 def _location(
     options: Mapping[str, Any], reactor: Any, advertised: str
-) -> tuple[LocationBackend, bytes | None, list[Service]]:
+) -> tuple[LocationBackend, bytes | None, Service]:
     """The location service ``--store``/``--db`` name, the server secret it keeps, the services that run it.
 
     With ``--store redis://...`` the bindings and the secret are in Redis
@@ -398,7 +406,7 @@ def _location(
             raise StartupError(f"--store {address.display()}: {reason}") from None
         redis = RedisLocation(reactor, address, node)
         redis.subscribe_local(log_changes)
-        return redis, secret, [RedisStoreService(redis)]
+        return redis, secret, RedisStoreService(redis)
     db = options["db"]
     if db == ":memory:":
         store: MemoryLocation | SQLiteLocation = MemoryLocation(reactor)
@@ -410,7 +418,24 @@ def _location(
     if persistence is not None:
         WalCheckpointer(persistence).setServiceParent(store_service)
     secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
-    return store, secret, [store_service]
+    return store, secret, store_service
+
+
+def _on_connections(bindings: Sequence[Binding]) -> list[tuple[str, str]]:
+    """The ``(aor, contact)`` of the flow-bound bindings on connections (TCP, TLS, WS), which a restart closed."""
+    return [(b.aor, b.contact) for b in bindings if b.flow_bound and is_reliable(b.transport)]
+
+
+def _path_through_here(local: LocalAddress, tokens: FlowTokens, binding: Binding) -> str:
+    """RFC 3327 Path to this node for a binding on one of its connections, with the flow's RFC 5626 token.
+
+    Another node sends the request to us (over TCP) with this as its Route;
+    we pop it and forward over the flow the token names (RFC 5626 §5.3).
+    """
+    flow = Flow(
+        binding.transport.upper(), local.hostport_for(binding.transport), binding.source_host, binding.source_port
+    )
+    return f"<sip:{local.hostport_for('TCP')};transport=tcp;lr;{FLOW_TOKEN_PARAM}={tokens.encode(flow)}>"
 
 
 def _websocket_listeners(

@@ -4,7 +4,9 @@
 A binding is a JSON array, ``expires_at`` first (the one field the Lua
 scripts read), then the other fields of :class:`Binding` in their order,
 then the id of the node that wrote it (the node holding the phone's
-connection, for bindings on TCP, TLS or WS flows). ``ensure_ascii`` keeps
+connection, for bindings on TCP, TLS or WS flows), then ``via``: for such
+a binding, the Path URI (with the flow's RFC 5626 token) through which the
+other nodes reach it, "" for the others. ``ensure_ascii`` keeps
 every value ASCII, so values that are not valid UTF-8 (carried as
 surrogate escapes, as ``rows.py`` does for SQLite) survive, and the
 scripts can splice values into a state without re-encoding them.
@@ -31,8 +33,8 @@ _REASONS: frozenset[str] = frozenset(
 )
 
 
-def encode(binding: Binding, node: str) -> str:
-    """The stored value of ``binding``, written by ``node``."""
+def encode(binding: Binding, node: str, via: str = "") -> str:
+    """The stored value of ``binding``, written by ``node``; ``via``: the Path URI other nodes reach it through."""
     return json.dumps(
         [
             binding.expires_at,
@@ -51,13 +53,14 @@ def encode(binding: Binding, node: str) -> str:
             binding.registered_at,
             binding.refreshed_at,
             node,
+            via,
         ],
         separators=(",", ":"),
     )
 
 
-def decode(row: list[object]) -> tuple[Binding, str]:
-    """The binding an :func:`encode` value (already parsed) holds, and the node that wrote it."""
+def decode(row: list[object]) -> tuple[Binding, str, str]:
+    """The binding an :func:`encode` value (already parsed) holds, the node that wrote it, and its ``via``."""
     (
         expires_at,
         aor,
@@ -75,7 +78,7 @@ def decode(row: list[object]) -> tuple[Binding, str]:
         reg,
         ref,
         node,
-    ) = row
+    ) = row[:16]
     binding = Binding(
         aor=aor,  # type: ignore[arg-type]
         contact=contact,  # type: ignore[arg-type]
@@ -93,7 +96,7 @@ def decode(row: list[object]) -> tuple[Binding, str]:
         registered_at=float(reg),  # type: ignore[arg-type]
         refreshed_at=float(ref),  # type: ignore[arg-type]
     )
-    return binding, str(node)
+    return binding, str(node), str(row[16]) if len(row) > 16 else ""
 
 
 def expiry_token(binding: Binding | None) -> str:
@@ -124,8 +127,8 @@ class State(NamedTuple):
     """The change number (Redis's counter, one order for every AOR)."""
     aor: str
     events: list[BindingEvent]
-    bindings: list[tuple[Binding, str]]
-    """Every binding the AOR holds, with the node that wrote it."""
+    bindings: list[tuple[Binding, str, str]]
+    """Every binding the AOR holds, with the node that wrote it and its ``via``."""
 
 
 def _text(data: bytes | str) -> str:
@@ -145,6 +148,6 @@ def parse_state(data: bytes | str) -> State:
     return State(bool(raw["ok"]), str(raw["n"]), int(raw["s"]), str(raw["a"]), events, [decode(r) for r in raw["b"]])
 
 
-def parse_states(data: bytes | str) -> list[tuple[int, list[tuple[Binding, str]]]]:
+def parse_states(data: bytes | str) -> list[tuple[int, list[tuple[Binding, str, str]]]]:
     """A ``LOAD`` page: ``(seq, bindings)`` per AOR."""
     return [(int(s["s"]), [decode(r) for r in s["b"]]) for s in json.loads(_text(data))]

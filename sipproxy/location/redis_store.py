@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -99,6 +100,7 @@ from sipproxy.location.redis_codec import (
 from sipproxy.location.redis_link import ConnectionError, RedisLink
 from sipproxy.location.redis_scripts import LOAD, READ, REAP, UPDATE
 from sipproxy.location.redis_url import RedisAddress
+from sipproxy.net import is_reliable
 
 __all__ = ["PREFIX", "RETRY_AFTER", "RedisLocation", "RedisStoreService"]
 
@@ -154,6 +156,9 @@ class RedisLocation:
         self._reap_interval = reap_interval
         self.loads = 0
         """Full loads done (start-up, then one per reconnect)."""
+        self.reach_here: Callable[[Binding], str] | None = None
+        """For a binding on one of this node's connections: the Path URI other nodes reach it through (wiring)."""
+        self._when_loaded: list[Callable[[], None]] = []
 
     # -- health ---------------------------------------------------------------------------
 
@@ -227,6 +232,15 @@ class RedisLocation:
             return None
         return self._holders.get((aor, contact))
 
+    def own_bindings(self) -> list[Binding]:
+        """The live bindings this node wrote (for TCP, TLS and WS: the ones on its own connections)."""
+        node = self.node
+        return [b for b in self._index.all_bindings() if self._holders.get((b.aor, b.contact)) == node]
+
+    def when_loaded(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, after the first full load (the start-up's ``restore`` is asynchronous here)."""
+        self._when_loaded.append(callback)
+
     # -- changes --------------------------------------------------------------------------
 
     def update(self, aor: str, put: Iterable[Binding] = (), remove: Iterable[str] = ()) -> None:
@@ -250,6 +264,21 @@ class RedisLocation:
     def subscribe_local(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
         """The changes this node made (its REGISTERs, its removals, the expiries its reaper removed): the log's."""
         return self._local.subscribe(callback)
+
+    def subscribe_held(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
+        """The changes as this node's connections see them: a binding another node holds counts as removed here.
+
+        For the transport's registered flows (``RegisteredFlows``): only a
+        binding written here is on one of this node's connections.
+        """
+
+        def held(event: BindingEvent) -> None:
+            b = event.binding
+            if event.kind in ("added", "refreshed") and self._holders.get((b.aor, b.contact)) != self.node:
+                event = BindingEvent("removed", b, event.reason)
+            callback(event)
+
+        return self._subscribers.subscribe(held)
 
     def when_durable(self, callback: Callable[[bool], None]) -> None:
         """``callback(True)`` once Redis accepted every change since the last call, ``False`` if one was not."""
@@ -282,7 +311,7 @@ class RedisLocation:
         for binding in change.stored:
             args += [
                 field(binding.contact),
-                encode(binding, self.node),
+                encode(binding, self.node, self._via(binding)),
                 expiry_token(self._index.get(aor, binding.contact)),
             ]
         for binding in change.dropped:
@@ -303,6 +332,18 @@ class RedisLocation:
             self._holders.pop((binding.aor, binding.contact), None)
         for binding in change.stored:
             self._holders[binding.aor, binding.contact] = self.node
+
+    def _via(self, binding: Binding) -> str:
+        """RFC 3327 Path through this node, for a binding on one of its connections (none behind an edge proxy)."""
+        if self.reach_here is None or binding.path or not binding.source_host or not is_reliable(binding.transport):
+            return ""
+        return self.reach_here(binding)
+
+    def _as_seen(self, binding: Binding, node: str, via: str) -> Binding:
+        """The binding as this node routes to it: through the node holding its connection, when that is another."""
+        if via and node != self.node and not binding.path:
+            return replace(binding, path=(via,))
+        return binding
 
     def _settled(self, result: object, written: Deferred[bool]) -> object:
         self._inflight -= 1
@@ -354,7 +395,9 @@ class RedisLocation:
         aor = state.aor
         self._seen[aor] = state.seq
         now = self._clock.seconds()
-        truth = {b.contact: (b, node) for b, node in state.bindings if b.expires_at > now}
+        truth = {
+            b.contact: (self._as_seen(b, node, via), node) for b, node, via in state.bindings if b.expires_at > now
+        }
         held = {b.contact: b for b in self._index.lookup(aor)}
         plan = self._index.plan(aor, [b for b, _ in truth.values()], [c for c in held if c not in truth])
         self._index.apply(plan)
@@ -395,7 +438,7 @@ class RedisLocation:
         self._loading = True
         started, first = self._clock.seconds(), self.loads == 0
         cursor: bytes = b"0"
-        loaded: list[tuple[int, list[tuple[Binding, str]]]] = []
+        loaded: list[tuple[int, list[tuple[Binding, str, str]]]] = []
         try:
             while True:
                 cursor, page = yield commands.eval(LOAD, [], [cursor, PREFIX + b"aor:*", LOAD_PAGE])
@@ -422,8 +465,14 @@ class RedisLocation:
             where=self.where,
             seconds=self._clock.seconds() - started,
         )
+        waiting, self._when_loaded = self._when_loaded, []
+        for callback in waiting:
+            try:
+                callback()
+            except Exception:
+                log.failure("A when_loaded() callback failed")
 
-    def _apply_load(self, loaded: list[tuple[int, list[tuple[Binding, str]]]], quiet: bool) -> None:
+    def _apply_load(self, loaded: list[tuple[int, list[tuple[Binding, str, str]]]], quiet: bool) -> None:
         """The view becomes what was loaded, except AORs the feed brought newer news of during the load.
 
         The change numbers are compared only within one connection: a Redis
@@ -437,8 +486,8 @@ class RedisLocation:
             loaded_aors.add(aor)
             if seq > seen.get(aor, 0):
                 seen[aor] = seq
-                for binding, node in bindings:
-                    truth.append(binding)
+                for binding, node, via in bindings:
+                    truth.append(self._as_seen(binding, node, via))
                     holders[binding.aor, binding.contact] = node
             else:
                 truth += self._index.lookup(aor)

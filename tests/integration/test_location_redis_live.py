@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +27,7 @@ from test_proxy_sipp import Peers, succeeded
 
 from sipproxy.location.binding import Binding
 from sipproxy.location.redis_codec import encode
-from sipproxy.message import Response
+from sipproxy.message import Request, Response, make_response, parse_message
 from tests.redis_helpers import RedisServer
 
 
@@ -101,6 +103,89 @@ def test_a_udp_phone_registered_at_node_a_is_called_through_node_b(node) -> None
         at_b.stop()
     assert "Registered sip:bob@example.test" in a.log_text()
     assert "Registered sip:bob@example.test" not in b.log_text(), "one log line per change: the registering node's"
+
+
+class TcpPhone:
+    """An RFC 5626 phone on one TCP connection to a node: registers over it, answers what comes back on it."""
+
+    def __init__(self, server: Server, user: str) -> None:
+        self.user = user
+        self.sock = socket.create_connection((LOOPBACK, server.sip_port), timeout=20)
+        self.port = self.sock.getsockname()[1]
+        self.buffer = b""
+        self.received: list[Request] = []
+
+    def read(self) -> Request | Response:
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._chunk()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        match = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+        length = int(match.group(1)) if match else 0
+        while len(rest) < length:
+            rest += self._chunk()
+        self.buffer = rest[length:]
+        return parse_message(head + b"\r\n\r\n" + rest[:length])
+
+    def _chunk(self) -> bytes:
+        data = self.sock.recv(65535)
+        if not data:
+            raise ConnectionError("the node closed the connection")
+        return data
+
+    def register(self) -> Response:
+        user, port = self.user, self.port
+        self.sock.sendall(
+            (
+                f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP {LOOPBACK}:{port};branch=z9hG4bK-t{port};rport\r\n"
+                f"Max-Forwards: 70\r\nTo: <sip:{user}@example.test>\r\nFrom: <sip:{user}@example.test>;tag=t\r\n"
+                f"Call-ID: tcp-{user}@127.0.0.1\r\nCSeq: 1 REGISTER\r\nSupported: outbound, path\r\n"
+                f'Contact: <sip:{user}@{LOOPBACK}:{port};transport=tcp;ob>;+sip.instance="<urn:uuid:{user}>";reg-id=1\r\n'
+                "Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        response = self.read()
+        assert isinstance(response, Response)
+        return response
+
+    def answer(self, count: int) -> None:
+        """Answer ``count`` requests (INVITE: 200 with a To tag and our Contact; BYE: 200; ACK: nothing)."""
+        answered = 0
+        while answered < count:
+            request = self.read()
+            if not isinstance(request, Request):
+                continue
+            self.received.append(request)
+            if request.method == "ACK":
+                answered += 1
+                continue
+            response = make_response(request, 200, to_tag="phone")
+            for value in request.get_all("record-route"):
+                response.add("Record-Route", value)
+            response.add("Contact", f"<sip:{self.user}@{LOOPBACK}:{self.port};transport=tcp;ob>")
+            self.sock.sendall(response.to_bytes())
+            answered += 1
+
+
+def test_a_tcp_phone_registered_at_node_a_is_reached_from_node_b_through_a(node) -> None:  # type: ignore[no-untyped-def]
+    a, b = node("a"), node("b")
+    phone = TcpPhone(a, "dave")
+    try:
+        assert phone.register().status == 200
+        answering = threading.Thread(target=phone.answer, args=(3,), daemon=True)  # INVITE, ACK, BYE
+        answering.start()
+        at_b = Peers(b)
+        try:
+            uac = at_b.call("call_uac.xml", keys={"callee": "dave"})
+            succeeded(uac)
+        finally:
+            at_b.stop()
+        answering.join(20)
+        methods = [r.method for r in phone.received]
+        assert methods == ["INVITE", "ACK", "BYE"], methods
+        vias = phone.received[0].get_all("via")
+        assert f"{LOOPBACK}:{a.sip_port}" in vias[0] and f"{LOOPBACK}:{b.sip_port}" in vias[1], vias
+    finally:
+        phone.sock.close()
 
 
 def test_after_kill_9_of_node_a_its_udp_phones_are_called_through_node_b(node) -> None:  # type: ignore[no-untyped-def]
