@@ -36,6 +36,7 @@ from sipproxy.metrics import Metrics
 from sipproxy.net import NextHop, is_reliable
 from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.proxy.targets import TargetURI
+from sipproxy.randomness import set_tag_key
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
@@ -281,18 +282,22 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     advertised = options.get("advertised-host") or advertised_host(interface)
     domains = Domains(options["domains"] or default_domains(interface, advertised))
     tls_files = _tls_files(options)
+    worker, worker_ports = options.get("worker", 0), options.get("worker-ports") or []  # --workers
     local = LocalAddress(
         advertised,
         options["sip-port"],
         options.get("tls-port", 5061) if tls_files else None,
         ws_port=options.get("ws-port") if options.get("ws") else None,
         wss_port=options.get("wss-port") if options.get("wss") else None,
+        via_port=worker_ports[worker] if worker_ports else None,
+        worker_ports=frozenset(worker_ports),
     )
     services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
     store, secret, store_service = _location(options, reactor, advertised)
     services.append(store_service)
     security = build_security(options, reactor, metrics, domains, local, store, secret)
+    set_tag_key(security.secret)  # the same To tags in every worker and node sharing the secret
     recent = _recent_calls(options)
     certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
@@ -341,6 +346,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         interface,
         tls_port=local.tls_port or 5061,
         tls_factory=tls_server_factory(core.transport, reactor, certificates) if certificates is not None else None,
+        reuse_port=bool(worker_ports),
+        own_port=local.via_port,
     )
     services.append(listeners)
     if certificates is not None:
@@ -399,6 +406,8 @@ def _location(
     address: RedisAddress | None = options.get("store-address")
     if address is not None:
         node = options.get("node-id") or f"{advertised}:{options['sip-port']}"
+        if options.get("worker-ports"):  # --workers: each worker is a node of its own in the feed
+            node = f"{node}/w{options.get('worker', 0)}"
         try:
             secret = server_secret(address, lambda: os.urandom(32))
         except (OSError, RedisReplyError) as error:
@@ -435,7 +444,7 @@ def _path_through_here(local: LocalAddress, tokens: FlowTokens, binding: Binding
     flow = Flow(
         binding.transport.upper(), local.hostport_for(binding.transport), binding.source_host, binding.source_port
     )
-    return f"<sip:{local.hostport_for('TCP')};transport=tcp;lr;{FLOW_TOKEN_PARAM}={tokens.encode(flow)}>"
+    return f"<sip:{local.via_hostport_for('TCP')};transport=tcp;lr;{FLOW_TOKEN_PARAM}={tokens.encode(flow)}>"
 
 
 def _websocket_listeners(
