@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from twisted.logger import Logger
 
 from sipproxy.transport.layer import TransportLayer
 from sipproxy.transport.stream import SipStreamFactory
-from sipproxy.transport.udp import SipDatagramProtocol
+from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol
 
 __all__ = [
     "UDP_MAX_DATAGRAM",
@@ -137,17 +138,42 @@ class _Bound:
 
 
 class _OwnPort(SipDatagramProtocol):
-    """A worker's own UDP port (``--workers``): it receives (the responses to its Via), never sends.
+    """A worker's own UDP port (``--workers``): the requests it forwards leave from it, their responses come to it.
 
-    What the worker sends over UDP leaves from the shared port, where phones
-    and their NATs expect it.
+    Its Via names this port (RFC 3261 §18.2.2), and a peer that answers the
+    packet's source (RFC 3581, and most phones) finds it too; responses to
+    phones leave from the shared port, where they and their NATs expect them.
     """
 
     def startProtocol(self) -> None:
-        pass
+        senders = self.layer.request_senders
+        own = senders.get("UDP")
+        if not isinstance(own, _OwnPortSender):
+            own = senders["UDP"] = _OwnPortSender(self.layer)
+        own.writers[self.family] = self.transport
 
     def stopProtocol(self) -> None:
-        pass
+        own = self.layer.request_senders.get("UDP")
+        if isinstance(own, _OwnPortSender) and own.writers.get(self.family) is self.transport:
+            del own.writers[self.family]
+            if not own.writers:
+                del self.layer.request_senders["UDP"]
+
+
+class _OwnPortSender(DatagramSender):
+    """UDP requests from the worker's own port of the destination's family (else from the shared one)."""
+
+    def __init__(self, layer: TransportLayer) -> None:
+        super().__init__(layer)
+        self.writers: dict[int, Any] = {}
+
+    def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
+        writer = self.writers.get(6 if ":" in host else 4)
+        if writer is None or len(data) > self.layer.limits.max_datagram:
+            super().send(host, port, data, on_error)
+            return
+        self.layer.wire.outgoing(self.name, host, port, data)
+        writer.write(data, (host, port))
 
 
 class SipListeners(Service):
