@@ -23,6 +23,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import BaseRedisProtocol, SubscriberProtocol
@@ -36,26 +37,47 @@ log = Logger(namespace="sipproxy.location")
 
 CONNECT_TIMEOUT = 3.0
 REPLY_TIMEOUT = 5.0
-"""Seconds a command may wait for its reply before the connection is taken as lost (a stopped or hung Redis)."""
+"""Seconds the link's ``PING`` may wait for its reply before the connection is taken as lost (a hung Redis)."""
+PING_INTERVAL = 1.0
 
 
-class _Commands(BaseRedisProtocol):
+def _command(*args: object) -> bytes:
+    """One command in RESP, as txredisapi's ``_build_command`` writes it, in one join (the REGISTER path's)."""
+    parts = []
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"*%d\r\n" % len(args) + b"".join(parts)
+
+
+class _Fast:
+    """What both connections share: no Nagle (a REGISTER waits for its reply), one join per command."""
+
     link: RedisLink
+    transport: Any
+
+    def connectionMade(self) -> Any:
+        try:
+            self.transport.setTcpNoDelay(True)
+        except AttributeError:  # TLS: the wrapper has no socket option; the TCP below keeps Nagle
+            pass
+        return super().connectionMade()  # type: ignore[misc]
+
+    def _build_command(self, *args: object, **kwargs: object) -> bytes:
+        return _command(*args)
 
     def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.link._lost(self, why)
+        super().connectionLost(why)  # type: ignore[misc]
+        self.link._lost(self, why)  # type: ignore[arg-type]
 
 
-class _Feed(SubscriberProtocol):
-    link: RedisLink
+class _Commands(_Fast, BaseRedisProtocol):
+    pass
 
+
+class _Feed(_Fast, SubscriberProtocol):
     def messageReceived(self, pattern: object, channel: object, message: bytes) -> None:
         self.link._message(message)
-
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.link._lost(self, why)
 
 
 class _Factory(protocol.Factory):
@@ -73,7 +95,7 @@ class _Factory(protocol.Factory):
         address = self.link.address
         built = self.kind(
             None,  # no charset: replies stay bytes
-            replyTimeout=REPLY_TIMEOUT,
+            replyTimeout=None,  # a timer per command costs more than the REGISTER's own work: the link PINGs instead
             password=address.password,
             dbid=self.dbid,
             convertNumbers=False,
@@ -114,6 +136,10 @@ class RedisLink:
         self.up = False
         self.problem: str | None = f"connecting to {address.display()}"
         """Why the link is not up, one line; ``None`` while it is."""
+        self._clock = reactor
+        self._ping_sent: float | None = None
+        self._pinger = LoopingCall(self._ping)
+        self._pinger.clock = reactor
         retry = backoffPolicy(initialDelay=0.5, factor=2.0, maxDelay=5.0)
         self._services = [
             ClientService(
@@ -141,11 +167,37 @@ class RedisLink:
     def start(self) -> None:
         for service in self._services:
             service.startService()
+        self._pinger.start(PING_INTERVAL, now=False)
 
     def stop(self) -> Deferred[object]:
         """Stop reconnecting and close both connections."""
         self.up = False
+        if self._pinger.running:
+            self._pinger.stop()
         return gatherResults([service.stopService() for service in self._services], consumeErrors=True)
+
+    def _ping(self) -> None:
+        """A ``PING`` a second; one unanswered for :data:`REPLY_TIMEOUT` seconds drops the link (a hung Redis)."""
+        commands = self.commands
+        if commands is None:
+            self._ping_sent = None
+            return
+        now = self._clock.seconds()
+        if self._ping_sent is not None:
+            if now - self._ping_sent >= REPLY_TIMEOUT:
+                self._ping_sent = None
+                commands.transport.abortConnection()
+            return
+        self._ping_sent = now
+        try:
+            answered = commands.execute_command("PING")
+        except ConnectionError:
+            return
+        answered.addBoth(self._pong, commands)
+
+    def _pong(self, _result: object, commands: _Commands) -> None:
+        if commands is self.commands:
+            self._ping_sent = None
 
     # -- the connections coming and going ------------------------------------------
 
@@ -189,6 +241,7 @@ class RedisLink:
             return
         self.up = False
         self.commands = self._feed = None
+        self._ping_sent = None
         for other in list(self._ready.values()):  # one connection lost: start over with both
             other.transport.loseConnection()
         reason = why.getErrorMessage() if why is not None else "closed"

@@ -5,10 +5,10 @@ Keys (``PREFIX`` is ``sipproxy:``; see ``redis_store.py`` for the layout):
 - ``UPDATE``: one REGISTER's change to one address-of-record, compare-and-set
   per contact: each contact put or removed names the ``expires_at`` it had
   in the node's view ("" for none). Another node changed one of them first:
-  nothing is written, and the reply says so with what the AOR holds now.
-  Otherwise the contacts are written, the AOR gets the next change number,
-  its earliest expiry goes into the expiry set, and the change is published
-  on the change feed.
+  nothing is written, and the reply is what the AOR holds now (a state).
+  Otherwise the contacts are written, the AOR gets the next change number
+  (the reply: an integer), its earliest expiry goes into the expiry set, and
+  the change is published on the change feed.
 - ``REAP``: removes bindings whose ``expires_at`` has passed, found through
   the expiry set, re-checked against the stored value (a binding refreshed
   in between has a later one and stays): nodes never delete each other's
@@ -115,9 +115,8 @@ while i <= #ARGV do
   i = i + 2
 end
 local seq = redis.call('INCR', KEYS[3])
-local message = state('true', ARGV[2], seq, ARGV[3], ARGV[4], settle(h, zset, seq))
-redis.call('PUBLISH', ARGV[1], message)
-return message
+redis.call('PUBLISH', ARGV[1], state('true', ARGV[2], seq, ARGV[3], ARGV[4], settle(h, zset, seq)))
+return seq
 """
 )
 

@@ -90,6 +90,7 @@ from sipproxy.location.index import BindingIndex
 from sipproxy.location.interface import BindingEvent, Reason
 from sipproxy.location.redis_codec import (
     State,
+    dumps,
     encode,
     events_json,
     expiry_token,
@@ -303,7 +304,7 @@ class RedisLocation:
         args: list[bytes | str | int] = [
             self._channel,
             self._node_json,
-            json.dumps(aor),
+            dumps(aor),
             events_json(change.events, self.node),
             repr(now),
             len(change.stored),
@@ -351,11 +352,11 @@ class RedisLocation:
             self._last = None
         return result
 
-    def _written(self, reply: bytes) -> bool:
-        state = parse_state(reply)
-        if state.ok:
+    def _written(self, reply: int | bytes) -> bool:
+        if isinstance(reply, int):  # the change number: written (the feed brings the state)
             self.last_commit_failed = False
             return True
+        state = parse_state(reply)
         log.warn(
             "Another node changed {aor} first; the REGISTER is refused and the view takes what Redis holds",
             aor=state.aor,
