@@ -65,6 +65,10 @@ class LocalAddress:
     """Our WebSocket port (``--ws``, RFC 7118), ``None`` without."""
     wss_port: int | None = None
     """Our secure WebSocket port (``--wss``), ``None`` without."""
+    via_port: int | None = None
+    """With ``--workers``: this worker's own UDP and TCP port, put in its Via so responses come back to it."""
+    worker_ports: frozenset[int] = frozenset()
+    """With ``--workers``: every worker's ``via_port`` (their Vias are ours too: loop detection, §16.3 step 4)."""
 
     @property
     def hostport(self) -> str:
@@ -77,10 +81,22 @@ class LocalAddress:
             return f"{format_host(self.host.strip('[]'))}:{port}"
         return self.hostport
 
+    def via_hostport_for(self, transport: str) -> str:
+        """The sent-by of our Via (RFC 3261 §18.2.1): :meth:`hostport_for`, or this worker's own port for UDP/TCP.
+
+        With several workers on one port (``--workers``, SO_REUSEPORT) the
+        kernel hands a datagram to any of them; a response sent to the
+        worker's own port reaches the one holding its client transaction.
+        """
+        if self.via_port is not None and transport.upper() in ("UDP", "TCP"):
+            return f"{format_host(self.host.strip('[]'))}:{self.via_port}"
+        return self.hostport_for(transport)
+
     @property
     def ports(self) -> frozenset[int]:
-        """Every port we listen on for SIP."""
-        return frozenset(p for p in (self.port, self.tls_port, self.ws_port, self.wss_port) if p is not None)
+        """Every port we listen on for SIP (every worker's own port too)."""
+        listed = (self.port, self.tls_port, self.ws_port, self.wss_port, self.via_port)
+        return frozenset(p for p in listed if p is not None) | self.worker_ports
 
 
 class Locality:

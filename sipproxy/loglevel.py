@@ -32,6 +32,8 @@ __all__ = ["LogLevels", "level_predicate"]
 def level_predicate(debug: bool) -> LogLevelFilterPredicate:
     """Info and above for every namespace; debug as well for ``sipproxy.*`` when ``debug``."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    # A line per reconnect attempt to Redis; the location service says what matters (unreachable, back).
+    predicate.setLogLevelForNamespace("twisted.application._client_service", LogLevel.warn)
     if debug:
         predicate.setLogLevelForNamespace("sipproxy", LogLevel.debug)
     return predicate

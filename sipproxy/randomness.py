@@ -7,13 +7,14 @@ three tokens per request.  The bytes are the same ``os.urandom`` bytes, read
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sipproxy.message import Request
 
-__all__ = ["random_bytes", "random_hex", "stable_tag"]
+__all__ = ["random_bytes", "random_hex", "set_tag_key", "stable_tag"]
 
 _BLOCK = 4096
 
@@ -37,14 +38,27 @@ def random_hex(n: int) -> str:
     return random_bytes(n).hex()
 
 
+_TAG_KEY = os.urandom(32)
+"""The key of :func:`stable_tag`: random per process until wiring sets one (:func:`set_tag_key`)."""
+
+
+def set_tag_key(key: bytes) -> None:
+    """Key :func:`stable_tag` (wiring passes one derived from the server secret, the same in every worker)."""
+    global _TAG_KEY
+    _TAG_KEY = hashlib.blake2b(key, digest_size=32, person=b"sipproxy-to-tag").digest()
+
+
 def stable_tag(request: Request) -> str:
     """A To tag that is the same for every response about the request's Call-ID (a registration's 401 and 200 alike).
 
-    Python's ``hash`` of a string is keyed per process (SipHash), so the tag
-    cannot be predicted from outside; 64 bits of it, as hex.
+    A keyed BLAKE2b of the Call-ID, 64 bits as hex: unpredictable from
+    outside, and the same in every worker process (with ``--workers``) and
+    every node sharing a server secret, where Python's ``hash`` is keyed
+    per process (``PYTHONHASHSEED``).
     """
-    call_id = request.get("call-id") or ""
-    return format(hash(("to-tag", call_id.strip())) & 0xFFFFFFFFFFFFFFFF, "016x")
+    call_id = (request.get("call-id") or "").strip()
+    digest = hashlib.blake2b(call_id.encode("utf-8", "surrogateescape"), digest_size=8, key=_TAG_KEY).digest()
+    return digest.hex()
 
 
 def _forget() -> None:

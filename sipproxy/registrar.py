@@ -445,6 +445,8 @@ class Registrar:
     def _commit(self, aor: str, put: list[Binding], remove: list[str]) -> None:
         try:
             self._store.update(aor, put=put, remove=remove)
+        except SipError:  # the store's own refusal (503 + Retry-After while a shared store is unreachable)
+            raise
         except Exception:
             self._log.failure("Location service update for {aor} failed", aor=aor)
             raise SipError(500, "Location service failure") from None

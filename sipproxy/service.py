@@ -23,21 +23,25 @@ from sipproxy.calls import CallObserver
 from sipproxy.calls.capture import Capture
 from sipproxy.calls.log import CallLog
 from sipproxy.calls.ring import RecentCalls
-from sipproxy.flowtoken import FlowTokens
+from sipproxy.flowtoken import FLOW_TOKEN_PARAM, Flow, FlowTokens
 from sipproxy.gctune import GarbageCollection
 from sipproxy.locality import LocalAddress
-from sipproxy.location import LocationStore, MemoryLocation, SQLiteLocation
+from sipproxy.location import Binding, LocationBackend, MemoryLocation, SQLiteLocation
 from sipproxy.location.history import BindingHistory, HistoryService, HistoryStore, MemoryHistory
 from sipproxy.location.historydb import SQLiteHistory
 from sipproxy.location.log import BindingLog
+from sipproxy.location.redis_secret import RedisReplyError, server_secret
+from sipproxy.location.redis_store import RedisLocation, RedisStoreService
+from sipproxy.location.redis_url import RedisAddress
 from sipproxy.location.services import StoreService, WalCheckpointer
 from sipproxy.loglevel import LogLevels
 from sipproxy.message import Request, Response, _accel
 from sipproxy.message.uri import is_ip_address
 from sipproxy.metrics import Metrics
-from sipproxy.net import NextHop
+from sipproxy.net import NextHop, is_reliable
 from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.proxy.targets import TargetURI
+from sipproxy.randomness import set_tag_key
 from sipproxy.registrar import Registrar, RegistrarSettings
 from sipproxy.security import Security, build_security
 from sipproxy.stack import Domains, SipStack
@@ -126,8 +130,11 @@ class AfterRestore(Service):
     shutdown, and the restart's restore drops them anyway.
     """
 
-    def __init__(self, core: SipCore) -> None:
+    def __init__(self, core: SipCore, drop: Callable[[], int]) -> None:
         self.core = core
+        self.drop = drop
+        self.when: Callable[[Callable[[], None]], None] | None = None
+        """When the restore finishes later than the store service starts (Redis's first load): call back then."""
 
     def stopService(self) -> None:
         self.core.transport.flow_closed = None
@@ -135,7 +142,13 @@ class AfterRestore(Service):
 
     def startService(self) -> None:
         super().startService()
-        dropped = self.core.registrar.drop_lost_flows()
+        if self.when is not None:
+            self.when(self._drop)
+        else:
+            self._drop()
+
+    def _drop(self) -> None:
+        dropped = self.drop()
         if dropped:
             log.info(
                 "Dropped {count} restored {bindings} on connections closed by the restart (RFC 5626 flows); "
@@ -157,7 +170,7 @@ class SipCore:
     metrics: Metrics
     domains: Domains
     local: LocalAddress
-    store: LocationStore
+    store: LocationBackend
     security: Security
     registrar: Registrar
     transport: TransportLayer
@@ -170,7 +183,7 @@ class SipCore:
 
 def build_core(
     clock: Any,
-    store: LocationStore,
+    store: LocationBackend,
     domains: Domains,
     local: LocalAddress,
     security: Security,
@@ -206,7 +219,8 @@ def build_core(
     # A stream buffers no more than the guard would accept (513 above it).
     limits = replace(transport_limits, max_message=security.settings.max_message_size)
     flows = RegisteredFlows()  # the connections that carry a binding: the limits keep them
-    store.subscribe(flows.changed)
+    # A shared store (Redis) has bindings on other nodes' connections: only this node's count here.
+    getattr(store, "subscribe_held", store.subscribe)(flows.changed)
     transport = TransportLayer(wirelog, metrics, limits, holds_flow=flows, clock=clock, tap=tap)
     transport.register(DatagramSender(transport))
     transport.register(StreamSender(transport, "TCP", connect_tcp))
@@ -232,6 +246,8 @@ def build_core(
 
     # RFC 5626: the flow tokens of our Record-Route, under the server secret kept in --db (they survive a restart).
     flow_tokens = FlowTokens(security.secret)
+    if isinstance(store, RedisLocation):  # other nodes reach a phone on our connection through us (Path)
+        store.reach_here = lambda binding: _path_through_here(local, flow_tokens, binding)
 
     def flow_failed(target: TargetURI) -> None:
         if target.aor is not None:
@@ -299,31 +315,25 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     advertised = options.get("advertised-host") or advertised_host(interface)
     domains = Domains(options["domains"] or default_domains(interface, advertised))
     tls_files = _tls_files(options)
+    worker, worker_ports = options.get("worker", 0), options.get("worker-ports") or []  # --workers
     local = LocalAddress(
         advertised,
         options["sip-port"],
         options.get("tls-port", 5061) if tls_files else None,
         ws_port=options.get("ws-port") if options.get("ws") else None,
         wss_port=options.get("wss-port") if options.get("wss") else None,
+        via_port=worker_ports[worker] if worker_ports else None,
+        worker_ports=frozenset(worker_ports),
     )
     services: list[Service] = [LogLevels(reactor, debug=bool(options.get("debug")))]
 
-    db = options["db"]
-    if db == ":memory:":
-        store: LocationStore = MemoryLocation(reactor)
-    else:
-        store = SQLiteLocation(reactor, open_database(db))
-    persistence = store.persistence if isinstance(store, SQLiteLocation) else None
-    store.subscribe(BindingLog(reactor, refreshes=bool(options.get("debug"))))
-    store_service = StoreService(store, store.where)
+    store, secret, store_service = _location(options, reactor, advertised)
     services.append(store_service)
     history = _binding_history(options, reactor, store)
     if history is not None:  # closed (pending events written) before the store closes
         HistoryService(history.store).setServiceParent(store_service)
-    if persistence is not None:
-        WalCheckpointer(persistence).setServiceParent(store_service)
-    secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
     security = build_security(options, reactor, metrics, domains, local, store, secret)
+    set_tag_key(security.secret)  # the same To tags in every worker and node sharing the secret
     recent = _recent_calls(options)
     certificates: TLSCertificates | None = load_certificates(tls_files) if tls_files is not None else None
     level = LogLevel.info if options.get("log-sip") else LogLevel.debug if options.get("debug") else None
@@ -364,7 +374,13 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         history=history,
     )
     # After the restore: bindings on connections that died with the last process are not reachable (RFC 5626 §5.3).
-    AfterRestore(core).setServiceParent(store_service)
+    if isinstance(store, RedisLocation):  # only this node's own, once loaded: the others' connections are alive
+        redis = store
+        after = AfterRestore(core, lambda: core.registrar.flow_lost(_on_connections(redis.own_bindings())))
+        after.when = redis.when_loaded
+    else:
+        after = AfterRestore(core, core.registrar.drop_lost_flows)
+    after.setServiceParent(store_service)
     listeners = SipListeners(
         reactor,
         core.transport,
@@ -372,6 +388,8 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         interface,
         tls_port=local.tls_port or 5061,
         tls_factory=tls_server_factory(core.transport, reactor, certificates) if certificates is not None else None,
+        reuse_port=bool(worker_ports),
+        own_port=local.via_port,
     )
     services.append(listeners)
     if certificates is not None:
@@ -384,9 +402,16 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     if lag_watch is not None:
         services.append(lag_watch)
 
-    def healthy() -> bool:
-        # Every TCP slot taken by registered phones: new ones are refused (sip_blocked_requests, tcp-connections).
-        return listeners.listening > 0 and store.storage_problem is None and not core.transport.full
+    def healthy() -> bool | str:
+        """True, or why not (``/healthz`` says it)."""
+        if listeners.listening == 0:
+            return "no SIP listener"
+        problem = store.storage_problem
+        if problem is not None:
+            return problem
+        if core.transport.full:  # every TCP slot taken by registered phones: new ones are refused
+            return "every TCP connection slot is taken"
+        return True
 
     description = options["web"]
     resource = make_web_resource(
@@ -409,6 +434,61 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
     _announce(domains, advertised, interface)
     security.announce()
     return SipProxyService(core, listeners, web, services, websockets)
+
+
+def _location(
+    options: Mapping[str, Any], reactor: Any, advertised: str
+) -> tuple[LocationBackend, bytes | None, Service]:
+    """The location service ``--store``/``--db`` name, the server secret it keeps, the services that run it.
+
+    With ``--store redis://...`` the bindings and the secret are in Redis
+    (shared by every node); the secret is read now, so a node that cannot
+    reach Redis does not start. Only this node's changes are logged
+    (``subscribe_local``): each change is logged once, by the node that made it.
+    """
+    log_changes = BindingLog(reactor, refreshes=bool(options.get("debug")))
+    address: RedisAddress | None = options.get("store-address")
+    if address is not None:
+        node = options.get("node-id") or f"{advertised}:{options['sip-port']}"
+        if options.get("worker-ports"):  # --workers: each worker is a node of its own in the feed
+            node = f"{node}/w{options.get('worker', 0)}"
+        try:
+            secret = server_secret(address, lambda: os.urandom(32))
+        except (OSError, RedisReplyError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise StartupError(f"--store {address.display()}: {reason}") from None
+        redis = RedisLocation(reactor, address, node)
+        redis.subscribe_local(log_changes)
+        return redis, secret, RedisStoreService(redis)
+    db = options["db"]
+    if db == ":memory:":
+        store: MemoryLocation | SQLiteLocation = MemoryLocation(reactor)
+    else:
+        store = SQLiteLocation(reactor, open_database(db))
+    persistence = store.persistence if isinstance(store, SQLiteLocation) else None
+    store.subscribe(log_changes)
+    store_service = StoreService(store, store.where)
+    if persistence is not None:
+        WalCheckpointer(persistence).setServiceParent(store_service)
+    secret = persistence.server_secret(lambda: os.urandom(32)) if persistence is not None else None
+    return store, secret, store_service
+
+
+def _on_connections(bindings: Sequence[Binding]) -> list[tuple[str, str]]:
+    """The ``(aor, contact)`` of the flow-bound bindings on connections (TCP, TLS, WS), which a restart closed."""
+    return [(b.aor, b.contact) for b in bindings if b.flow_bound and is_reliable(b.transport)]
+
+
+def _path_through_here(local: LocalAddress, tokens: FlowTokens, binding: Binding) -> str:
+    """RFC 3327 Path to this node for a binding on one of its connections, with the flow's RFC 5626 token.
+
+    Another node sends the request to us (over TCP) with this as its Route;
+    we pop it and forward over the flow the token names (RFC 5626 §5.3).
+    """
+    flow = Flow(
+        binding.transport.upper(), local.hostport_for(binding.transport), binding.source_host, binding.source_port
+    )
+    return f"<sip:{local.via_hostport_for('TCP')};transport=tcp;lr;{FLOW_TOKEN_PARAM}={tokens.encode(flow)}>"
 
 
 def _websocket_listeners(
@@ -460,7 +540,7 @@ def _hep_sender(options: Mapping[str, Any], reactor: Any, local: LocalAddress, i
     )
 
 
-def _binding_history(options: Mapping[str, Any], reactor: Any, store: LocationStore) -> BindingHistory | None:
+def _binding_history(options: Mapping[str, Any], reactor: Any, store: LocationBackend) -> BindingHistory | None:
     """``--history-events`` (0: none) and ``--history-age``: in ``--db``'s file, or in memory with ``:memory:``.
 
     A file whose history table cannot be opened leaves the history in memory, with an error line:

@@ -113,6 +113,22 @@ class Options(usage.Options):
             "Live event streams (/api/events) open at once; one more gets 503 and its page polls instead.",
         ],
         ["db", None, "sipproxy.sqlite", "SQLite file for the bindings (':memory:' keeps them in memory only)."],
+        [
+            "store",
+            None,
+            None,
+            "redis://[:password@]host:port/db (rediss:// for TLS): keep the bindings and the server secret in a "
+            "Redis shared by several nodes, instead of --db (see README, Several nodes).",
+        ],
+        ["node-id", None, None, "This node's name in the shared store (default: advertised host:SIP port)."],
+        [
+            "workers",
+            None,
+            "1",
+            "Processes serving the SIP port together (SO_REUSEPORT); more than 1 needs --store redis://.",
+        ],
+        ["worker", None, "0", "(set by worker 0 for the workers it starts)"],
+        ["worker-ports", None, None, "(set by worker 0 for the workers it starts: every worker's own port)"],
         ["min-expires", None, "60", "Shortest registration accepted (423 Interval Too Brief below it)."],
         ["max-expires", None, "7200", "Longest registration granted (longer requests are lowered)."],
         ["max-contacts", None, "10", "Bindings allowed per address-of-record."],
@@ -324,6 +340,8 @@ class Options(usage.Options):
         self._web_password()
         if not self["db"]:
             raise usage.UsageError("--db needs a file name or :memory:")
+        self._store()
+        self._workers()
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
         self._recent_calls()
@@ -331,6 +349,41 @@ class Options(usage.Options):
         self._hep_options()
         self._tls_options()
         self._websocket_options()
+
+    def _store(self) -> None:
+        """``--store``: a Redis URL, read here; whether Redis answers is ``startup.redis_secret``'s business."""
+        from sipproxy.location.redis_url import parse_redis_url
+
+        url = self["store"]
+        if url is None:
+            return
+        try:
+            self["store-address"] = parse_redis_url(url)
+        except ValueError as error:
+            shown = url.split("@")[-1]  # never the password
+            raise usage.UsageError(
+                f"--store ...{shown}: {error}; give redis://[:password@]host:port/db or rediss://..."
+            ) from None
+        if self["node-id"] is not None and not self["node-id"].strip():
+            raise usage.UsageError("--node-id must not be empty")
+
+    def _workers(self) -> None:
+        """``--workers N``: a positive number; above 1 only with the shared store (see ``sipproxy.workers``)."""
+        self["workers"] = _positive("workers", self["workers"])
+        if self["workers"] > 1 and self["store"] is None:
+            raise usage.UsageError(
+                "--workers above 1 needs --store redis://...: each worker keeps its own view of the bindings, "
+                "and only Redis's change feed keeps them in step (see README, Several workers)"
+            )
+        if not str(self["worker"]).isdigit():
+            raise usage.UsageError("--worker is set by sipproxy itself")
+        self["worker"] = int(self["worker"])
+        ports = self["worker-ports"]
+        if ports is not None:
+            try:
+                self["worker-ports"] = [int(p) for p in ports.split(",")]
+            except ValueError:
+                raise usage.UsageError("--worker-ports is set by sipproxy itself") from None
 
     def _recent_calls(self) -> None:
         """``--recent-calls`` and ``--recent-calls-bytes``: whole numbers, 0 allowed (off)."""
@@ -457,9 +510,21 @@ def makeService(options: Options) -> IService:
     from sipproxy.service import StartupError, build_service
 
     reactor_: Any = reactor
+    if options["workers"] > 1 and options["worker-ports"] is None:  # worker 0: the others' ports, then the others
+        import sys
+
+        from sipproxy.workers import Workers, free_ports
+
+        options["worker-ports"] = free_ports(options["workers"], options["sip-interface"])
+        argv = sys.argv[sys.argv.index("sipproxy") + 1 :] if "sipproxy" in sys.argv else []
+        workers: Any = Workers(reactor_, argv, options["workers"], options["worker-ports"])
+    else:
+        workers = None
     try:
         service = build_service(options, reactor_)
         service.listen()
     except StartupError as error:
         raise SystemExit(f"sipproxy: {error}") from None
+    if workers is not None:
+        workers.setServiceParent(service)
     return service

@@ -71,7 +71,7 @@ def forward_copy(request: Request, target: TargetURI, default_max_forwards: int)
 
 def add_via(request: Request, local: LocalAddress, transport: str, branch: str) -> None:
     """§16.6 step 8: our Via on top, ``branch`` made by :func:`sipproxy.proxy.validate.make_branch`."""
-    request.add("Via", f"SIP/2.0/{transport.upper()} {local.hostport_for(transport)};branch={branch}", first=True)
+    request.add("Via", f"SIP/2.0/{transport.upper()} {local.via_hostport_for(transport)};branch={branch}", first=True)
 
 
 def stamp(

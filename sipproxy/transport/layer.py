@@ -140,6 +140,8 @@ class TransportLayer:
         self.senders: dict[str, Sender] = {}
         """The transports we send on, by name (:meth:`register`)."""
         self.udp: dict[int, DatagramWriter] = {}
+        self.request_senders: dict[str, Sender] = {}
+        """Senders for requests only, by transport: with ``--workers``, UDP from the worker's own port."""
         """The UDP sockets by address family (4, 6), filled by the listening ``SipDatagramProtocol``s."""
         self.connections: dict[tuple[str, str, int], StreamConnection] = {}
         """Open stream connections by (transport, host, port), inbound and outbound alike."""
@@ -229,7 +231,7 @@ class TransportLayer:
         data = request.to_bytes()
         if self.tap is not None:
             self.tap.sent(request, target.transport, target.host, target.port, data)
-        self._send(target.transport, target.host, target.port, data, on_error, target.name)
+        self._send(target.transport, target.host, target.port, data, on_error, target.name, requests=True)
 
     def send_response(self, response: Response, source: Source | None) -> SentResponse | None:
         """§18.2.2: the connection the request came on, else ``received``/``rport``, else sent-by.
@@ -298,8 +300,19 @@ class TransportLayer:
     def _response_failed(self, reason: str) -> None:
         self.log.warn("Could not send a response: {reason}", reason=reason)
 
-    def _send(self, transport: str, host: str, port: int, data: bytes, on_error: OnError, name: str = "") -> None:
-        sender = self.senders.get(transport.upper())
+    def _send(
+        self,
+        transport: str,
+        host: str,
+        port: int,
+        data: bytes,
+        on_error: OnError,
+        name: str = "",
+        requests: bool = False,
+    ) -> None:
+        sender = (self.request_senders.get(transport.upper()) if requests else None) or self.senders.get(
+            transport.upper()
+        )
         if sender is None:
             on_error(f"transport {transport} is not supported")
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from twisted.logger import Logger
 
 from sipproxy.transport.layer import TransportLayer
 from sipproxy.transport.stream import SipStreamFactory
-from sipproxy.transport.udp import SipDatagramProtocol
+from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol
 
 __all__ = [
     "UDP_MAX_DATAGRAM",
@@ -79,11 +80,18 @@ class BindError(Exception):
         self.errno = error.errno
 
 
-def bound_socket(family: int, kind: int, address: str, port: int) -> socket.socket:
-    """A non-blocking socket bound to ``(address, port)`` (listening, for TCP); IPv6 ones IPv6-only."""
+def bound_socket(family: int, kind: int, address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking socket bound to ``(address, port)`` (listening, for TCP); IPv6 ones IPv6-only.
+
+    ``reuse_port``: SO_REUSEPORT, so that the worker processes of
+    ``--workers`` each bind the port and the kernel spreads what arrives
+    over them (by the sender's address and port: one phone, one worker).
+    """
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_DGRAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         if family == socket.AF_INET6:
@@ -119,12 +127,53 @@ class _Bound:
     udp: socket.socket
     tcp: socket.socket
     tls: socket.socket | None = None
+    own: bool = False
+    """A worker's own port (``--workers``), not the shared one."""
 
     def close(self) -> None:
         self.udp.close()
         self.tcp.close()
         if self.tls is not None:
             self.tls.close()
+
+
+class _OwnPort(SipDatagramProtocol):
+    """A worker's own UDP port (``--workers``): the requests it forwards leave from it, their responses come to it.
+
+    Its Via names this port (RFC 3261 §18.2.2), and a peer that answers the
+    packet's source (RFC 3581, and most phones) finds it too; responses to
+    phones leave from the shared port, where they and their NATs expect them.
+    """
+
+    def startProtocol(self) -> None:
+        senders = self.layer.request_senders
+        own = senders.get("UDP")
+        if not isinstance(own, _OwnPortSender):
+            own = senders["UDP"] = _OwnPortSender(self.layer)
+        own.writers[self.family] = self.transport
+
+    def stopProtocol(self) -> None:
+        own = self.layer.request_senders.get("UDP")
+        if isinstance(own, _OwnPortSender) and own.writers.get(self.family) is self.transport:
+            del own.writers[self.family]
+            if not own.writers:
+                del self.layer.request_senders["UDP"]
+
+
+class _OwnPortSender(DatagramSender):
+    """UDP requests from the worker's own port of the destination's family (else from the shared one)."""
+
+    def __init__(self, layer: TransportLayer) -> None:
+        super().__init__(layer)
+        self.writers: dict[int, Any] = {}
+
+    def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
+        writer = self.writers.get(6 if ":" in host else 4)
+        if writer is None or len(data) > self.layer.limits.max_datagram:
+            super().send(host, port, data, on_error)
+            return
+        self.layer.wire.outgoing(self.name, host, port, data)
+        writer.write(data, (host, port))
 
 
 class SipListeners(Service):
@@ -148,8 +197,13 @@ class SipListeners(Service):
         *,
         tls_port: int = 5061,
         tls_factory: Any = None,
+        reuse_port: bool = False,
+        own_port: int | None = None,
     ) -> None:
+        """``reuse_port``, ``own_port``: a worker of ``--workers`` (see :func:`bound_socket`; its Via's port)."""
         self.reactor = reactor
+        self.reuse_port = reuse_port
+        self.own_port = own_port
         self.transport = transport
         self.requested_port = port
         self.interface = interface
@@ -193,7 +247,7 @@ class SipListeners(Service):
         try:
             for family, address in self._addresses():
                 try:
-                    udp = bound_socket(family, socket.SOCK_DGRAM, address, port)
+                    udp = bound_socket(family, socket.SOCK_DGRAM, address, port, reuse_port=self.reuse_port)
                 except OSError as exc:
                     if family == socket.AF_INET6 and not self.interface and exc.errno != errno.EADDRINUSE:
                         log.warn("No IPv6 SIP listener: {error}", error=str(exc))
@@ -202,7 +256,7 @@ class SipListeners(Service):
                 if port == 0:
                     port = udp.getsockname()[1]
                 try:
-                    tcp = bound_socket(family, socket.SOCK_STREAM, address, port)
+                    tcp = bound_socket(family, socket.SOCK_STREAM, address, port, reuse_port=self.reuse_port)
                 except OSError as exc:
                     udp.close()
                     raise BindError("TCP", address, port, exc) from None
@@ -210,6 +264,8 @@ class SipListeners(Service):
                 bound.append(pair)
                 if self.tls_factory is not None:
                     pair.tls = self._bind_tls(family, address)
+                if self.own_port is not None:
+                    bound.append(self._bind_own(family, address, self.own_port))
         except BindError:
             for pair in bound:
                 pair.close()
@@ -217,9 +273,22 @@ class SipListeners(Service):
         self.port = port
         return bound
 
+    def _bind_own(self, family: int, address: str, port: int) -> _Bound:
+        """This worker's own UDP and TCP port (its Via's): not shared, so responses reach this worker."""
+        try:
+            udp = bound_socket(family, socket.SOCK_DGRAM, address, port)
+        except OSError as exc:
+            raise BindError("UDP", address, port, exc) from None
+        try:
+            tcp = bound_socket(family, socket.SOCK_STREAM, address, port)
+        except OSError as exc:
+            udp.close()
+            raise BindError("TCP", address, port, exc) from None
+        return _Bound(family, address, udp, tcp, own=True)
+
     def _bind_tls(self, family: int, address: str) -> socket.socket:
         try:
-            tls = bound_socket(family, socket.SOCK_STREAM, address, self.tls_port)
+            tls = bound_socket(family, socket.SOCK_STREAM, address, self.tls_port, reuse_port=self.reuse_port)
         except OSError as exc:
             raise BindError("TLS", address, self.tls_port, exc) from None
         if self.tls_port == 0:
@@ -237,7 +306,7 @@ class SipListeners(Service):
         self.bind()
         for pair in self._bound:
             version = 6 if pair.family == socket.AF_INET6 else 4
-            udp = SipDatagramProtocol(self.transport, version)
+            udp = (_OwnPort if pair.own else SipDatagramProtocol)(self.transport, version)
             self.ports.append(
                 self.reactor.adoptDatagramPort(pair.udp.fileno(), pair.family, udp, maxPacketSize=UDP_MAX_DATAGRAM)
             )
@@ -247,6 +316,9 @@ class SipListeners(Service):
                 self.ports.append(self.reactor.adoptStreamPort(pair.tls.fileno(), pair.family, self.tls_factory))
             pair.close()  # the reactor listens on duplicates of the descriptors
             shown = f"[{pair.address}]" if pair.family == socket.AF_INET6 else pair.address
+            if pair.own:
+                log.info("This worker's own UDP and TCP port (its Via): {port}", port=self.own_port)
+                continue
             log.info("SIP listening on UDP and TCP {address}:{port}", address=shown, port=self.port)
             if pair.tls is not None:
                 log.info("SIP listening on TLS {address}:{port}", address=shown, port=self.tls_port)

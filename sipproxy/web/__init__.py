@@ -44,7 +44,7 @@ def make_web_resource(
     store: LocationService,
     clock: Clock,
     metrics: Metrics,
-    healthy: Callable[[], bool],
+    healthy: Callable[[], bool | str],
     password: str | None = None,
     public: bool = False,
     debug: bool = False,

@@ -98,7 +98,7 @@ class BindingsPage:
         clock: Clock,
         metrics: Metrics,
         env: jinja2.Environment,
-        healthy: Callable[[], bool],
+        healthy: Callable[[], bool | str],
         password: str | None = None,
         public: bool = False,
         debug: bool = False,
@@ -393,13 +393,14 @@ class BindingsPage:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Request) -> bytes:
-        """200 ``ok`` while the server is healthy, 503 otherwise."""
+        """200 ``ok`` while the server is healthy, 503 otherwise, with why when ``healthy`` says it (a string)."""
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        if self.healthy():
+        verdict = self.healthy()  # True, or False or why not
+        if verdict and not isinstance(verdict, str):
             return b"ok\n"
         request.setResponseCode(503)
-        return b"unhealthy\n"
+        return b"unhealthy: %s\n" % verdict.encode() if isinstance(verdict, str) else b"unhealthy\n"
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: Request) -> bytes:

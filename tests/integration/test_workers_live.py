@@ -1,0 +1,89 @@
+"""``--workers 2`` on one SIP port with the Redis store: the real ``twistd -n sipproxy``, sipp from many sockets.
+
+Issue 16, "Several workers on one host": sipp sending each call from a
+socket of its own (``-t un``) is spread over both workers by the kernel
+(SO_REUSEPORT), every REGISTER and every call succeeds, and a call's
+responses reach the worker that forwarded its INVITE (its own port, in its
+Via) while the in-dialog ACK and BYE find their way through either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import LOOPBACK, SCENARIOS, Server, free_port, require, users_file
+from test_location_redis_live import wait_healthy
+from test_proxy_sipp import Peers
+
+from tests.redis_helpers import RedisServer
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[tuple[Server, RedisServer]]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    redis = RedisServer(directory)
+    redis.start()
+    server = Server(tmp_path, ["--store", redis.url, "--workers", "2"])
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while server.log_text().count("sipproxy ready") < 2:
+            assert time.monotonic() < deadline, server.log_text()[-3000:]
+            time.sleep(0.05)
+        wait_healthy(server)
+        yield server, redis
+    finally:
+        server.stop()
+        redis.stop()
+
+
+def sipp_many_sockets(scenario: str, server: Server, calls: int, **keys: str) -> subprocess.CompletedProcess[str]:
+    """A sipp UAC with a socket of its own for every call (``-t un``)."""
+    args = [require("sipp"), f"{LOOPBACK}:{server.sip_port}", "-sf", str(SCENARIOS / scenario), "-i", LOOPBACK]
+    args += ["-p", str(free_port()), "-t", "un", "-m", str(calls), "-r", "50", "-nostdin", "-timeout", "60s"]
+    args += [
+        "-timeout_error",
+        "-max_socket",
+        "500",
+        "-trace_err",
+        "-error_file",
+        str(server.workdir / f"{scenario}.err"),
+    ]
+    for key, value in {"domain": "example.test", **keys}.items():
+        args += ["-key", key, value]
+    if scenario == "reg_contact.xml":
+        args += ["-inf", str(users_file(server.workdir, [f"w{i:03d}" for i in range(calls)], "workers.csv"))]
+    return subprocess.run(args, cwd=server.workdir, capture_output=True, text=True, timeout=120)
+
+
+def test_two_workers_share_the_port_and_every_register_and_call_succeeds(workers) -> None:  # type: ignore[no-untyped-def]
+    server, redis = workers
+    registered = sipp_many_sockets("reg_contact.xml", server, 100, contact_port="5999", expires="3600", tp="udp")
+    assert registered.returncode == 0, registered.stdout[-3000:]
+    writers = set()
+    for key in redis.cli("--scan", "--pattern", "sipproxy:aor:sip:w*").split():
+        for value in redis.cli("HVALS", key).splitlines():
+            if value.startswith("["):
+                writers.add(json.loads(value)[15])
+    assert len(writers) == 2, writers  # the kernel spread the REGISTERs over both workers
+
+    peers = Peers(server)
+    try:
+        bob = peers.uas("uas_answer.xml", user="bob", calls=40)
+        called = sipp_many_sockets("call_uac.xml", server, 40, callee="bob")
+        assert called.returncode == 0, called.stdout[-3000:] + (server.workdir / "call_uac.xml.err").read_text()[-3000:]
+        invites = bob.requests("INVITE")
+        assert len({i.get_all("call-id")[0] for i in invites}) == 40
+        via_ports = {int(re.search(r":(\d+)", i.get_all("via")[0]).group(1)) for i in invites}  # type: ignore[union-attr]
+        assert len(via_ports) == 2 and server.sip_port not in via_ports, via_ports  # each worker's own port
+        assert len(bob.requests("BYE")) == 40
+    finally:
+        peers.stop()
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
