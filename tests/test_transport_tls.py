@@ -210,6 +210,7 @@ def test_sighup_reloads_the_certificates_in_the_reactor_thread(tmp_path: Path) -
 
     reactor = Reactor()
     service = ReloadOnHangup(reactor, certs)
+    before = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup
     service.startService()
     try:
         renewed = files(tmp_path, ca, "new.example.test", tag="b")
@@ -222,7 +223,7 @@ def test_sighup_reloads_the_certificates_in_the_reactor_thread(tmp_path: Path) -
         assert certs.subject == "new.example.test"
     finally:
         service.stopService()
-    assert signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None)
+    assert signal.getsignal(signal.SIGHUP) == (before if before is not None else signal.SIG_DFL)
 
 
 # -- outbound: sips: targets, phones whose connection is gone ----------------------
