@@ -139,6 +139,12 @@ class RedisLocation:
         self._holders: dict[tuple[str, str], str] = {}
         self._seen: dict[str, int] = {}
         """Per AOR, the change number its view holds (a state not newer is skipped)."""
+        self._writing: dict[str, int] = {}
+        """Per AOR, this node's changes sent and not yet answered: its view is ahead of what the feed brings."""
+        self._ahead: dict[str, int] = {}
+        """Per AOR, the number of our last change Redis accepted, while the feed has not brought it yet."""
+        self._missed: set[str] = set()
+        """AORs for which another node's state was not applied while a change of ours was on its way."""
         self._epoch: list[Deferred[bool]] = []
         """The writes since the last :meth:`when_durable`."""
         self._inflight = 0
@@ -324,7 +330,8 @@ class RedisLocation:
         except ConnectionError:  # lost this very moment: the link hears it next
             raise SipError(503, "Location service unavailable", [("Retry-After", str(RETRY_AFTER))]) from None
         self._inflight += 1
-        written.addCallbacks(self._written, self._write_failed, errbackArgs=(aor,))
+        self._writing[aor] = self._writing.get(aor, 0) + 1
+        written.addCallbacks(self._written, self._write_failed, callbackArgs=(aor,), errbackArgs=(aor,))
         self._epoch.append(written)
         self._last = written
         written.addBoth(self._settled, written)
@@ -352,32 +359,59 @@ class RedisLocation:
             self._last = None
         return result
 
-    def _written(self, reply: int | bytes) -> bool:
+    def _answered(self, aor: str) -> bool:
+        """One change of ours to ``aor`` is answered; return whether none is left on its way."""
+        left = self._writing.get(aor, 0) - 1
+        if left > 0:
+            self._writing[aor] = left
+            return False
+        self._writing.pop(aor, None)
+        return True
+
+    def _written(self, reply: int | bytes, aor: str) -> bool:
+        last = self._answered(aor)
         if isinstance(reply, int):  # the change number: written (the feed brings the state)
             self.last_commit_failed = False
+            if reply > self._seen.get(aor, 0):
+                self._ahead[aor] = max(reply, self._ahead.get(aor, 0))
+            if last and aor in self._missed:  # another node's change passed by meanwhile: read the AOR back
+                self._missed.discard(aor)
+                self._reread(aor)
             return True
         state = parse_state(reply)
         log.warn(
             "Another node changed {aor} first; the REGISTER is refused and the view takes what Redis holds",
             aor=state.aor,
         )
-        if state.seq >= self._seen.get(state.aor, 0):
-            self._take(state, events=None)
+        self._settle_view(state)
         return False
 
     def _write_failed(self, failure: Any, aor: str) -> bool:
+        self._answered(aor)
         self.last_commit_failed = True
         log.error(
             "Writing {aor} to Redis failed ({error}); the view is reloaded from Redis",
             aor=aor,
             error=failure.getErrorMessage(),
         )
-        commands = self._link.commands
-        if commands is not None:  # the link is still up (a script error): read the AOR back now
-            read = commands.eval(READ, [PREFIX + b"aor:" + field(aor)], [self._node_json, json.dumps(aor)])
-            read.addCallback(lambda reply: self._take(parse_state(reply), events=None))
-            read.addErrback(lambda _: None)  # the link is going down: the reload after the reconnect does it
+        self._reread(aor)
         return False
+
+    def _reread(self, aor: str) -> None:
+        """Read ``aor`` back from Redis into the view (a refusal's state, a failed write, a missed change)."""
+        commands = self._link.commands
+        if commands is not None:  # the link is up (else the reload after the reconnect does it)
+            read = commands.eval(READ, [PREFIX + b"aor:" + field(aor)], [self._node_json, json.dumps(aor)])
+            read.addCallback(lambda reply: self._settle_view(parse_state(reply)))
+            read.addErrback(lambda _: None)  # the link is going down: the reload after the reconnect does it
+
+    def _settle_view(self, state: State) -> None:
+        """Take what Redis holds for an AOR unless a change of ours is on its way (then read it again after)."""
+        if self._writing.get(state.aor) or state.seq < self._ahead.get(state.aor, 0):
+            self._missed.add(state.aor)
+        elif state.seq >= self._seen.get(state.aor, 0):
+            self._missed.discard(state.aor)
+            self._take(state, events=None)
 
     # -- the feed -------------------------------------------------------------------------
 
@@ -388,6 +422,15 @@ class RedisLocation:
             log.error("Ignoring a message on the change feed that is not a state: {message!r}", message=message[:200])
             return
         if state.seq <= self._seen.get(state.aor, 0):
+            return
+        if state.seq >= self._ahead.get(state.aor, 0):
+            self._ahead.pop(state.aor, None)
+        if self._writing.get(state.aor) or state.aor in self._ahead:
+            # the view already holds a later change of ours: keep it, tell the events
+            self._seen[state.aor] = state.seq
+            if state.node != self.node:
+                self._missed.add(state.aor)
+            self._tell(state.node, state.events)
             return
         self._take(state, events=state.events)
 
@@ -411,14 +454,19 @@ class RedisLocation:
             events = [BindingEvent(e.kind, e.binding, "reloaded") for e in plan.events if _changed(e, held)]
             self._subscribers.emit(events)
             return
+        self._tell(state.node, events)
+
+    def _tell(self, node: str, events: list[BindingEvent]) -> None:
+        """A change's events: to every subscriber, and to the local ones when this node made it."""
         self._subscribers.emit(events)
-        if state.node == self.node:
+        if node == self.node:
             self._local.emit(events)
 
     # -- connecting and loading -----------------------------------------------------------
 
     def _up(self) -> None:
         self._seen = {}  # a new connection, maybe to a Redis that restarted: its numbers start over
+        self._missed, self._ahead = set(), {}  # the full load reads everything
         log.info("Location service: connected to Redis at {where}; loading the bindings", where=self.where)
         self._load()
 
