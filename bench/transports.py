@@ -17,8 +17,10 @@ BYE, 200, no media), and the server's CPU time per call.
 
 Then ``idle`` connections are opened over TLS, over WS and over WSS (TLS
 handshake, WebSocket upgrade, nothing else), from 64-connection groups of
-loopback addresses (127.3.x.y), and the server's VmRSS growth divided by
-``idle`` is the memory per idle connection.
+loopback addresses (127.3.x.y; the server allows 64 per address), with
+``--max-connections`` above ``idle`` so that none is closed for a newcomer,
+and the server's VmRSS growth divided by ``idle`` is the memory per idle
+connection.
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ async def idle(transport: str, count: int, ports: dict[str, int], tls: ssl.SSLCo
     return streams
 
 
-def start_server(workdir: Path) -> tuple[object, dict[str, int]]:
+def start_server(workdir: Path, connections: int) -> tuple[object, dict[str, int]]:
     from harness import Server, free_port
 
     server = Server(workdir, [])
@@ -277,17 +279,24 @@ def start_server(workdir: Path) -> tuple[object, dict[str, int]]:
     server.extra = [
         "--tls-cert", f"{workdir}/cert.pem", "--tls-key", f"{workdir}/key.pem", "--tls-port", str(ports["TLS"]),
         "--ws", f"tcp:{ports['WS']}:interface=127.0.0.1", "--wss", f"tcp:{ports['WSS']}:interface=127.0.0.1",
+        "--max-connections", str(connections),
     ]  # fmt: skip
     server.start()
     return server, ports
 
 
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 async def hold(transport: str, count: int, ports: dict[str, int], tls: ssl.SSLContext, pid: int) -> float:
-    """Server RSS growth in MB with ``count`` idle connections open."""
-    rss = rss_mb(pid)
+    """Server RSS growth in MB with ``count`` idle connections open (checked: every one still open)."""
+    rss, files = rss_mb(pid), open_files(pid)
     streams = await idle(transport, count, ports, tls, 0)
     await asyncio.sleep(2)
-    grown = rss_mb(pid) - rss
+    grown, still = rss_mb(pid) - rss, open_files(pid) - files
+    if still < count:
+        raise RuntimeError(f"{transport}: only {still} of {count} connections still open at the server")
     for stream in streams:
         stream.writer.close()
     return grown
@@ -312,7 +321,7 @@ def main() -> None:
         tls = ssl.create_default_context()
         ca.configure_trust(tls)
         print(f"{args.tree}: {args.phones} phones, {args.seconds:g} s per transport")
-        server, ports = start_server(workdir)
+        server, ports = start_server(workdir, args.idle + args.phones + 16)
         try:
             pid = server.proc.pid  # type: ignore[attr-defined]
             for transport in args.transports.split(","):
@@ -332,7 +341,7 @@ def main() -> None:
         finally:
             server.stop()  # type: ignore[attr-defined]
         for transport in ("TCP", "TLS", "WS", "WSS"):  # each in a fresh server: freed memory is reused
-            server, ports = start_server(workdir)
+            server, ports = start_server(workdir, args.idle + args.phones + 16)
             try:
                 grown = asyncio.run(hold(transport, args.idle, ports, tls, server.proc.pid))  # type: ignore[attr-defined]
                 print(

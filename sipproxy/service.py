@@ -366,7 +366,10 @@ def build_service(options: Mapping[str, Any], reactor: Any) -> SipProxyService:
         ),
         proxy_settings=ProxySettings(timer_c=float(options.get("timer-c", 180))),
         wirelog=WireLog(level, copy=hep.copy if hep is not None else None),
-        transport_limits=TransportLimits(message_timeout=options.get("tcp-message-timeout", 30.0)),
+        transport_limits=TransportLimits(
+            message_timeout=options.get("tcp-message-timeout", 30.0),
+            max_connections=options.get("max-connections", 1024),
+        ),
         on_call=_observers(CallLog(), recent),
         tap=Capture(recent, reactor) if recent is not None and recent.max_bytes > 0 else None,
         connect_tls=tls_connector(reactor, reactor, certificates) if certificates is not None else None,

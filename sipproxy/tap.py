@@ -254,6 +254,13 @@ class Options(usage.Options):
             "Seconds a TCP message (header section and body) may take to arrive from its first byte; "
             "slower senders are disconnected.",
         ],
+        [
+            "max-connections",
+            None,
+            "1024",
+            "TCP, TLS and WebSocket connections open at once, in all (64 per address); at the limit the peer's "
+            "connection idle longest without a binding is closed for the newcomer.",
+        ],
         # -- TLS (sipproxy.transport.tls, sipproxy.transport.certificates) --
         ["tls-cert", None, None, "PEM certificate chain (e.g. certbot's fullchain.pem); enables TLS. SIGHUP reloads."],
         ["tls-key", None, None, "PEM private key of --tls-cert (e.g. certbot's privkey.pem), unencrypted."],
@@ -344,6 +351,7 @@ class Options(usage.Options):
         self._workers()
         self._security_options()
         self["tcp-message-timeout"] = _positive("tcp-message-timeout", self["tcp-message-timeout"])
+        self["max-connections"] = _positive("max-connections", self["max-connections"])
         self._recent_calls()
         self._history_options()
         self._hep_options()

@@ -191,3 +191,16 @@ def test_flow_options_reach_the_registrar(tmp_path) -> None:  # type: ignore[no-
     assert (settings.flow_timer, settings.keep_flow_bindings) == (90, True)
     with pytest.raises(UsageError, match="--flow-timer"):
         parse("--flow-timer", "0")
+
+
+def test_max_connections_reaches_the_transport(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet.task import Clock
+
+    from sipproxy.service import build_service
+
+    assert parse()["max-connections"] == 1024
+    service = build_service(parse("--db", ":memory:", "--max-connections", "20000"), Clock())
+    assert service.core.transport.limits.max_connections == 20000
+    service.core.store.close()
+    with pytest.raises(UsageError, match="--max-connections must be a positive whole number"):
+        parse("--max-connections", "lots")
