@@ -35,7 +35,11 @@ How it works:
   holds; so does a write whose reply never came (after the reconnect).
 - The feed: every node (the writer too) applies each state to its view, in
   Redis's order, skipping states older than what it already has for that
-  AOR. Events go to subscribers from the feed, so every node's page sees
+  AOR.  While a change of its own to an AOR is on its way, or Redis has
+  accepted a newer one than the feed has brought, the view already holds
+  more than the state: it is kept (a phone's next REGISTER is planned on
+  it), the state's events are still told, and another node's state passed
+  over meanwhile is read back once ours is answered. Events go to subscribers from the feed, so every node's page sees
   every change with its reason; :meth:`subscribe_local` hears only the
   changes this node made, so the node that handled the REGISTER is the one
   that logs it.
