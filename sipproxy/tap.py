@@ -16,9 +16,11 @@ with exit status 1 and no traceback:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
+from cryptography import x509
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -119,6 +121,12 @@ class Options(usage.Options):
             None,
             "redis://[:password@]host:port/db (rediss:// for TLS): keep the bindings and the server secret in a "
             "Redis shared by several nodes, instead of --db (see README, Several nodes).",
+        ],
+        [
+            "store-ca",
+            None,
+            None,
+            "PEM file of the CA certificates a rediss:// --store's certificate must chain to (default: the system's).",
         ],
         ["node-id", None, None, "This node's name in the shared store (default: advertised host:SIP port)."],
         [
@@ -362,16 +370,30 @@ class Options(usage.Options):
         """``--store``: a Redis URL, read here; whether Redis answers is ``startup.redis_secret``'s business."""
         from sipproxy.location.redis_url import parse_redis_url
 
-        url = self["store"]
+        url, ca = self["store"], self["store-ca"]
         if url is None:
+            if ca is not None:
+                raise usage.UsageError("--store-ca is for a rediss:// --store")
             return
         try:
-            self["store-address"] = parse_redis_url(url)
+            address = parse_redis_url(url)
         except ValueError as error:
             shown = url.split("@")[-1]  # never the password
             raise usage.UsageError(
                 f"--store ...{shown}: {error}; give redis://[:password@]host:port/db or rediss://..."
             ) from None
+        if ca is not None:
+            if not address.tls:
+                raise usage.UsageError("--store-ca is for a rediss:// --store (Redis over TLS)")
+            try:
+                with open(ca, "rb") as pem:
+                    x509.load_pem_x509_certificates(pem.read())
+            except OSError as error:
+                raise usage.UsageError(f"--store-ca {ca}: {error.strerror or error}") from None
+            except ValueError:
+                raise usage.UsageError(f"--store-ca {ca}: no PEM certificate in it") from None
+            address = dataclasses.replace(address, ca=ca)
+        self["store-address"] = address
         if self["node-id"] is not None and not self["node-id"].strip():
             raise usage.UsageError("--node-id must not be empty")
 

@@ -22,26 +22,39 @@ def _free_tcp_port() -> int:
 class RedisServer:
     """One ``redis-server`` process; stop, kill and start it again on the same port and directory."""
 
-    def __init__(self, directory: Path, *, appendfsync: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendfsync: str | None = None,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (certificate, key) PEM files: Redis listens on TLS only (``rediss://``), no client certificates."""
         self.directory = directory
         self.port = _free_tcp_port()
         self.appendfsync = appendfsync
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{LOOPBACK}:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; the README's test command installs it")
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            cert, key = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            ports += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
         args = [
             binary,
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             LOOPBACK,
             "--dir",
@@ -76,6 +89,8 @@ class RedisServer:
     def cli(self, *args: str) -> str:
         """One command through ``redis-cli``; its output, stripped."""
         command = ["redis-cli", "-h", LOOPBACK, "-p", str(self.port)]
+        if self.tls is not None:
+            command += ["--tls", "--insecure"]
         if self.password:
             command += ["--no-auth-warning", "-a", self.password]
         done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import trustme
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -23,6 +25,9 @@ from sipproxy.location.redis_codec import encode
 from sipproxy.location.redis_secret import server_secret
 from sipproxy.location.redis_store import RETRY_AFTER, RedisLocation
 from sipproxy.location.redis_url import parse_redis_url
+from sipproxy.service import build_service
+from sipproxy.startup import StartupError
+from sipproxy.tap import Options
 from tests.redis_helpers import RedisServer
 
 AOR = "sip:alice@example.test"
@@ -230,3 +235,50 @@ class RedisPasswordTests(unittest.TestCase):
         with self.assertRaises(Exception) as failed:
             server_secret(wrong, lambda: b"x" * 32)
         self.assertIn("WRONGPASS", str(failed.exception))
+
+
+class RedisOverTLSTests(unittest.TestCase):
+    """``rediss://`` against a real ``redis-server`` listening on TLS only, with a test CA (``trustme``)."""
+
+    timeout = 60
+
+    def start(self, *names: str) -> tuple[RedisServer, str]:
+        directory = Path(tempfile.mkdtemp(prefix="sipproxy-redis-tls-"))
+        ca = trustme.CA()
+        cert = ca.issue_cert(*names)
+        cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+        ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+        redis = RedisServer(directory, tls=(directory / "cert.pem", directory / "key.pem"))
+        redis.start()
+        self.addCleanup(redis.stop)
+        return redis, str(directory / "ca.pem")
+
+    @defer.inlineCallbacks
+    def test_a_node_stores_bindings_in_a_redis_over_tls_whose_certificate_chains_to_store_ca(self) -> Any:
+        redis, ca = self.start("127.0.0.1")
+        address = replace(parse_redis_url(redis.url), ca=ca)
+        self.assertEqual(len(server_secret(address, lambda: b"s" * 32)), 32)
+        store = RedisLocation(reactor, address, "A")
+        store.restore()
+        self.addCleanup(store.close)
+        while not store.ready:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        store.update(AOR, put=[binding()])
+        answer: defer.Deferred[bool] = defer.Deferred()
+        store.when_durable(answer.callback)
+        self.assertTrue((yield answer))
+        stored = redis.cli("HGET", f"sipproxy:aor:{AOR}", "sip:alice@192.0.2.1:5062")
+        self.assertEqual(json.loads(stored)[2], "sip:alice@192.0.2.1:5062")
+
+    def test_a_certificate_not_from_store_ca_or_not_for_the_host_is_refused_and_the_node_does_not_start(self) -> None:
+        redis, ca = self.start("127.0.0.1")
+        with self.assertRaisesRegex(OSError, "certificate verify failed"):
+            server_secret(parse_redis_url(redis.url), lambda: b"s" * 32)  # the system's CAs do not know the test CA
+        other, other_ca = self.start("redis.example.test")
+        with self.assertRaisesRegex(OSError, "certificate verify failed.*(mismatch|match)"):
+            server_secret(replace(parse_redis_url(other.url), ca=other_ca), lambda: b"s" * 32)
+        options = Options()
+        options.parseOptions(["--db", ":memory:", "--store", redis.url])
+        with self.assertRaisesRegex(StartupError, r"^--store rediss://127\.0\.0\.1:\d+/0: .*certificate verify failed"):
+            build_service(options, reactor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
@@ -148,3 +149,16 @@ def test_healthz_says_why_when_the_check_gives_a_reason() -> None:
     response, body = web.request("GET", "/healthz")
     assert response.code == 503
     assert body == b"unhealthy: Redis at redis://127.0.0.1:6379/0 unreachable (Connection refused); reconnecting\n"
+
+
+def test_store_ca_mistakes_are_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for args, complaint in [
+        (["--store-ca", str(junk)], "--store-ca is for a rediss:// --store"),
+        (["--store", "redis://127.0.0.1/0", "--store-ca", str(junk)], "--store-ca is for a rediss:// --store"),
+        (["--store", "rediss://127.0.0.1/0", "--store-ca", str(junk)], f"--store-ca {junk}: no PEM certificate"),
+        (["--store", "rediss://127.0.0.1/0", "--store-ca", str(tmp_path / "gone.pem")], "No such file"),
+    ]:
+        with pytest.raises(UsageError, match=complaint):
+            Options().parseOptions(args)

@@ -35,7 +35,7 @@ def server_secret(address: RedisAddress, make: Callable[[], bytes]) -> bytes:
     with socket.create_connection((address.host, address.port), timeout=TIMEOUT) as raw:
         sock: socket.socket = raw
         if address.tls:
-            sock = ssl.create_default_context().wrap_socket(raw, server_hostname=address.host)
+            sock = ssl.create_default_context(cafile=address.ca).wrap_socket(raw, server_hostname=address.host)
         reader = sock.makefile("rb")
         if address.password is not None:
             auth = [b"AUTH", address.password.encode()]

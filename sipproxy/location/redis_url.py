@@ -26,6 +26,8 @@ class RedisAddress:
     password: str | None = None
     username: str | None = None
     tls: bool = False
+    ca: str | None = None
+    """With TLS: a PEM file of the CAs Redis's certificate must chain to (``--store-ca``); None: the system's."""
 
     def display(self) -> str:
         """``redis://host:port/db`` (``rediss://`` with TLS), without the credentials."""
