@@ -68,7 +68,13 @@ class LocalAddress:
     via_port: int | None = None
     """With ``--workers``: this worker's own UDP and TCP port, put in its Via so responses come back to it."""
     worker_ports: frozenset[int] = frozenset()
-    """With ``--workers``: every worker's ``via_port`` (their Vias are ours too: loop detection, §16.3 step 4)."""
+    """With ``--workers``: every worker's ``via_port``.
+
+    Their Vias are ours too (loop detection, §16.3 step 4), but a Route
+    naming another worker's port is that worker's: its Record-Route (it may
+    carry a flow token only that worker can use) is forwarded to it, not
+    popped here.
+    """
 
     @property
     def hostport(self) -> str:
@@ -94,9 +100,14 @@ class LocalAddress:
 
     @property
     def ports(self) -> frozenset[int]:
-        """Every port we listen on for SIP (every worker's own port too)."""
+        """Every port this process listens on for SIP (with ``--workers``, its own port but not the others')."""
         listed = (self.port, self.tls_port, self.ws_port, self.wss_port, self.via_port)
-        return frozenset(p for p in listed if p is not None) | self.worker_ports
+        return frozenset(p for p in listed if p is not None)
+
+    @property
+    def via_ports(self) -> frozenset[int]:
+        """The ports a Via of ours can name: :attr:`ports` and every worker's own port (``--workers``)."""
+        return self.ports | self.worker_ports
 
 
 class Locality:
@@ -113,6 +124,7 @@ class Locality:
         self.port = local.port if local is not None else DEFAULT_PORT
         self.ports = local.ports if local is not None else frozenset({DEFAULT_PORT})
         """Our SIP port and, with TLS, our TLS port: a URI with either is us."""
+        self._via_ports = local.via_ports if local is not None else self.ports
         self._host = canonical_host(local.host) if local is not None else None
 
     def is_our_domain(self, host: str) -> bool:
@@ -146,7 +158,9 @@ class Locality:
     def is_our_via(self, via: Via) -> bool:
         """Is ``via`` one we put there (§16.3 step 4: "a sent-by value ... placed by the proxy")?"""
         default = 5061 if via.transport.upper() == "TLS" else DEFAULT_PORT
-        return self._host is not None and canonical_host(via.host) == self._host and (via.port or default) in self.ports
+        if self._host is None or canonical_host(via.host) != self._host:
+            return False
+        return (via.port or default) in self._via_ports
 
 
 def canonical_aor(uri: SipURI) -> str:

@@ -15,9 +15,13 @@ exits, and stops them when it stops. The design, and why:
   its Via (``LocalAddress.via_port``), so a downstream response reaches the
   worker holding the client transaction (RFC 3261 §18.2.2 sends responses
   to the Via's sent-by); every worker's port counts as ours
-  (``worker_ports``) for loop detection (§16.3 step 4) and Route
-  recognition. Record-Route names the shared port: in-dialog requests are
-  new transactions, any worker routes them.
+  (``worker_ports``) for loop detection (§16.3 step 4).
+- **Dialogs**: a worker's Record-Route names its own port too, so the
+  in-dialog requests of a call come back to the worker that forwarded its
+  INVITE, and through it to the worker holding a phone's connection: the
+  RFC 5626 flow token in that worker's Record-Route is usable only there.
+  A Route naming another worker's port is that worker's (§16.4: not us),
+  and the request is forwarded to it.
 - **The store**: ``--workers`` needs ``--store redis://``: each worker keeps
   its view from Redis's change feed like a node does (its node id is the
   node's with ``/wN``), and a TCP binding held by one worker is reached

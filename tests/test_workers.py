@@ -11,7 +11,8 @@ import pytest
 from twisted.python.usage import UsageError
 
 from sipproxy.locality import LocalAddress, Locality
-from sipproxy.message import parse_via
+from sipproxy.message import Request, parse_message, parse_via
+from sipproxy.proxy.routing import preprocess_routing, record_route_values
 from sipproxy.tap import Options
 from sipproxy.transport.listen import bound_socket
 from sipproxy.workers import free_ports, worker_arguments
@@ -46,10 +47,31 @@ def test_a_worker_puts_its_own_port_in_its_via_and_every_workers_via_is_ours() -
     assert local.via_hostport_for("UDP") == "192.0.2.1:40001"
     assert local.via_hostport_for("TCP") == "192.0.2.1:40001"
     assert local.via_hostport_for("TLS") == "192.0.2.1:5061"  # TLS stays on its port
-    assert local.hostport_for("UDP") == "192.0.2.1:5060"  # Record-Route names the shared port
+    assert local.hostport_for("UDP") == "192.0.2.1:5060"  # what phones are told to send to: the shared port
     locality = Locality(local, {"example.test"})
     assert locality.is_our_via(parse_via("SIP/2.0/UDP 192.0.2.1:40002;branch=z9hG4bKw2"))  # loop detection
     assert not locality.is_our_via(parse_via("SIP/2.0/UDP 192.0.2.1:40003;branch=z9hG4bKw3"))
+
+
+def test_a_workers_record_route_names_its_own_port_and_another_worker_forwards_to_it() -> None:
+    # The worker holding a phone's connection record-routes with its own port (the flow token in it is
+    # usable only there); another worker that gets the in-dialog request pops its own Route and the
+    # shared port's, and leaves the first worker's for the request to be forwarded to it.
+    local = LocalAddress("192.0.2.1", 5060, via_port=40001, worker_ports=frozenset({40001, 40002}))
+    [udp] = record_route_values(local, "UDP", "UDP", None)
+    assert udp == "<sip:192.0.2.1:40001;lr>"
+    tcp, _ = record_route_values(local, "UDP", "TCP", None, flow_out="tok")
+    assert tcp.startswith("<sip:192.0.2.1:40001;transport=tcp;ft=tok")
+    request = parse_message(
+        b"BYE sip:phone@192.0.2.9:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.8;branch=z9hG4bKb\r\n"
+        b"Route: <sip:192.0.2.1:40001;lr>, <sip:192.0.2.1;lr>, <sip:192.0.2.1:40002;transport=tcp;lr;ft=tok>\r\n"
+        b"Call-ID: c\r\nCSeq: 2 BYE\r\nFrom: <sip:a@example.test>;tag=1\r\nTo: <sip:phone@example.test>;tag=2\r\n"
+        b"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert isinstance(request, Request)
+    popped = preprocess_routing(request, Locality(local, {"example.test"}))
+    assert [u.port for u in popped] == [40001, None]
+    assert request.get_all("route") == ["<sip:192.0.2.1:40002;transport=tcp;lr;ft=tok>"]  # worker 2's: to it
 
 
 def test_workers_bind_the_same_port_with_so_reuseport_and_nobody_else_can() -> None:

@@ -147,7 +147,9 @@ def _record_route(
         params += f";{DIALOG_TOKEN_PARAM}={token}"
     if flow:
         params += f";{FLOW_TOKEN_PARAM}={flow}"
-    return f"<{scheme}:{local.hostport_for(transport)}{params};lr>"
+    # With --workers, this worker's own port for UDP/TCP: in-dialog requests come back to the worker that
+    # holds the flow its token names (any worker would pop a Record-Route naming the shared port).
+    return f"<{scheme}:{local.via_hostport_for(transport)}{params};lr>"
 
 
 def is_sips_request(request: Request) -> bool:

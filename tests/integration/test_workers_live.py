@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness import LOOPBACK, SCENARIOS, Server, free_port, require, users_file
-from test_location_redis_live import wait_healthy
+from test_location_redis_live import TcpPhone, wait_healthy
 from test_proxy_sipp import Peers
 
 from tests.redis_helpers import RedisServer
@@ -86,4 +87,25 @@ def test_two_workers_share_the_port_and_every_register_and_call_succeeds(workers
         assert len(bob.requests("BYE")) == 40
     finally:
         peers.stop()
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+def test_a_tcp_phone_on_one_worker_is_called_from_every_worker_and_its_dialogs_follow_its_flow(workers) -> None:  # type: ignore[no-untyped-def]
+    # The phone's connection is held by one worker; the calls land on both (sipp -t un); the INVITE, the
+    # ACK and the BYE of each call must all reach the phone over its flow, whichever worker got them.
+    server, _ = workers
+    phone = TcpPhone(server, "carol")
+    try:
+        assert phone.register().status == 200
+        answering = threading.Thread(target=phone.answer, args=(60,), daemon=True)  # 20 x (INVITE, ACK, BYE)
+        answering.start()
+        called = sipp_many_sockets("call_uac.xml", server, 20, callee="carol")
+        answering.join(30)
+        assert called.returncode == 0, called.stdout[-3000:] + (server.workdir / "call_uac.xml.err").read_text()[-3000:]
+        methods = [r.method for r in phone.received]
+        assert methods.count("INVITE") == 20 and methods.count("ACK") == 20 and methods.count("BYE") == 20, methods
+        hops = [len(r.get_all("via")) for r in phone.received if r.method == "INVITE"]
+        assert 2 in hops and 3 in hops, hops  # calls at the phone's worker, and calls through the other one
+    finally:
+        phone.sock.close()
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
