@@ -512,7 +512,8 @@ def _websocket_listeners(
             lines = {"listening": "SIP over WS on {web}", "failed": "No WS listener: --ws {web}: {reason}"}
         else:
             lines = {"listening": "SIP over WSS on {web}", "failed": "No WSS listener: --wss {web}: {reason}"}
-        out.append(WebListener(reactor, description, factory, option=f"--{name.lower()}", **lines))
+        shared = bool(options.get("worker-ports"))  # --workers: every worker listens on the port
+        out.append(WebListener(reactor, description, factory, option=f"--{name.lower()}", reuse_port=shared, **lines))
     return out
 
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import sqlite3
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipproxy.location import SQLitePersistence
 from sipproxy.transport.certificates import CertificateError, TLSCertificates, TLSFiles
-from sipproxy.transport.listen import BindError, SipListeners, describe_socket_error
+from sipproxy.transport.listen import BindError, SipListeners, bound_socket, describe_socket_error
 
 __all__ = ["StartupError", "WebListener", "bind_sip", "load_certificates", "open_database"]
 
@@ -118,14 +120,20 @@ class WebListener(Service):
         option: str = "--web",
         listening: str = "Bindings page on {web}",
         failed: str = "No bindings page: --web {web}: {reason}",
+        reuse_port: bool = False,
     ) -> None:
         """``option`` names it in a :class:`StartupError`; ``listening`` and ``failed`` are its log lines' formats.
 
-        The SIP WebSocket ports (``--ws``, ``--wss``) are listeners like this one.
+        The SIP WebSocket ports (``--ws``, ``--wss``) are listeners like this
+        one; ``reuse_port``: every worker of ``--workers`` listens on the
+        port (a ``tcp:`` description, SO_REUSEPORT).
         """
         self.option, self.listening, self.failed = option, listening, failed
         self.description = description
-        self.endpoint = endpoints.serverFromString(reactor, description)
+        if reuse_port:
+            self.endpoint: Any = SharedPortEndpoint.parse(reactor, description, option)
+        else:
+            self.endpoint = endpoints.serverFromString(reactor, description)
         self.factory = factory
         self.port: Any = None
         self._waiting: Deferred[Any] | None = None
@@ -172,3 +180,37 @@ class WebListener(Service):
             self._waiting.cancel()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
+
+
+class SharedPortEndpoint:
+    """A ``tcp:`` strports port that several processes listen on (SO_REUSEPORT, ``--workers``).
+
+    The kernel hands each new connection to one of them by the client's
+    address and port; a WebSocket phone's connection, its flow, stays with
+    the worker that accepted it.
+    """
+
+    def __init__(self, reactor: Any, port: int, interface: str) -> None:
+        self.reactor, self.port, self.interface = reactor, port, interface
+
+    @classmethod
+    def parse(cls, reactor: Any, description: str, option: str) -> SharedPortEndpoint:
+        """``tcp:PORT[:interface=HOST]`` (or ``port=PORT``); :class:`StartupError` for anything else."""
+        kind, *fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description)]
+        values = dict(f.split("=", 1) if "=" in f else ("port", f) for f in fields)
+        port, interface = values.pop("port", ""), values.pop("interface", "")
+        if kind != "tcp" or not port.isdigit() or set(values) - {"backlog"}:
+            raise StartupError(f"{option} {description}: with --workers, give tcp:PORT[:interface=HOST] (shared)")
+        return cls(reactor, int(port), interface)
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        host = self.interface or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = bound_socket(family, socket.SOCK_STREAM, host, self.port, reuse_port=True)
+        except OSError as error:
+            return fail(CannotListenError(self.interface, self.port, error))
+        try:
+            return succeed(self.reactor.adoptStreamPort(sock.fileno(), family, factory))
+        finally:
+            sock.close()  # the reactor holds its own copy

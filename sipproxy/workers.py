@@ -28,8 +28,12 @@ exits, and stops them when it stops. The design, and why:
   from the others through a Path to that worker's own port. SQLite would
   give each worker its own view of a file the others write: a binding
   registered at one worker would be invisible to the rest until a restart.
-- **The web page and WebSocket listeners** are worker 0's only: the other
-  workers listen on an ephemeral loopback web port, and serve no WS/WSS.
+- **The web page** is worker 0's only: the other workers listen on an
+  ephemeral loopback web port. **The WebSocket ports** (``--ws``,
+  ``--wss``, ``tcp:`` descriptions) are every worker's, with SO_REUSEPORT
+  like the SIP port (``startup.SharedPortEndpoint``): a browser phone's
+  connection stays with the worker that accepted it, and the dialogs
+  reach it as a TCP phone's do (above).
 - **Per process**, and so per worker: the transaction tables (reached by
   the routing above), the rate limits, the authentication failure and
   lockout counters and the nonce-count tables. A phone always reaches the
@@ -59,7 +63,7 @@ log = Logger(namespace="sipproxy")
 
 RESTART_DELAY = 1.0
 
-_DROPPED_IN_WORKERS = {"--web": 1, "--ws": 1, "--wss": 1, "--web-password": 1, "--workers": 1}
+_DROPPED_IN_WORKERS = {"--web": 1, "--web-password": 1, "--workers": 1}
 """Options worker 0 keeps for itself (``--opt VALUE``, the value's count)."""
 
 
@@ -90,7 +94,7 @@ def free_ports(count: int, interface: str) -> list[int]:
 
 
 def worker_arguments(argv: Sequence[str], index: int, ports: Sequence[int]) -> list[str]:
-    """The ``sipproxy`` options of worker ``index``: worker 0's, without its web and WS listeners, plus who it is."""
+    """The ``sipproxy`` options of worker ``index``: worker 0's, without its web page, plus who it is."""
     out: list[str] = []
     skip = 0
     for arg in argv:

@@ -18,11 +18,12 @@ from sipproxy.transport.listen import bound_socket
 from sipproxy.workers import free_ports, worker_arguments
 
 
-def test_each_worker_gets_worker_0s_options_without_its_web_and_websocket_listeners() -> None:
+def test_each_worker_gets_worker_0s_options_without_its_web_page_but_with_its_websocket_ports() -> None:
     argv = ["--sip-port", "5070", "--web", "tcp:8080", "--ws=tcp:8088", "--workers", "2", "--store", "redis://r/0"]
     assert worker_arguments(argv, 1, [40001, 40002]) == [
         "--sip-port",
         "5070",
+        "--ws=tcp:8088",
         "--store",
         "redis://r/0",
         "--web",

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from harness import LOOPBACK, SCENARIOS, Server, free_port, require, users_file
 from test_location_redis_live import TcpPhone, wait_healthy
+from test_outbound_live import next_request, reply
 from test_proxy_sipp import Peers
+from test_websocket_live import WsPhone, ws_register
 
 from tests.redis_helpers import RedisServer
 
@@ -108,4 +110,56 @@ def test_a_tcp_phone_on_one_worker_is_called_from_every_worker_and_its_dialogs_f
         assert 2 in hops and 3 in hops, hops  # calls at the phone's worker, and calls through the other one
     finally:
         phone.sock.close()
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+def test_websocket_phones_connect_to_every_worker_and_are_called_over_their_flows(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # --ws on a port every worker listens on (SO_REUSEPORT): the kernel spreads the browser phones'
+    # connections; a call from sipp reaches each phone over its WebSocket whichever worker got the INVITE,
+    # and so do the ACK and BYE of its dialog.
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    redis = RedisServer(directory)
+    redis.start()
+    ws_port = free_port()
+    server = Server(tmp_path, ["--store", redis.url, "--workers", "2", "--ws", f"tcp:{ws_port}:interface={LOOPBACK}"])
+    server.start()
+    phones: list[WsPhone] = []
+    try:
+        deadline = time.monotonic() + 30
+        while server.log_text().count("SIP over WS on") < 2 or server.log_text().count("sipproxy ready") < 2:
+            assert time.monotonic() < deadline, server.log_text()[-3000:]
+            time.sleep(0.05)
+        wait_healthy(server)
+        for n in range(12):
+            phone = WsPhone(ws_port)
+            phone.send(ws_register(f"ws{n}", "WS"))
+            assert phone.final().status == 200
+            phones.append(phone)
+        writers = set()
+        for key in redis.cli("--scan", "--pattern", "sipproxy:aor:sip:ws*").split():
+            for value in redis.cli("HVALS", key).splitlines():
+                if value.startswith("["):
+                    writers.add(json.loads(value)[15])
+        assert len(writers) == 2, writers  # both workers accepted WebSocket phones
+
+        for n, phone in enumerate(phones):
+            done: list[subprocess.CompletedProcess[str]] = []
+            caller = threading.Thread(
+                target=lambda callee, into: into.append(sipp_many_sockets("call_uac.xml", server, 1, callee=callee)),
+                args=(f"ws{n}", done),
+            )
+            caller.start()
+            invite = next_request(phone, "INVITE")
+            phone.send(reply(invite, 200, contact=True))
+            assert next_request(phone, "ACK").method == "ACK"
+            bye = next_request(phone, "BYE")
+            phone.send(reply(bye, 200))
+            caller.join(30)
+            assert done and done[0].returncode == 0, done[0].stdout[-2000:] if done else "sipp did not finish"
+    finally:
+        for phone in phones:
+            phone.close()
+        server.stop()
+        redis.stop()
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
