@@ -125,14 +125,17 @@ def matching(existing: list[Binding], wanted: Contact) -> list[Binding]:
 
     By URI: the same text, else equal by RFC 3261 §19.1.4.  By instance
     (RFC 5626 §6), when the contact has ``+sip.instance``: the same instance
-    ID and reg-id, whatever the URI.
+    ID and reg-id, whatever the URI; then a binding of the same instance
+    under another reg-id is another flow, kept even under the same URI.
     """
-    same_uri = [b for b in existing if b.contact == wanted.contact]
+    same_uri = [b for b in existing if b.contact_uri == wanted.contact]
     if not same_uri:
-        same_uri = [b for b in existing if _same_uri(b.contact, wanted.uri)]
+        same_uri = [b for b in existing if _same_uri(b.contact_uri, wanted.uri)]
     key = _instance_key(wanted)
     if key is None:
         return same_uri
+    if key[1] is not None:  # §6: the instance's other flows (another reg-id) stay, whatever their URI
+        same_uri = [b for b in same_uri if b.instance != key[0] or b.reg_id is None or b.reg_id == key[1]]
     found = {b.contact for b in same_uri}
     return same_uri + [b for b in existing if b.contact not in found and _instance_key(b) == key]
 

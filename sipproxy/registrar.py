@@ -66,8 +66,10 @@ Choices the RFC leaves open, and what we do:
   proxy and the registrar in one, so no Path with a flow token is needed:
   the binding itself names the flow, and the proxy writes the flow token
   into its Record-Route (:mod:`sipproxy.flowtoken`).  Two flows of one
-  instance with *the same* Contact URI cannot both be kept: the location
-  service keys bindings by contact, so the later replaces the earlier.
+  instance with *the same* Contact URI are two bindings: the location
+  service keys bindings by contact, so the second is stored under
+  ``"URI reg-id=N"`` (:func:`~sipproxy.location.binding.flow_key`; the
+  Request-URI stays the URI, :attr:`Binding.contact_uri`).
 - A flow-bound binding whose connection closes is removed (reason
   ``flow-lost``, :meth:`Registrar.flow_lost`), unless
   ``keep_flow_bindings``; so are those restored at start-up on a
@@ -87,6 +89,7 @@ from sipproxy.contacts import Contact, check_order, matching, read_contacts
 from sipproxy.errors import SipError
 from sipproxy.locality import LocalAddress, Locality, canonical_aor
 from sipproxy.location import Binding, LocationService
+from sipproxy.location.binding import flow_key
 from sipproxy.message import ParseError, Request, Response, SipURI, make_response
 from sipproxy.message.uri import canonical_host
 from sipproxy.net import Clock, Source, is_reliable
@@ -393,14 +396,15 @@ class Registrar:
             same = matching(existing, wanted)
             for binding in same:
                 check_order(binding, call_id, cseq)
-            remove.extend(b.contact for b in same if wanted.expires == 0 or b.contact != wanted.contact)
+            contact = _key(wanted, same, existing)
+            remove.extend(b.contact for b in same if wanted.expires == 0 or b.contact != contact)
             if wanted.expires == 0:
                 continue
             refreshed = next((b for b in same if b.call_id == call_id), None)
             put.append(
                 Binding(
                     aor=aor,
-                    contact=wanted.contact,
+                    contact=contact,
                     call_id=call_id,
                     cseq=cseq,
                     expires_at=now + self._settings.granted(wanted.expires, self.random),
@@ -456,7 +460,7 @@ class Registrar:
         response = self._respond(request, 200)
         add = response.add
         for binding in self._store.lookup(aor):
-            value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
+            value = f"<{binding.contact_uri}>;expires={binding.expires_in(now)}"
             if binding.q != 1.0:
                 value += f";q={_format_q(binding.q)}"
             add("Contact", value)
@@ -489,3 +493,20 @@ class Registrar:
 
 def _format_q(q: float) -> str:
     return f"{q:.3f}".rstrip("0").rstrip(".")
+
+
+def _key(wanted: Contact, same: list[Binding], existing: list[Binding]) -> str:
+    """Step 7: the key to store ``wanted`` under: its URI, unless another flow of its instance holds that.
+
+    RFC 5626 §6 knows an outbound registration by (instance, reg-id): a
+    phone on two flows may register the same Contact URI on both, and the
+    second is kept under :func:`~sipproxy.location.binding.flow_key`, so
+    the proxy still has a next flow to fail over to (§7).
+    """
+    if wanted.instance is None or wanted.reg_id is None:
+        return wanted.contact
+    for b in same:
+        if (b.instance, b.reg_id, b.contact_uri) == (wanted.instance, wanted.reg_id, wanted.contact):
+            return b.contact  # the flow's refresh keeps its key
+    staying = {b.contact for b in existing} - {b.contact for b in same}
+    return flow_key(wanted.contact, wanted.reg_id) if wanted.contact in staying else wanted.contact

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from sipproxy.flowtoken import Flow, FlowTokens
+from sipproxy.location.binding import flow_key
 from sipproxy.message import parse_name_addr
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.transaction import Source, Target
@@ -177,6 +178,20 @@ def test_a_closed_first_flow_drops_its_binding_and_the_next_flow_is_tried(ob: Ou
     assert [c.target for c in ob.h.branches()] == [SECOND_FLOW]
     assert [t.contact for t in ob.failed] == [WS_CONTACT]
     assert [b.contact for b in ob.h.store.lookup("sip:bob@example.test")] == [SECOND]
+
+
+def test_two_flows_under_one_contact_uri_fail_over_and_each_request_uri_is_the_contact(ob: Outbound) -> None:
+    # the registrar keeps a second flow registered with the same Contact URI under "URI reg-id=2"
+    ob.h.register(
+        ws_binding(refreshed_at=20.0), ws_binding(flow_key(WS_CONTACT, 2), 53999, reg_id=2, refreshed_at=10.0)
+    )
+    ob.open.add(SECOND_FLOW)
+    ob.open.discard(BOB_FLOW)
+    ob.h.send(make_request())
+    [client] = ob.h.branches()
+    assert client.target == SECOND_FLOW
+    assert client.request.uri_text == WS_CONTACT
+    assert [b.contact for b in ob.h.store.lookup("sip:bob@example.test")] == [f"{WS_CONTACT} reg-id=2"]
 
 
 def test_a_transport_error_on_the_flow_moves_to_the_next_flow(ob: Outbound) -> None:

@@ -114,6 +114,35 @@ def test_a_new_register_for_the_same_instance_and_reg_id_replaces_the_flow(store
     assert (binding.contact, binding.source_port) == (other, 53999)
 
 
+def test_two_flows_of_one_instance_with_the_same_contact_uri_are_two_bindings(
+    store: LocationStore, clock: Clock
+) -> None:
+    # RFC 5626 §6 knows an outbound registration by (instance, reg-id): a phone on two flows (two edge
+    # proxies, two nodes) registers the same Contact URI on both, as the RFC's own example does.
+    registrar = Registrar(store, clock, SETTINGS)
+    tcp = "sip:alice@192.0.2.7:5070;transport=tcp"
+    second = Source("TCP", "192.0.2.7", 40002)
+    assert registrar.handle(register(jssip(tcp, reg_id=1)), Source("TCP", "192.0.2.7", 40001)).status == 200
+    clock.advance(1)
+    response = wire(registrar.handle(register(jssip(tcp, reg_id=2), call_id="c2"), second))
+    assert response.status == 200
+    assert response.get_all("contact") == [f"<{tcp}>;expires=600", f"<{tcp}>;expires=599"]  # the URI, twice
+    flows = {b.reg_id: b for b in store.lookup(ALICE)}
+    assert {r: (b.contact_uri, b.source_port) for r, b in flows.items()} == {1: (tcp, 40001), 2: (tcp, 40002)}
+    assert flows[1].contact == tcp and flows[2].contact == f"{tcp} reg-id=2"  # the page tells the flows apart
+    # each flow's refresh updates its own binding; the other's unregistration leaves it
+    clock.advance(10)
+    registrar.handle(register(jssip(tcp, reg_id=2), call_id="c2", cseq=2), second)
+    assert {b.reg_id: b.refreshed_at for b in store.lookup(ALICE)} == {1: flows[1].refreshed_at, 2: clock.seconds()}
+    request = register(jssip(tcp, reg_id=1) + ";expires=0", cseq=2)
+    assert registrar.handle(request, Source("TCP", "192.0.2.7", 40001)).status == 200
+    [left] = store.lookup(ALICE)
+    assert (left.reg_id, left.contact_uri, left.source_port) == (2, tcp, 40002)
+    # with the first flow gone, the second keeps its key; a new first flow takes the bare URI again
+    registrar.handle(register(jssip(tcp, reg_id=1), call_id="c3"), Source("TCP", "192.0.2.7", 40003))
+    assert {b.contact for b in store.lookup(ALICE)} == {tcp, f"{tcp} reg-id=2"}
+
+
 def test_a_lost_flow_removes_its_flow_bound_bindings_with_reason_flow_lost(store: LocationStore, clock: Clock) -> None:
     registrar = Registrar(store, clock, SETTINGS)
     registrar.handle(register(jssip()), WS)

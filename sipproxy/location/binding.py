@@ -12,7 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["TRANSPORTS", "Binding"]
+__all__ = ["FLOW_KEY", "TRANSPORTS", "Binding", "flow_key"]
+
+FLOW_KEY = " reg-id="
+"""Between a Contact URI and its reg-id in the key of a second flow registered with the same URI (RFC 5626 §6).
+
+A space never appears in a SIP URI, so the key cannot be taken for one."""
 
 TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"})
 """Transport names as they appear in a Via sent-protocol, upper case."""
@@ -28,7 +33,10 @@ _EXPIRES_IN_TOLERANCE = 1e-6
 class Binding:
     """One entry of the location service (RFC 3261 §10.3 step 7).
 
-    ``contact`` is the key within the ``aor``. ``expires_at``,
+    ``contact`` is the key within the ``aor``: the Contact URI, or for a
+    second RFC 5626 flow of one instance registered with the same URI,
+    that URI and the flow's reg-id (:func:`flow_key`); :attr:`contact_uri`
+    is always the URI. ``expires_at``,
     ``registered_at`` and ``refreshed_at`` are absolute times on the clock
     the store runs on. The constructor rejects values a registrar could never
     have accepted, so an invalid binding cannot exist.
@@ -70,6 +78,11 @@ class Binding:
         if not isinstance(self.path, tuple):
             object.__setattr__(self, "path", tuple(self.path))
 
+    @property
+    def contact_uri(self) -> str:
+        """The Contact URI as the phone registered it: the Request-URI of requests to it (RFC 3261 §16.5)."""
+        return self.contact.split(FLOW_KEY, 1)[0]
+
     def expires_in(self, now: float) -> int:
         """Whole seconds left at ``now``, as sent in a 200 OK (RFC 3261 §10.3 step 8).
 
@@ -102,3 +115,14 @@ class Binding:
             return self.transport
         host = f"[{self.source_host}]" if ":" in self.source_host else self.source_host
         return f"{self.transport} {host}:{self.source_port}"
+
+
+def flow_key(contact: str, reg_id: int) -> str:
+    """The key of a flow whose Contact URI another flow of the same instance holds already (RFC 5626 §6).
+
+    The location service keys bindings by contact; RFC 5626 §6 keys an
+    outbound registration by (instance, reg-id) instead, and a phone
+    registering on two flows (two edge proxies, two nodes) may give both the
+    same Contact URI, as the RFC's own example does.
+    """
+    return f"{contact}{FLOW_KEY}{reg_id}"

@@ -110,7 +110,7 @@ def target_from_binding(binding: Binding, depth: int = 0) -> TargetURI | None:
     binding (RFC 5626 outbound, WebSocket) is always reached over its flow.
     """
     try:
-        uri = parse_uri(binding.contact)
+        uri = parse_uri(binding.contact_uri)
     except ParseError:
         return None
     if not isinstance(uri, SipURI):
