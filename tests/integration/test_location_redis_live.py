@@ -295,3 +295,28 @@ def test_with_redis_stopped_registers_get_503_calls_still_connect_and_it_recover
         at_a.stop()
     assert "Traceback" not in a.log_text(), a.log_text()[-3000:]
     assert not os.path.exists(a.db), "with --store redis:// the SQLite file is not made"
+
+
+def test_a_restarted_node_drops_only_its_own_connection_bindings_once_loaded(  # type: ignore[no-untyped-def]
+    node, redis: RedisServer
+) -> None:
+    # RFC 5626 §5.3: a TCP phone's binding at node A cannot survive A's restart (its connection is gone);
+    # node B's TCP phone and A's UDP phone stay.  The drop waits for the restarted node's first load.
+    a, b = node("a"), node("b")
+    at_a, at_b = TcpPhone(a, "erin"), TcpPhone(b, "finn")
+    try:
+        assert at_a.register().status == 200 and at_b.register().status == 200
+        assert register(a, "gus").status == 200
+        a.stop()
+        at_a.sock.close()
+        a.start()
+        wait_healthy(a)
+        deadline = time.monotonic() + 20
+        while "Dropped 1 restored binding on connections closed by the restart" not in a.log_text():
+            assert time.monotonic() < deadline, a.log_text()[-3000:]
+            time.sleep(0.05)
+        users = {key.rsplit(":", 1)[-1] for key in redis.cli("--scan", "--pattern", "sipproxy:aor:*").split()}
+        assert {"finn@example.test", "gus@example.test"} <= users and "erin@example.test" not in users, users
+    finally:
+        at_a.sock.close()
+        at_b.sock.close()
