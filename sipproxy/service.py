@@ -298,6 +298,7 @@ def build_core(
     stack.proxy = proxy
     guard.in_flight = proxy.active_contexts
     guard.is_retransmission = transactions.is_retransmission
+    guard.refused = getattr(tap, "refused", None)  # the recent calls' capture forgets what never reached the proxy
     if history is not None and security.authentication is not None:  # its 401/403 refusals, to the history
         security.authentication.on_refused = history.refused
     return SipCore(

@@ -60,3 +60,41 @@ def test_no_byte_budget_means_no_capture_and_zero_calls_no_ring(tmp_path: Path) 
     off = service(tmp_path, "--recent-calls", "0")
     assert off.core.transport.tap is None
     assert off.core.proxy.on_call is not None  # the call log is written whatever the ring
+
+
+def test_an_invite_the_guard_refuses_leaves_no_entry_that_would_push_real_calls_out(tmp_path: Path) -> None:
+    # Under overload every refused INVITE would otherwise start an entry in the ring (the tap sees it
+    # before the guard decides) and evict the ladders of the calls that went through.
+    from sipproxy.net import Source
+    from sipproxy.transport import DatagramSender
+
+    try:
+        from tests import messages
+        from tests.fakes import FakeUDP
+    except ImportError:  # pragma: no cover
+        import messages  # type: ignore[no-redef]
+        from fakes import FakeUDP  # type: ignore[no-redef]
+
+    built = service(tmp_path, "--max-message-size", "600")
+    transport = built.core.transport
+    udp = transport.senders.get("UDP")
+    if udp is None:
+        transport.register(DatagramSender(transport))
+    transport.udp = FakeUDP()  # type: ignore[attr-defined]
+    ring = transport.tap.ring  # type: ignore[union-attr]
+    source = Source("UDP", "192.0.2.7", 5060)
+
+    def invite(call_id: str, body: str = "") -> bytes:
+        return messages.make_request(
+            "INVITE",
+            "sip:bob@example.test",
+            via=f"SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK{call_id}",
+            call_id=call_id,
+            cseq="1 INVITE",
+            body=body,
+        )
+
+    transport.received(invite("admitted"), source)
+    transport.received(invite("too-big", "v=0\r\n" + "a=x\r\n" * 200), source)  # 513 from the guard
+    assert "admitted" in ring.entries and "too-big" not in ring.entries
+    built.core.store.close()

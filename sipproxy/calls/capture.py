@@ -70,6 +70,16 @@ class Capture:
         except Exception:
             self.log.failure("Bug in the call capture (message sent)")
 
+    def refused(self, request: Request) -> None:
+        """The guard refused ``request`` (overload, rate, size, blocked): a new INVITE's entry goes again.
+
+        Else, under overload, thousands of refused INVITEs would each take a
+        place in the ring and push out the ladders of the calls that went
+        through, the ones the operator wants to see.
+        """
+        if request.method == "INVITE" and not _has_to_tag(request):
+            self.ring.forget(request.call_id)
+
     def _received(self, message: Request | Response, source: Source, data: bytes) -> None:
         entries = self.ring.entries
         call_id = _call_id(message)

@@ -114,6 +114,8 @@ class Guard:
         """Does the request belong to a dialog we record-routed (``DialogRoutes.follows_our_record_route``)?"""
         self.congestion = congestion
         """The admission by wait time (``--overload-wait``); ``None``: off."""
+        self.refused: Callable[[Request], None] | None = None
+        """Told of each new request refused (not a retransmission of one taken): the recent calls forget it."""
         self.rate: RateLimiter | None = None
         if settings.rate is not None:
             self.rate = RateLimiter(settings.rate, settings.effective_burst)
@@ -131,8 +133,11 @@ class Guard:
         """Pass ``message`` on to the next sink if it is admitted; what is refused was answered or dropped."""
         admitted = self.admit(message, source, size)
         self._datagram = None
-        if admitted and self.sink is not None:
-            self.sink.message_received(message, source, size)
+        if admitted:
+            if self.sink is not None:
+                self.sink.message_received(message, source, size)
+        elif self.refused is not None and isinstance(message, Request) and not self.is_retransmission(message):
+            self.refused(message)
 
     def datagram_waited(self, datagram: bytes, wait: float) -> bool:
         """A UDP datagram waited ``wait`` seconds unread; ``False``: too stale, drop it unparsed.
