@@ -20,7 +20,6 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from cryptography import x509
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -385,13 +384,12 @@ class Options(usage.Options):
         if ca is not None:
             if not address.tls:
                 raise usage.UsageError("--store-ca is for a rediss:// --store (Redis over TLS)")
+            from sipproxy.transport.certificates import CertificateError, trust_root
+
             try:
-                with open(ca, "rb") as pem:
-                    x509.load_pem_x509_certificates(pem.read())
-            except OSError as error:
-                raise usage.UsageError(f"--store-ca {ca}: {error.strerror or error}") from None
-            except ValueError:
-                raise usage.UsageError(f"--store-ca {ca}: no PEM certificate in it") from None
+                trust_root("--store-ca", ca)
+            except CertificateError as error:
+                raise usage.UsageError(str(error)) from None
             address = dataclasses.replace(address, ca=ca)
         self["store-address"] = address
         if self["node-id"] is not None and not self["node-id"].strip():

@@ -161,7 +161,9 @@ class RedisLink:
         if address.tls:  # the certificate is verified against the host name (service_identity), as for SIP over TLS
             from twisted.internet.ssl import optionsForClientTLS
 
-            trust = _trust(address.ca) if address.ca is not None else None
+            from sipproxy.transport.certificates import trust_root
+
+            trust = trust_root("--store-ca", address.ca) if address.ca is not None else None
             endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
         return endpoint
 
@@ -257,13 +259,3 @@ class RedisLink:
         if self.up:
             self._on_message(message)
 
-
-def _trust(path: str) -> Any:
-    """The CA certificates in the PEM file ``path`` (``--store-ca``), as Twisted's trust root."""
-    from cryptography import x509
-    from OpenSSL import crypto
-    from twisted.internet.ssl import Certificate, trustRootFromCertificates
-
-    with open(path, "rb") as pem:
-        roots = x509.load_pem_x509_certificates(pem.read())
-    return trustRootFromCertificates([Certificate(crypto.X509.from_cryptography(c)) for c in roots])

@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["CertificateError", "ReloadOnHangup", "TLSCertificates", "TLSFiles", "describe_ssl_error"]
+__all__ = ["CertificateError", "ReloadOnHangup", "TLSCertificates", "TLSFiles", "describe_ssl_error", "trust_root"]
 
 log = Logger(namespace="sipproxy")
 
@@ -95,6 +95,12 @@ def _certificates(option: str, path: str, data: bytes) -> list[x509.Certificate]
         return x509.load_pem_x509_certificates(data)
     except ValueError as error:
         raise CertificateError(f"{option} {path}: not a readable PEM certificate ({error})") from None
+
+
+def trust_root(option: str, path: str) -> Any:
+    """The CA certificates in the PEM file ``path`` as Twisted's trust root; :class:`CertificateError`, one line."""
+    roots = _certificates(option, path, _read(option, path))
+    return ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in roots])
 
 
 def _key(option: str, path: str, data: bytes) -> PrivateKey:
@@ -180,10 +186,7 @@ class TLSCertificates:
             client = _Pair.load("--tls-client-cert", files.client_cert, "--tls-client-key", files.client_key or "")
         else:
             client = server
-        trust: Any = None
-        if files.ca:
-            roots = _certificates("--tls-ca", files.ca, _read("--tls-ca", files.ca))
-            trust = ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in roots])
+        trust: Any = trust_root("--tls-ca", files.ca) if files.ca else None
         # Twisted's defaults (ciphers, no compression, no renegotiation), TLS 1.2 or newer.
         context = server.install(ssl.CertificateOptions(raiseMinimumTo=MINIMUM_TLS).getContext())
         context.set_alpn_select_callback(_no_application_protocol)
