@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,20 +52,19 @@ def total_cpu(pids: list[int]) -> float:
 
 
 def run(tree: str, workdir: Path, workers: int, redis: bool, phones: int, seconds: float) -> str:
-    from harness import Server, free_port
+    from harness import Server
+
+    from tests.redis_helpers import RedisServer
 
     workdir.mkdir(parents=True)
     server_args: list[str] = []
-    redis_proc = None
+    redis_server, redis_pid = None, None
     if redis:
-        port = free_port()
-        redis_proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
-        server_args = ["--store", f"redis://127.0.0.1:{port}/0", "--workers", str(workers)]
+        redis_server = RedisServer(workdir)  # no persistence: the figure is sipproxy's
+        redis_server.start()
+        assert redis_server.proc is not None
+        redis_pid = redis_server.proc.pid
+        server_args = ["--store", redis_server.url, "--workers", str(workers)]
     server = Server(workdir, server_args)
     server.start()
     try:
@@ -79,12 +77,12 @@ def run(tree: str, workdir: Path, workers: int, redis: bool, phones: int, second
         pids = descendants(server.proc.pid)  # type: ignore[attr-defined]
         ports = {"UDP": server.sip_port}
         before = total_cpu(pids)
-        redis_before = cpu_seconds(redis_proc.pid) if redis_proc else 0.0
+        redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
         start = time.monotonic()
         done = asyncio.run(load("UDP", phones, seconds, ports, ssl.create_default_context()))
         wall = time.monotonic() - start
         cpu = total_cpu(pids) - before
-        redis_cpu = (cpu_seconds(redis_proc.pid) - redis_before) if redis_proc else 0.0
+        redis_cpu = (cpu_seconds(redis_pid) - redis_before) if redis_pid else 0.0
         store = "Redis" if redis else "SQLite"
         per = [f"{cpu_seconds(pid):.1f}" for pid in pids]
         return (
@@ -94,9 +92,8 @@ def run(tree: str, workdir: Path, workers: int, redis: bool, phones: int, second
         )
     finally:
         server.stop()  # type: ignore[attr-defined]
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait()
+        if redis_server is not None:
+            redis_server.stop()
 
 
 def main() -> None:

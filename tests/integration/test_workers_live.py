@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,17 +28,18 @@ from test_websocket_live import WsPhone, ws_register
 from tests.redis_helpers import RedisServer
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[tuple[Server, RedisServer]]:
+@contextmanager
+def two_workers(tmp_path: Path, *extra: str, ready: str = "sipproxy ready") -> Iterator[tuple[Server, RedisServer]]:
+    """``--workers 2`` on a fresh redis-server, once both workers logged ``ready``; stopped after."""
     directory = tmp_path / "redis"
     directory.mkdir()
     redis = RedisServer(directory)
     redis.start()
-    server = Server(tmp_path, ["--store", redis.url, "--workers", "2"])
+    server = Server(tmp_path, ["--store", redis.url, "--workers", "2", *extra])
     server.start()
     try:
         deadline = time.monotonic() + 30
-        while server.log_text().count("sipproxy ready") < 2:
+        while server.log_text().count("sipproxy ready") < 2 or server.log_text().count(ready) < 2:
             assert time.monotonic() < deadline, server.log_text()[-3000:]
             time.sleep(0.05)
         wait_healthy(server)
@@ -45,6 +47,31 @@ def workers(tmp_path: Path) -> Iterator[tuple[Server, RedisServer]]:
     finally:
         server.stop()
         redis.stop()
+
+
+@contextmanager
+def closing_all(phones: list[WsPhone]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for phone in phones:
+            phone.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[tuple[Server, RedisServer]]:
+    with two_workers(tmp_path) as running:
+        yield running
+
+
+def writers(redis: RedisServer, users: str) -> set[str]:
+    """The nodes (workers) that wrote the bindings of the AORs ``sip:<users>``, from Redis."""
+    found = set()
+    for key in redis.cli("--scan", "--pattern", f"sipproxy:aor:sip:{users}").split():
+        for value in redis.cli("HVALS", key).splitlines():
+            if value.startswith("["):
+                found.add(json.loads(value)[15])
+    return found
 
 
 def sipp_many_sockets(scenario: str, server: Server, calls: int, **keys: str) -> subprocess.CompletedProcess[str]:
@@ -70,12 +97,8 @@ def test_two_workers_share_the_port_and_every_register_and_call_succeeds(workers
     server, redis = workers
     registered = sipp_many_sockets("reg_contact.xml", server, 100, contact_port="5999", expires="3600", tp="udp")
     assert registered.returncode == 0, registered.stdout[-3000:]
-    writers = set()
-    for key in redis.cli("--scan", "--pattern", "sipproxy:aor:sip:w*").split():
-        for value in redis.cli("HVALS", key).splitlines():
-            if value.startswith("["):
-                writers.add(json.loads(value)[15])
-    assert len(writers) == 2, writers  # the kernel spread the REGISTERs over both workers
+    spread = writers(redis, "w*")
+    assert len(spread) == 2, spread  # the kernel spread the REGISTERs over both workers
 
     peers = Peers(server)
     try:
@@ -117,31 +140,17 @@ def test_websocket_phones_connect_to_every_worker_and_are_called_over_their_flow
     # --ws on a port every worker listens on (SO_REUSEPORT): the kernel spreads the browser phones'
     # connections; a call from sipp reaches each phone over its WebSocket whichever worker got the INVITE,
     # and so do the ACK and BYE of its dialog.
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    redis = RedisServer(directory)
-    redis.start()
     ws_port = free_port()
-    server = Server(tmp_path, ["--store", redis.url, "--workers", "2", "--ws", f"tcp:{ws_port}:interface={LOOPBACK}"])
-    server.start()
     phones: list[WsPhone] = []
-    try:
-        deadline = time.monotonic() + 30
-        while server.log_text().count("SIP over WS on") < 2 or server.log_text().count("sipproxy ready") < 2:
-            assert time.monotonic() < deadline, server.log_text()[-3000:]
-            time.sleep(0.05)
-        wait_healthy(server)
+    shared = ("--ws", f"tcp:{ws_port}:interface={LOOPBACK}")
+    with two_workers(tmp_path, *shared, ready="SIP over WS on") as (server, redis), closing_all(phones):
         for n in range(12):
             phone = WsPhone(ws_port)
             phone.send(ws_register(f"ws{n}", "WS"))
             assert phone.final().status == 200
             phones.append(phone)
-        writers = set()
-        for key in redis.cli("--scan", "--pattern", "sipproxy:aor:sip:ws*").split():
-            for value in redis.cli("HVALS", key).splitlines():
-                if value.startswith("["):
-                    writers.add(json.loads(value)[15])
-        assert len(writers) == 2, writers  # both workers accepted WebSocket phones
+        spread = writers(redis, "ws*")
+        assert len(spread) == 2, spread  # both workers accepted WebSocket phones
 
         for n, phone in enumerate(phones):
             done: list[subprocess.CompletedProcess[str]] = []
@@ -157,9 +166,4 @@ def test_websocket_phones_connect_to_every_worker_and_are_called_over_their_flow
             phone.send(reply(bye, 200))
             caller.join(30)
             assert done and done[0].returncode == 0, done[0].stdout[-2000:] if done else "sipp did not finish"
-    finally:
-        for phone in phones:
-            phone.close()
-        server.stop()
-        redis.stop()
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
