@@ -258,4 +258,3 @@ class RedisLink:
     def _message(self, message: bytes) -> None:
         if self.up:
             self._on_message(message)
-
