@@ -65,6 +65,11 @@ class Metrics:
             registry=r,
         )
         self.shedding = Gauge("sip_overload_shedding", "1 while new requests get 503 for overload, else 0", registry=r)
+        self.refused_share = Gauge(
+            "sip_overload_refused_share",
+            "The share of new out-of-dialog requests refused for overload, 0 to 1 (RFC 7339's loss)",
+            registry=r,
+        )
         self.server_transactions = Gauge("sip_server_transactions", "Active server transactions", registry=r)
         self.client_transactions = Gauge("sip_client_transactions", "Active client transactions", registry=r)
         self.bindings = Gauge("sip_bindings", "Current registration bindings", registry=r)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections import deque
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from sipproxy.message import Response, parse_message
 from sipproxy.metrics import Metrics
 from sipproxy.net import Source
 from sipproxy.security import Congestion, Guard
+from sipproxy.security.congestion import FLOOR
 from sipproxy.security.overload import ReactorLag
 
 try:
@@ -32,24 +34,156 @@ def _congestion(**kw: Any) -> tuple[Congestion, Clock]:
     return Congestion(clock, 0.5, **kw), clock
 
 
-# -- thresholds and hysteresis -----------------------------------------------------------
+# -- when overload begins and ends -------------------------------------------------------------
 
 
-def test_shedding_starts_at_80_percent_of_the_tolerance_and_stops_under_50() -> None:
+def test_overload_begins_at_80_percent_of_the_tolerance_held_for_100_ms_and_rising() -> None:
     congestion, clock = _congestion()
     assert congestion.datagram_waited(0.39) and not congestion.shedding  # a queue, not overload
     assert congestion.datagram_waited(0.40) and not congestion.shedding  # for how long?
     clock.advance(0.11)
     assert congestion.datagram_waited(0.41) and congestion.shedding  # over the mark for 100 ms, rising
-    congestion.datagram_waited(0.30)  # between the marks: no flapping
-    assert congestion.shedding
-    congestion.datagram_waited(0.26)
-    assert congestion.shedding
+    assert congestion.wait == pytest.approx(0.41)
+
+
+def test_overload_ends_once_all_are_admitted_again_and_the_wait_is_under_50_percent() -> None:
+    congestion, clock = _congestion(dwell=0)
+    congestion.datagram_waited(0.45)
+    assert congestion.shedding and congestion.admitted < 1
+    clock.advance(0.11)
+    congestion.datagram_waited(0.30)  # draining fast: the share doubles, back to all
+    assert congestion.shedding and congestion.admitted == 1.0  # but the wait is not yet under 250 ms
+    clock.advance(0.11)
     congestion.datagram_waited(0.249)
-    assert not congestion.shedding
-    congestion.datagram_waited(0.39)  # climbing back: not yet
-    assert not congestion.shedding
-    assert congestion.wait == pytest.approx(0.39)
+    assert not congestion.shedding and congestion.refusing == 0.0
+
+
+def test_a_step_at_most_quarters_the_share_and_it_never_falls_under_the_floor() -> None:
+    congestion, clock = _congestion(dwell=0)
+    congestion.datagram_waited(0.45)
+    shares = [congestion.admitted]
+    for wait in (0.9, 1.4, 1.9, 1.95, 1.99):  # the wait shooting up: every step cuts
+        clock.advance(0.11)
+        congestion.datagram_waited(wait)
+        shares.append(congestion.admitted)
+    assert shares[1:3] == pytest.approx([s / 4 for s in shares[:2]])
+    assert shares[-1] == FLOOR and congestion.refusing == pytest.approx(1 - FLOOR)
+
+
+def test_the_share_changes_once_per_interval_however_many_datagrams_come() -> None:
+    congestion, clock = _congestion(dwell=0)
+    congestion.datagram_waited(0.45)
+    first = congestion.admitted
+    for _ in range(100):
+        clock.advance(0.0009)
+        congestion.datagram_waited(0.6)
+    assert congestion.admitted == first
+    clock.advance(0.02)
+    congestion.datagram_waited(0.6)
+    assert congestion.admitted < first
+
+
+def test_the_admitted_share_of_new_requests_is_evenly_spread() -> None:
+    congestion, _ = _congestion(dwell=0)
+    assert all(congestion.admits() for _ in range(20))  # not overloaded: all in
+    congestion.datagram_waited(0.45)
+    congestion.admitted = 0.25
+    taken = [congestion.admits() for _ in range(20)]
+    assert taken == [False, False, False, True] * 5  # one in four, not four in a row
+
+
+# -- the control against a model of the server: a queue, a cost per message, on the fake clock ----------------
+
+
+CAPACITY = 1000.0
+"""Admitted new requests per second the model server gets through."""
+
+
+def _serve(
+    congestion: Congestion, clock: Clock, offered: float, seconds: float, *, refusal_cost: float = 0.1
+) -> list[tuple[float, bool, float]]:
+    """Offer ``offered`` new requests per second for ``seconds`` to a UDP server with the control in front.
+
+    Requests arrive evenly and queue in the socket buffer, read one at a time:
+    an admitted one costs 1/CAPACITY s, a refused one ``refusal_cost`` of
+    that, a stale one dropped unread nothing.  Returns (time read, admitted,
+    wait) for each request read.
+    """
+    read: list[tuple[float, bool, float]] = []
+    queue: deque[float] = deque()
+    end = clock.seconds() + seconds
+    arrival = clock.seconds()
+    while True:
+        now = clock.seconds()
+        while arrival <= now and arrival < end:
+            queue.append(arrival)
+            arrival += 1.0 / offered
+        if not queue:
+            if arrival >= end:
+                return read
+            clock.advance(arrival - now)
+            continue
+        wait = now - queue.popleft()
+        if not congestion.datagram_waited(wait):
+            continue
+        admitted = congestion.admits()
+        read.append((now, admitted, wait))
+        if not admitted:
+            congestion.shed("INVITE", "wait")
+        clock.advance((1.0 if admitted else refusal_cost) / CAPACITY)
+
+
+def _goodput(read: list[tuple[float, bool, float]], since: float, until: float) -> float:
+    return sum(1 for at, admitted, _ in read if admitted and since <= at < until) / (until - since)
+
+
+def _best(offered: float, refusal_cost: float) -> float:
+    """The most a server can get through while it refuses the rest: G/C + (offered - G) r/C = 1."""
+    return (CAPACITY - offered * refusal_cost) / (1 - refusal_cost)
+
+
+@pytest.mark.parametrize(("factor", "refusal_cost"), [(1.2, 0.2), (2, 0.2), (4, 0.03), (8, 0.03)])
+def test_over_capacity_the_server_gets_through_what_it_can_and_the_wait_stays_under_the_tolerance(
+    factor: float, refusal_cost: float
+) -> None:
+    """Refusal costs: a REGISTER's 503 a fifth of taking it; an INVITE's 3 % of the whole call (bench/shed_cost.py)."""
+    congestion, clock = _congestion()
+    start = clock.seconds()
+    read = _serve(congestion, clock, factor * CAPACITY, 10, refusal_cost=refusal_cost)
+    assert congestion.shedding
+    assert _goodput(read, start + 2, start + 10) >= 0.95 * _best(factor * CAPACITY, refusal_cost)
+    waits = [wait for at, _, wait in read if at >= start + 2]
+    assert max(waits) < congestion.tolerance  # no retransmission timer fires
+    settled = [wait for at, _, wait in read if at >= start + 5]
+    assert sum(settled) / len(settled) == pytest.approx(congestion.target, abs=0.03)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_the_step_at_half_capacity_right_after_the_overload_is_all_admitted_within_a_second(factor: float) -> None:
+    congestion, clock = _congestion()
+    _serve(congestion, clock, factor * CAPACITY, 10)
+    start = clock.seconds()
+    read = _serve(congestion, clock, 0.5 * CAPACITY, 5)
+    late = [admitted for at, admitted, _ in read if at >= start + 1]
+    assert all(late) and not congestion.shedding
+    assert sum(1 for _, admitted, _ in read if not admitted) < 0.1 * len(read)
+
+
+def test_just_over_capacity_only_the_excess_is_refused() -> None:
+    """The REGISTER ramp's case: 20 % over for 10 s, then 90 % of capacity: nothing refused there once drained."""
+    congestion, clock = _congestion()
+    over = _serve(congestion, clock, 1.2 * CAPACITY, 10)
+    refused = sum(1 for _, admitted, _ in over if not admitted)
+    assert refused < 0.25 * len(over)  # the excess is 1/6 of what came; a little more while the queue drains
+    start = clock.seconds()
+    after = _serve(congestion, clock, 0.9 * CAPACITY, 10)
+    assert all(admitted for at, admitted, _ in after if at >= start + 1)
+
+
+def test_below_capacity_nothing_is_refused() -> None:
+    congestion, clock = _congestion()
+    read = _serve(congestion, clock, 0.95 * CAPACITY, 20)
+    assert all(admitted for _, admitted, _ in read) and not congestion.shedding
 
 
 def test_a_pause_whose_queue_drains_by_itself_sheds_nothing_overload_does() -> None:
@@ -234,7 +368,9 @@ def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_unparsed() -> 
     assert guard.datagram_waited(request("INVITE", call_id="other"), 0.45) is True
     over = guard.congestion
     assert over is not None
+    over.clock.advance(0.11)
     over.datagram_waited(0.1)  # shedding is over: a retransmission now is a new chance
+    assert not over.shedding
     assert guard.datagram_waited(invite, 0.1) is True
 
 

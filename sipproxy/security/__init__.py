@@ -144,6 +144,7 @@ class Security:
             congestion = self.congestion
             metrics.watch(metrics.admission_wait, lambda: congestion.wait)
             metrics.watch(metrics.shedding, lambda: float(congestion.shedding))
+            metrics.watch(metrics.refused_share, lambda: congestion.refusing)
         self.lag: ReactorLag | None = None
         """The ``--overload-lag`` rule, if it is on (the guard's ``lagging``)."""
         self.watch: ReactorLag | None = None

@@ -27,9 +27,10 @@ an ACK.  Checked in this order for each message as it arrives:
    taken; so does one while the reactor lags (``--overload-lag``), unless it
    belongs to a dialog we record-routed (:mod:`sipproxy.security.dialog`).
 5. the wait (:mod:`sipproxy.security.congestion`, ``--overload-wait``, on
-   by default): while messages wait too long before they are read, a new
-   out-of-dialog request (no To tag; not ACK, CANCEL or BYE) gets ``503``
-   with a jittered ``Retry-After``, unless it retransmits a request already
+   by default): while messages wait too long before they are read, a
+   share of the new out-of-dialog requests (no To tag; not ACK, CANCEL or
+   BYE) gets ``503`` with a jittered ``Retry-After`` -- the share the
+   server cannot get through -- unless it retransmits a request already
    taken.  Before that, for UDP, :meth:`Guard.datagram_waited` drops a
    datagram too stale to answer, unparsed.
 
@@ -289,6 +290,7 @@ class Guard:
             and method not in _ENDING
             and _out_of_dialog(request)
             and not self.is_retransmission(request)
+            and not congestion.admits()
         ):
             self.metrics.shed_request(method, "wait")
             self.metrics.inc(self.metrics.blocked, "wait")

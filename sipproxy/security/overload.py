@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from sipproxy.net import Clock, DelayedCall
-from sipproxy.security.congestion import STALE, START, STOP
+from sipproxy.security.congestion import STALE, START, TARGET
 
 __all__ = ["LagWatch", "ReactorLag"]
 
@@ -110,11 +110,11 @@ class LagWatch(Service):
         self.lag.start()
         if self.wait is not None:
             _log.info(
-                "Overload control: new requests get 503 + Retry-After while messages wait over {start_ms:.0f} ms "
-                "before they are read (until under {stop_ms:.0f} ms); UDP datagrams older than {stale_ms:.0f} ms "
-                "are dropped (--overload-wait {wait:g})",
+                "Overload control: once messages wait over {start_ms:.0f} ms before they are read, new requests "
+                "get 503 + Retry-After, as many as keeps the wait near {target_ms:.0f} ms; UDP datagrams older "
+                "than {stale_ms:.0f} ms are dropped (--overload-wait {wait:g})",
                 start_ms=self.wait * START * 1000,
-                stop_ms=self.wait * STOP * 1000,
+                target_ms=self.wait * TARGET * 1000,
                 stale_ms=self.wait * STALE * 1000,
                 wait=self.wait,
             )
