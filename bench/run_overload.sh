@@ -10,14 +10,15 @@
 #      calls/s of the highest passing step (or CAPACITY=N calls/s, measured before, to skip it);
 #   2. calls offered at 2x capacity for STEP_SECONDS, then at 50 % straight after (the harness's own
 #      pass rule: >= 99.9 % success, <= 0.1 % retransmissions, >= 95 % of the rate); then the same
-#      with 4x.  Goodput = calls completed per second of the step, against the capacity;
+#      with 4x, each pair ROUNDS times.  Goodput = calls completed per second of the step, against
+#      the capacity; the row gives the median round and the range;
 #   3. registration avalanche: AVALANCHE_PHONES phones (AORs a000001..) each REGISTERing once within
 #      AVALANCHE_SECONDS, honouring 503 + Retry-After (scenarios/register_retry.xml); sipp counts the
 #      phones that ended registered, the 503s retried and the Timer E retransmissions.
 # The last lines printed are one table row per server, for bench/README.md.
 #
-# Environment: STEP_SECONDS [10]  CAPACITY_RATES ["250 500 750 1000 1500 2000"]  CAPACITY [measured]
-#   AVALANCHE_PHONES [100000]  AVALANCHE_SECONDS [30]  SIPPROXY_ARGS [""]  SIPPROXY_PORT [5180]
+# Environment: STEP_SECONDS [10]  ROUNDS [1] (each overload and its 50 % step; the median reported)
+#   CAPACITY_RATES ["250 500 750 1000 1500 2000"]  CAPACITY [measured]  AVALANCHE_PHONES [100000]  AVALANCHE_SECONDS [30]  SIPPROXY_ARGS [""]  SIPPROXY_PORT [5180]
 #   KAM_CAPACITY [measured]  UAS_PORT/REG_PORT/UAC_PORT/PROBE_PORT [5190-5193]  AVALANCHE_PORT [5194]
 #   SHARED_BENCH [../shared/bench, else /work/shared/bench]  OUT [/tmp/sipbench/overload_<stamp>]
 set -uo pipefail
@@ -29,6 +30,7 @@ WHAT="${1:-both}"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 OUT="${OUT:-/tmp/sipbench/overload_$STAMP}"
 STEP_SECONDS="${STEP_SECONDS:-10}"
+ROUNDS="${ROUNDS:-1}"
 CAPACITY_RATES="${CAPACITY_RATES:-250 500 750 1000 1500 2000}"
 PHONES="${AVALANCHE_PHONES:-100000}"
 WITHIN="${AVALANCHE_SECONDS:-30}"
@@ -75,17 +77,26 @@ one_server() {
     if [[ -z "$capacity" || "$capacity" == 0 ]]; then log "$name: no passing step, no capacity"; return 1; fi
     local row="| $name | $capacity"
     for factor in 2 4; do
-        local offered=$(( capacity * factor )) half=$(( capacity / 2 )) ach succ m verdict
-        calls "$name" "$host" "$port" "$pids" "$offered" >"$OUT/$name/step"
-        read -r ach succ m verdict <"$OUT/$name/step"
-        local goodput; goodput="$(awk -v s="${succ:-0}" -v t="$STEP_SECONDS" 'BEGIN{printf "%.0f", s/t}')"
-        local share; share="$(awk -v g="$goodput" -v c="$capacity" 'BEGIN{printf "%.0f", 100*g/c}')"
-        log "$name: ${factor}x = $offered calls/s offered: $succ of $m calls completed, goodput $goodput/s" \
-            "= $share % of capacity (achieved $ach/s)"
-        calls "$name" "$host" "$port" "$pids" "$half" >"$OUT/$name/step"
-        read -r ach succ m verdict <"$OUT/$name/step"
-        log "$name: 50 % = $half calls/s right after: $verdict ($succ of $m, achieved $ach/s)"
-        row="$row | $goodput/s ($share %) | $verdict"
+        local offered=$(( capacity * factor )) half=$(( capacity / 2 )) ach succ m verdict shares="" verdicts=""
+        for round in $(seq "$ROUNDS"); do
+            calls "$name" "$host" "$port" "$pids" "$offered" >"$OUT/$name/step"
+            read -r ach succ m verdict <"$OUT/$name/step"
+            local goodput; goodput="$(awk -v s="${succ:-0}" -v t="$STEP_SECONDS" 'BEGIN{printf "%.0f", s/t}')"
+            local share; share="$(awk -v g="$goodput" -v c="$capacity" 'BEGIN{printf "%.0f", 100*g/c}')"
+            log "$name: ${factor}x = $offered calls/s offered (round $round): $succ of $m calls completed," \
+                "goodput $goodput/s = $share % of capacity (achieved $ach/s)"
+            calls "$name" "$host" "$port" "$pids" "$half" >"$OUT/$name/step"
+            read -r ach succ m verdict <"$OUT/$name/step"
+            log "$name: 50 % = $half calls/s right after: $verdict ($succ of $m, achieved $ach/s)"
+            shares="$shares $share"
+            verdicts="$verdicts $verdict"
+        done
+        # the median round's goodput, and the range when there were several
+        local median range
+        median="$(tr ' ' '\n' <<<"$shares" | sed '/^$/d' | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}')"
+        range="$(tr ' ' '\n' <<<"$shares" | sed '/^$/d' | sort -n | awk 'NR==1{lo=$1} {hi=$1} END{if (NR>1) printf " (%s-%s %%, %d rounds)", lo, hi, NR}')"
+        local passed; passed="$(grep -o PASS <<<"$verdicts" | wc -l)"
+        row="$row | $(( capacity * median / 100 ))/s ($median %)$range | $passed of $ROUNDS PASS"
     done
     avalanche "$name" "$host" "$port" "$pids"
     row="$row | $AVALANCHE_ROW |"
