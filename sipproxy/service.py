@@ -43,7 +43,7 @@ from sipproxy.proxy import Proxy, ProxySettings
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.randomness import set_tag_key
 from sipproxy.registrar import Registrar, RegistrarSettings
-from sipproxy.security import Security, build_security
+from sipproxy.security import OverloadFeedback, Security, build_security
 from sipproxy.stack import Domains, SipStack
 from sipproxy.startup import StartupError, WebListener, bind_sip, load_certificates, open_database
 from sipproxy.transaction import Target, TransactionLayer, TransactionSink
@@ -294,10 +294,13 @@ def build_core(
     # absorb retransmissions, Timer J's 32 s, are no load).
     guard = security.guard
     guard.sink, guard.reply = TransactionSink(transactions, metrics), transport.send_to_source
+    guard.resend = transport.resend_response
     transport.sink = guard
     stack.proxy = proxy
     guard.in_flight = proxy.active_contexts
     guard.is_retransmission = transactions.is_retransmission
+    if security.congestion is not None:  # RFC 7339: the share refused, to the clients that ask for it
+        transport.feedback = OverloadFeedback(security.congestion)
     guard.refused = getattr(tap, "refused", None)  # the recent calls' capture forgets what never reached the proxy
     if history is not None and security.authentication is not None:  # its 401/403 refusals, to the history
         security.authentication.on_refused = history.refused

@@ -353,31 +353,48 @@ def test_stale_datagrams_are_dropped_unparsed_and_counted_by_method() -> None:
     assert metrics.shed.labels("OTHER", "stale")._value.get() == 1
 
 
-def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_unparsed() -> None:
-    guard, metrics, out = _shedding_guard()
-    sent: list[tuple[Response, Source]] = []
-    guard.reply = lambda response, source: sent.append((response, source))
+def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed_for_32_s() -> None:
+    guard, metrics, _ = _shedding_guard()
+    sent: list[Response] = []
+    resent: list[object] = []
+    guard.reply = lambda response, source: sent.append(response) or ("as sent", response, source)
+    guard.resend = resent.append
     invite = request("INVITE", call_id="refused")
     assert guard.datagram_waited(invite, 0.45) is True
     guard.message_received(parse_message(invite), SOURCE, len(invite))
-    [(refusal, to)] = sent
-    assert refusal.status == 503 and to == SOURCE
+    [refusal] = sent
+    assert refusal.status == 503
     assert guard.datagram_waited(invite, 0.46) is False  # the same bytes again: answered, not parsed
-    assert sent[1] == (refusal, SOURCE)
+    assert resent == [("as sent", refusal, SOURCE)] and len(sent) == 1  # what reply returned, sent again
     assert metrics.shed.labels("INVITE", "retransmission")._value.get() == 1
     assert guard.datagram_waited(request("INVITE", call_id="other"), 0.45) is True
     over = guard.congestion
     assert over is not None
     over.clock.advance(0.11)
-    over.datagram_waited(0.1)  # shedding is over: a retransmission now is a new chance
+    over.datagram_waited(0.1)
     assert not over.shedding
+    assert guard.datagram_waited(invite, 0.1) is False  # over, but its sender's transaction is not: same answer
+    over.clock.advance(32)  # Timer B/F: that client transaction has given up; the bytes are a new chance
     assert guard.datagram_waited(invite, 0.1) is True
+    assert len(resent) == 2
+
+
+def test_a_reply_that_cannot_be_resent_is_not_remembered() -> None:
+    guard, _, out = _shedding_guard()
+    guard.reply = lambda response, source: out.append(response)  # returns None: nothing to send again
+    guard.resend = lambda sent: pytest.fail("nothing to resend")
+    invite = request("INVITE", call_id="once")
+    guard.datagram_waited(invite, 0.45)
+    guard.message_received(parse_message(invite), SOURCE, len(invite))
+    assert len(out) == 1
+    assert guard.datagram_waited(invite, 0.45) is True  # parsed again, decided again
 
 
 def test_only_udp_datagrams_are_remembered() -> None:
     guard, _, _ = _shedding_guard()
     sent: list[Response] = []
-    guard.reply = lambda response, source: sent.append(response)
+    guard.reply = lambda response, source: sent.append(response) or response
+    guard.resend = lambda again: sent.append(again)  # type: ignore[arg-type]
     invite = request("INVITE")
     guard.datagram_waited(invite, 0.45)
     guard.message_received(parse_message(invite), Source("TCP", "192.0.2.66", 5060), len(invite))

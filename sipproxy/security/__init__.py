@@ -13,6 +13,8 @@ per job:
   service);
 - :mod:`~sipproxy.security.congestion`: admission by how long messages
   wait before they are read (RFC 3261 §21.5.4, on by default);
+- :mod:`~sipproxy.security.feedback`: the share it refuses, in the ``oc``
+  Via parameter of responses to clients that ask (RFC 7339);
 - :mod:`~sipproxy.security.overload`: the reactor's lag (the wait of
   stream transports, and the older ``--overload-lag`` rule);
 - :mod:`~sipproxy.security.guard`: the admission guard in front of the
@@ -58,6 +60,7 @@ from sipproxy.security.bound import BoundSources
 from sipproxy.security.challenges import ChallengePolicy
 from sipproxy.security.congestion import Congestion
 from sipproxy.security.dialog import DialogRoutes
+from sipproxy.security.feedback import OverloadFeedback
 from sipproxy.security.guard import Guard, MessageSink, Reply
 from sipproxy.security.overload import LagWatch, ReactorLag
 from sipproxy.security.settings import (
@@ -75,6 +78,7 @@ __all__ = [
     "Guard",
     "LagWatch",
     "MessageSink",
+    "OverloadFeedback",
     "ReactorLag",
     "Reply",
     "Security",

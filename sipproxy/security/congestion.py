@@ -164,6 +164,8 @@ class Congestion:
         """Is the server overloaded, some new requests getting 503?"""
         self.admitted = 1.0
         """The share of new requests admitted (1 unless shedding)."""
+        self.changed_at = clock.seconds()
+        """When :attr:`admitted` was last set (RFC 7339's ``oc-seq``)."""
         self.wait = 0.0
         """The wait the last decision used, in seconds (the ``sip_admission_wait_seconds`` gauge)."""
         self._udp_wait = 0.0
@@ -231,7 +233,7 @@ class Congestion:
         if wait < self.target / 2:
             factor = most  # the queue is all but empty: there is room
         admitted = min(1.0, max(FLOOR, self.admitted * min(most, max(least, factor))))
-        self._step_at, self._step_wait = now, wait
+        self._step_at, self._step_wait, self.changed_at = now, wait, now
         if admitted >= 1.0 and wait < self.stop_at:
             self.shedding, self.admitted = False, 1.0
             return

@@ -36,14 +36,15 @@ an ACK.  Checked in this order for each message as it arrives:
 
 Where the cost is: the guard runs after the parse and before the
 transaction layer, and the retransmission test (one dictionary lookup) only
-runs when a request would be refused.  While shedding, a UDP datagram
-byte for byte the same as one refused a moment ago (a retransmission,
-§17.1.1.2) gets the same ``503`` again before it is parsed, as a server
-transaction would resend its response (§17.2.1), for the price of a
-dictionary lookup on the bytes: no parse, no new response, no Via stamping
-(``bench/shed_cost.py``: parse 3 µs, building the 503 3 µs, sending it
-again 1 µs, with the C accelerator).  Nothing else is read before the
-parse: a second reading of SIP would save only the parse.
+runs when a request would be refused.  A UDP datagram byte for byte the
+same as one refused for the wait in the last 32 s (a retransmission,
+§17.1.1.2) gets the same ``503`` again before it is parsed -- the bytes as
+sent, as a server transaction resends its response (§17.2.1), also once
+the overload is over -- for the price of a dictionary lookup on the bytes:
+no parse, no new response, no serialization (``bench/shed_cost.py``:
+parse 3 µs, building the 503 3 µs, sending it again 1 µs, with the C
+accelerator).  Nothing else is read before the parse: a second reading of
+SIP would save only the parse.
 
 Every response the guard sends has a To tag starting ``sg.``: the ACK for
 such a non-2xx final response (§17.1.1.3) belongs to no transaction, so the
@@ -71,7 +72,7 @@ from sipproxy.randomness import random_hex
 from sipproxy.security.congestion import Congestion
 from sipproxy.security.settings import SecuritySettings
 from sipproxy.security.sources import Throttle, source_key
-from sipproxy.transport.sink import MessageSink, Reply
+from sipproxy.transport.sink import MessageSink, Reply, Resend
 
 __all__ = ["Guard", "MessageSink", "Reply"]
 
@@ -125,8 +126,10 @@ class Guard:
         self._log_once = Throttle(settings.log_every)
         self._datagram: bytes | None = None
         """The UDP datagram :meth:`datagram_waited` just let through (what the message now admitted was)."""
-        self._refused: OrderedDict[bytes, tuple[Response, Source]] = OrderedDict()
-        """While shedding: the datagrams refused, with their 503, for their retransmissions (oldest first)."""
+        self.resend: Resend | None = None
+        """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_response``)."""
+        self._refused: OrderedDict[bytes, tuple[float, object]] = OrderedDict()
+        """The datagrams refused for the wait, with when to forget them and their 503 as sent (oldest first)."""
 
     # -- the MessageSink shape -------------------------------------------------
 
@@ -153,15 +156,16 @@ class Guard:
         if not congestion.datagram_waited(wait):
             self._dropped(datagram, "stale")
             return False
-        if self._refused:
-            if not congestion.shedding:
-                self._refused.clear()  # over: a retransmission now is a new chance
-            else:
-                refused = self._refused.get(datagram)
-                if refused is not None:
-                    self._dropped(datagram, "retransmission")
-                    (self.reply or _no_reply)(*refused)
-                    return False
+        refusals = self._refused
+        if refusals:
+            now = self.clock.seconds()
+            while refusals and next(iter(refusals.values()))[0] <= now:
+                refusals.popitem(last=False)  # oldest first: its sender's transaction is over
+            refused = refusals.get(datagram)
+            if refused is not None and self.resend is not None:
+                self._dropped(datagram, "retransmission")
+                self.resend(refused[1])
+                return False
         self._datagram = datagram
         return True
 
@@ -296,10 +300,10 @@ class Guard:
             self.metrics.inc(self.metrics.blocked, "wait")
             congestion.shed(method, "wait")
             response = _response(request, 503, None, congestion.retry_after())
-            reply(response, source)
+            sent = reply(response, source)
             datagram = self._datagram
-            if datagram is not None and source.transport == "UDP" and len(datagram) == size:
-                self._refused[datagram] = (response, source)
+            if sent is not None and datagram is not None and source.transport == "UDP" and len(datagram) == size:
+                self._refused[datagram] = (self.clock.seconds() + REFUSED_FOR, sent)
                 if len(self._refused) > REFUSED_KEPT:
                     self._refused.popitem(last=False)
             return False
@@ -322,6 +326,11 @@ class Guard:
 
 REFUSED_KEPT = 20000
 """Refused datagrams remembered for their retransmissions (a few seconds' worth at thousands a second)."""
+REFUSED_FOR = 32.0
+"""Seconds a refused datagram's copies get the same 503: 64 x T1, the life of the client transaction that sends
+them (Timer B/F, §17.1.1.2, §17.1.2.2), also after the overload is over -- as a server transaction would answer
+them (§17.2.1).  A phone that honours the 503 sends a new request (a new branch, other bytes) after its
+Retry-After, and that one is a new chance."""
 
 _ENDING = frozenset({"ACK", "CANCEL", "BYE"})
 """Requests that end or finish work already taken: never shed for the wait."""

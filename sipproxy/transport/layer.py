@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
-from sipproxy.message import ParseError, Request, Response, make_response, parse_message
+from sipproxy.message import ParseError, Request, Response, Via, make_response, parse_message
 from sipproxy.message.uri import is_ip_address
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, Connection, Source, Target, is_reliable
@@ -135,6 +135,9 @@ class TransportLayer:
         """Connections holding a registered binding are never closed to make room (``flows.RegisteredFlows``)."""
         self.tap = tap
         """Sees every message parsed and sent (the recent calls' capture); ``None``: nobody."""
+        self.feedback: Callable[[Via], Via | None] | None = None
+        """Rewrites the client's Via of each response we send (RFC 7339 ``oc``, the security layer's); ``None``
+        or a ``None`` answer: it goes as it is."""
         self.sink = sink
         """Where every message received goes (the guard in front of the transaction layer)."""
         self.senders: dict[str, Sender] = {}
@@ -242,6 +245,8 @@ class TransportLayer:
         ``None`` when the response went nowhere.
         """
         self.metrics.status(self.metrics.responses_out, response.status)
+        if self.feedback is not None:
+            self._feed_back(response)
         sent = self._response_route(response, source)
         if sent is not None:
             self._deliver(sent, response)
@@ -260,15 +265,29 @@ class TransportLayer:
             return
         self._send(sent.transport, sent.host, sent.port, sent.data, self._response_failed)
 
-    def send_to_source(self, response: Response, source: Source) -> None:
+    def send_to_source(self, response: Response, source: Source) -> SentResponse:
         """Straight back where the request came from, whatever its Via says (its connection, else its address).
 
         For answers given before any transaction exists: a 400 for what did
         not parse, and the admission guard's stateless 403/503/513.
         """
         self.metrics.status(self.metrics.responses_out, response.status)
+        if self.feedback is not None:
+            self._feed_back(response)
         data = response.to_bytes()
-        self._deliver(SentResponse(data, source.transport, source.host, source.port, source.connection), response)
+        sent = SentResponse(data, source.transport, source.host, source.port, source.connection)
+        self._deliver(sent, response)
+        return sent
+
+    def _feed_back(self, response: Response) -> None:
+        assert self.feedback is not None
+        try:
+            via = response.top_via
+        except ParseError:
+            return
+        stamped = self.feedback(via)
+        if stamped is not None:
+            response.replace_top_via(stamped)
 
     def _response_route(self, response: Response, source: Source | None) -> SentResponse | None:
         data = response.to_bytes()

@@ -21,10 +21,15 @@ from typing import Protocol
 from sipproxy.message import ParseError, Request, Response
 from sipproxy.net import Source
 
-__all__ = ["MessageSink", "MessageTap", "Reply"]
+__all__ = ["MessageSink", "MessageTap", "Reply", "Resend"]
 
-Reply = Callable[[Response, Source], None]
-"""Send a response straight back to the packet's source (its connection, else its address)."""
+Reply = Callable[[Response, Source], object]
+"""Send a response straight back to the packet's source (its connection, else its address); returns what
+:data:`Resend` takes to send the same bytes again (``None``: it cannot be)."""
+
+Resend = Callable[[object], None]
+"""Send a response again, byte for byte, from what :data:`Reply` returned (no new serialization, no new copy
+to the tap's listeners but a resend)."""
 
 
 class MessageSink(Protocol):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,18 @@ class Server:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def metrics(server: Server) -> dict[str, float]:
+    """The server's ``/metrics``, each sample by its name and labels as written (``name{label="v"}``)."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{server.web_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 def sip_options(port: int, *, transport: str = "udp", extra_headers: str = "", call_id: str = "opt-1") -> bytes:

@@ -16,11 +16,10 @@ import re
 import socket
 import sqlite3
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, SCENARIOS, Server, free_port, passwd_file, require
+from harness import LOOPBACK, SCENARIOS, Server, free_port, metrics, passwd_file, require
 
 from sipproxy.auth import compute_response, ha1, parse_auth_params
 from sipproxy.message import Response, parse_message
@@ -33,17 +32,6 @@ TOOL_TIMEOUT = 90
 @pytest.fixture
 def users(tmp_path: Path) -> Path:
     return passwd_file(tmp_path / "users.txt", PASSWORDS, DOMAIN)
-
-
-def metrics(server: Server) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{server.web_port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def run_sipp(server: Server, scenario: str, port: int, *args: str, name: str = "") -> subprocess.CompletedProcess[str]:

@@ -10,9 +10,8 @@ without a registered binding, and a message must arrive whole within
 from __future__ import annotations
 
 import socket
-import urllib.request
 
-from harness import LOOPBACK, sip_options
+from harness import LOOPBACK, metrics, sip_options
 
 from sipproxy.message import parse_message
 
@@ -35,11 +34,7 @@ def closed_by_server(s: socket.socket) -> bool:
 
 
 def metric(server, name: str) -> float:  # type: ignore[no-untyped-def]
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{server.web_port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
+    return metrics(server).get(name, 0.0)
 
 
 def test_a_newcomer_over_the_per_address_limit_is_served_and_the_longest_idle_goes(server) -> None:  # type: ignore[no-untyped-def]
