@@ -374,9 +374,11 @@ def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed
     over.datagram_waited(0.1)
     assert not over.shedding
     assert guard.datagram_waited(invite, 0.1) is False  # over, but its sender's transaction is not: same answer
+    assert len(resent) == 2
+    assert guard.datagram_waited(invite, 0.1) is False  # a third copy: it is not reading them; dropped
+    assert len(resent) == 2 and metrics.shed.labels("INVITE", "retransmission")._value.get() == 3
     over.clock.advance(32)  # Timer B/F: that client transaction has given up; the bytes are a new chance
     assert guard.datagram_waited(invite, 0.1) is True
-    assert len(resent) == 2
 
 
 def test_a_reply_that_cannot_be_resent_is_not_remembered() -> None:

@@ -40,7 +40,8 @@ runs when a request would be refused.  A UDP datagram byte for byte the
 same as one refused for the wait in the last 32 s (a retransmission,
 §17.1.1.2) gets the same ``503`` again before it is parsed -- the bytes as
 sent, as a server transaction resends its response (§17.2.1), also once
-the overload is over -- for the price of a dictionary lookup on the bytes:
+the overload is over, twice at most, later copies dropped -- for the price
+of a dictionary lookup on the bytes:
 no parse, no new response, no serialization (``bench/shed_cost.py``:
 parse 3 µs, building the 503 3 µs, sending it again 1 µs, with the C
 accelerator).  Nothing else is read before the parse: a second reading of
@@ -128,8 +129,9 @@ class Guard:
         """The UDP datagram :meth:`datagram_waited` just let through (what the message now admitted was)."""
         self.resend: Resend | None = None
         """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_response``)."""
-        self._refused: OrderedDict[bytes, tuple[float, object]] = OrderedDict()
-        """The datagrams refused for the wait, with when to forget them and their 503 as sent (oldest first)."""
+        self._refused: OrderedDict[bytes, tuple[float, object, int]] = OrderedDict()
+        """The datagrams refused for the wait: when to forget them, their 503 as sent, how many copies got it again
+        (oldest first)."""
 
     # -- the MessageSink shape -------------------------------------------------
 
@@ -163,8 +165,11 @@ class Guard:
                 refusals.popitem(last=False)  # oldest first: its sender's transaction is over
             refused = refusals.get(datagram)
             if refused is not None and self.resend is not None:
+                until, sent, answered = refused
                 self._dropped(datagram, "retransmission")
-                self.resend(refused[1])
+                if answered < REPEATS_ANSWERED:
+                    refusals[datagram] = (until, sent, answered + 1)
+                    self.resend(sent)
                 return False
         self._datagram = datagram
         return True
@@ -303,7 +308,7 @@ class Guard:
             sent = reply(response, source)
             datagram = self._datagram
             if sent is not None and datagram is not None and source.transport == "UDP" and len(datagram) == size:
-                self._refused[datagram] = (self.clock.seconds() + REFUSED_FOR, sent)
+                self._refused[datagram] = (self.clock.seconds() + REFUSED_FOR, sent, 0)
                 if len(self._refused) > REFUSED_KEPT:
                     self._refused.popitem(last=False)
             return False
@@ -331,6 +336,12 @@ REFUSED_FOR = 32.0
 them (Timer B/F, §17.1.1.2, §17.1.2.2), also after the overload is over -- as a server transaction would answer
 them (§17.2.1).  A phone that honours the 503 sends a new request (a new branch, other bytes) after its
 Retry-After, and that one is a new chance."""
+REPEATS_ANSWERED = 2
+"""Copies of a refused datagram that get its 503 again; later ones are dropped unanswered.  A phone stops at
+the first 503 it reads (§17.1.1.2: a final response ends the client transaction), so a copy means that one was
+lost; two lost in a row is already rare, and a sender still retransmitting after that is not reading them
+(sipp's uac.xml ignores a 503 and retransmits until its timeout).  Each answer is a ``sendto``: at 4x the
+capacity, answering every copy took 12 % of the server's time (``bench/README.md``)."""
 
 _ENDING = frozenset({"ACK", "CANCEL", "BYE"})
 """Requests that end or finish work already taken: never shed for the wait."""
