@@ -50,7 +50,9 @@ SIP would save only the parse.
 Every response the guard sends has a To tag starting ``sg.``: the ACK for
 such a non-2xx final response (§17.1.1.3) belongs to no transaction, so the
 guard absorbs it instead of letting the proxy forward it (§16.11 would send
-it on along the Request-URI).
+it on along the Request-URI); any other request with such a tag (sipp's BYE
+for a call it gave up on after the 503) gets ``481`` (§12.2.2): a refusal
+made no dialog.
 
 The guard has the shape of the transport's ``MessageSink``
 (``message_received`` and ``unparseable``) and passes what it admits on to
@@ -240,6 +242,12 @@ class Guard:
             return not _is_ours(request)
         if method == "CANCEL":
             return True
+        if _is_ours(request):
+            # "in" a dialog of one of our stateless refusals, which made none: sipp sends a BYE for each call it
+            # gives up on; forwarded, each waited 32 s on a phone that drops it (§12.2.2: 481)
+            self.metrics.inc(self.metrics.blocked, "dialog")
+            reply(_response(request, 481, None), source)
+            return False
         return self._not_overloaded(request, source, size, now, reply)
 
     def _within_rate(self, request: Request | None, source: Source, key: str, now: float, reply: Reply) -> bool:
@@ -347,7 +355,8 @@ _ENDING = frozenset({"ACK", "CANCEL", "BYE"})
 """Requests that end or finish work already taken: never shed for the wait."""
 
 _TAG_PREFIX = "sg."
-"""The To tag of every refusal the guard sends (stateless): the ACK for one is recognised and absorbed."""
+"""The To tag of every refusal the guard sends (stateless): the ACK for one is recognised and absorbed, any
+other request with it gets 481 (no dialog was ever made by a refusal)."""
 
 
 def _out_of_dialog(request: Request) -> bool:
@@ -358,9 +367,10 @@ def _out_of_dialog(request: Request) -> bool:
         return True
 
 
-def _is_ours(ack: Request) -> bool:
+def _is_ours(request: Request) -> bool:
+    """Is the To tag one of our stateless refusals' (``sg.``)?"""
     try:
-        tag = ack.to.tag
+        tag = request.to.tag
     except ParseError:
         return False
     return tag is not None and tag.startswith(_TAG_PREFIX)
