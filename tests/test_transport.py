@@ -68,6 +68,16 @@ def datagram(transport: TransportLayer, data: bytes, addr: tuple[str, int]) -> N
     proto.datagramReceived(data, addr)
 
 
+def test_a_stopped_udp_port_is_no_longer_sent_from() -> None:
+    """At shutdown a response for a stopped port said "no IPv4 UDP socket", not an AttributeError per message."""
+    transport = TransportLayer(metrics=Metrics())
+    proto = SipDatagramProtocol(transport, 4)
+    proto.makeConnection(FakeUDP())  # type: ignore[arg-type]  # doStart: startProtocol
+    assert 4 in transport.udp
+    proto.doStop()  # what Twisted's Port.connectionLost calls; it sets proto.transport to None first
+    assert 4 not in transport.udp
+
+
 def test_options_to_server_answered_200_with_capabilities() -> None:
     transport, udp, _, _ = make_stack()
     datagram(transport, options(), ("192.0.2.7", 5062))

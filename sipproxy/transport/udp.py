@@ -51,11 +51,13 @@ class SipDatagramProtocol(DatagramProtocol):
         self.family = family
 
     def startProtocol(self) -> None:
+        self._writer = self.transport
         self.layer.udp[self.family] = self.transport  # type: ignore[assignment]
         self._stamp_arrivals()
 
     def stopProtocol(self) -> None:
-        if self.layer.udp.get(self.family) is self.transport:
+        # Twisted has already set self.transport to None (DatagramProtocol.doStop): compare with what started
+        if self.layer.udp.get(self.family) is getattr(self, "_writer", None):
             del self.layer.udp[self.family]
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
