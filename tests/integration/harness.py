@@ -200,7 +200,7 @@ def sipp(
         "100",
         "-trace_err",
         "-error_file",
-        str(workdir / f"sipp-{scenario}-errors.log"),
+        str(workdir / f"sipp-{Path(scenario).name}-errors.log"),
     ]
     if inf is not None:
         args += ["-inf", str(inf)]

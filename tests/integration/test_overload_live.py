@@ -3,7 +3,9 @@
 The decisions are unit-tested on a fake clock (``tests/test_security_congestion.py``); here the real server
 reads real stamps: sipp registers phones while the server is stopped (SIGSTOP) for three seconds, so the
 datagrams queued then have waited longer than 2 s when it reads them.  They are dropped unread (their senders
-have retransmitted them twice by then) and every phone still ends registered from its later copies.
+have retransmitted them twice by then) and every phone still ends registered from its later copies.  The phones
+honour a 503 + Retry-After as phones do (bench/scenarios/register_retry.xml): catching up on the backlog the
+server may refuse some new REGISTERs for a moment, which is the control doing its job, not a failure.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from harness import LOOPBACK, metrics, sip_options, sipp, udp_final, users_file
+from harness import LOOPBACK, ROOT, metrics, sip_options, sipp, udp_final, users_file
 
 PHONES = 300
+REGISTER_RETRY = str(ROOT / "bench" / "scenarios" / "register_retry.xml")
 
 
 def test_datagrams_queued_through_a_pause_are_dropped_as_stale_and_every_phone_registers(
@@ -27,7 +30,7 @@ def test_datagrams_queued_through_a_pause_are_dropped_as_stale_and_every_phone_r
     def register() -> None:
         keys = {"domain": "example.test", "contact_host": LOOPBACK, "contact_port": "5999", "expires": "600"}
         result["sipp"] = sipp(
-            "register.xml", server.sip_port, workdir=tmp_path, calls=PHONES, rate=100, inf=inf, keys=keys
+            REGISTER_RETRY, server.sip_port, workdir=tmp_path, calls=PHONES, rate=100, inf=inf, keys=keys
         )
 
     phones = threading.Thread(target=register)
