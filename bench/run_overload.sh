@@ -18,7 +18,8 @@
 # The last lines printed are one table row per server, for bench/README.md.
 #
 # Environment: STEP_SECONDS [10]  ROUNDS [1] (each overload and its 50 % step; the median reported)
-#   CAPACITY_RATES ["250 500 750 1000 1500 2000"]  CAPACITY [measured]  AVALANCHE_PHONES [100000]  AVALANCHE_SECONDS [30]  SIPPROXY_ARGS [""]  SIPPROXY_PORT [5180]
+#   CAPACITY_RATES ["250 500 750 1000 1500 2000"]  CAPACITY [measured]
+#   AVALANCHE_PHONES [100000]  AVALANCHE_SECONDS [30]  SIPPROXY_ARGS [""]  SIPPROXY_PORT [5180]
 #   KAM_CAPACITY [measured]  UAS_PORT/REG_PORT/UAC_PORT/PROBE_PORT [5190-5193]  AVALANCHE_PORT [5194]
 #   SHARED_BENCH [../shared/bench, else /work/shared/bench]  OUT [/tmp/sipbench/overload_<stamp>]
 set -uo pipefail
@@ -92,9 +93,10 @@ one_server() {
             verdicts="$verdicts $verdict"
         done
         # the median round's goodput, and the range when there were several
-        local median range
-        median="$(tr ' ' '\n' <<<"$shares" | sed '/^$/d' | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}')"
-        range="$(tr ' ' '\n' <<<"$shares" | sed '/^$/d' | sort -n | awk 'NR==1{lo=$1} {hi=$1} END{if (NR>1) printf " (%s-%s %%, %d rounds)", lo, hi, NR}')"
+        local sorted median range
+        sorted="$(tr ' ' '\n' <<<"$shares" | sed '/^$/d' | sort -n)"
+        median="$(awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}' <<<"$sorted")"
+        range="$(awk 'NR==1{lo=$1} {hi=$1} END{if (NR>1) printf " (%s-%s %%, %d rounds)", lo, hi, NR}' <<<"$sorted")"
         local passed; passed="$(grep -o PASS <<<"$verdicts" | wc -l)"
         row="$row | $(( capacity * median / 100 ))/s ($median %)$range | $passed of $ROUNDS PASS"
     done

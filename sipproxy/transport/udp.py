@@ -49,6 +49,8 @@ class SipDatagramProtocol(DatagramProtocol):
     def __init__(self, layer: TransportLayer, family: int) -> None:
         self.layer = layer
         self.family = family
+        self._writer: Any = None
+        """The port this protocol was started on (Twisted clears ``transport`` before ``stopProtocol``)."""
 
     def startProtocol(self) -> None:
         self._writer = self.transport
@@ -56,8 +58,7 @@ class SipDatagramProtocol(DatagramProtocol):
         self._stamp_arrivals()
 
     def stopProtocol(self) -> None:
-        # Twisted has already set self.transport to None (DatagramProtocol.doStop): compare with what started
-        if self.layer.udp.get(self.family) is getattr(self, "_writer", None):
+        if self._writer is not None and self.layer.udp.get(self.family) is self._writer:
             del self.layer.udp[self.family]
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
