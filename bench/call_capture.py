@@ -33,6 +33,7 @@ from sipproxy.calls.ring import RecentCalls
 from sipproxy.message import make_response, parse_message
 from sipproxy.net import Source, Target
 from sipproxy.transport import DatagramSender, TransportLayer
+from sipproxy.transport.sink import Tapped
 
 SDP = "v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\n"
 
@@ -59,7 +60,7 @@ class Null:
 
 
 class Sink:
-    def message_received(self, message: object, source: object, size: int) -> None:
+    def message_received(self, message: object, source: object, data: bytes) -> None:
         pass
 
     def unparseable(self, *args: object) -> bool:
@@ -71,7 +72,7 @@ CALLEE = Target("UDP", "192.0.2.20", 5062)
 
 
 def layer(tap: Capture | None) -> TransportLayer:
-    transport = TransportLayer(sink=Sink(), tap=tap)  # type: ignore[arg-type]
+    transport = TransportLayer(sink=Tapped(tap, Sink()) if tap is not None else Sink(), tap=tap)  # type: ignore[arg-type]
     transport.register(DatagramSender(transport))
     transport.udp[4] = Null()
     return transport

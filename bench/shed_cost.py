@@ -70,7 +70,7 @@ def main() -> None:
     print(f"refuse={best(refuse):.1f}us")
     print(f"retransmission={best(lambda: taken.admit(parse_message(INVITE), SOURCE, len(INVITE))):.1f}us")
     guard.datagram_waited(INVITE, 0.45)
-    guard.message_received(parse_message(INVITE), SOURCE, len(INVITE))
+    guard.message_received(parse_message(INVITE), SOURCE, INVITE)
     assert guard.datagram_waited(INVITE, 0.45) is False  # remembered: answered again
 
     def again() -> None:

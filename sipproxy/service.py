@@ -61,7 +61,7 @@ from sipproxy.transport.certificates import ReloadOnHangup, TLSCertificates, TLS
 from sipproxy.transport.flows import RegisteredFlows, flow_state
 from sipproxy.transport.hep import HepSender
 from sipproxy.transport.hosts import advertised_host, default_domains, listens_everywhere
-from sipproxy.transport.sink import MessageTap
+from sipproxy.transport.sink import MessageSink, MessageTap, Tapped
 from sipproxy.transport.tls import TLSConnect, TLSSender, tls_connector, tls_server_factory, tls_wrap
 from sipproxy.transport.websocket import SipWebSocketFactory, WebSocketSender, WebSocketSettings
 from sipproxy.web import QuietSite, is_loopback_description, make_web_resource
@@ -293,7 +293,10 @@ def build_core(
     # still waiting for their final response (finished transactions that only
     # absorb retransmissions, Timer J's 32 s, are no load).
     guard = security.guard
-    guard.sink, guard.reply = TransactionSink(transactions, metrics), transport.send_to_source
+    # the recent calls' capture sees what the guard admitted, on its way to the transactions
+    admitted: MessageSink = TransactionSink(transactions, metrics)
+    guard.sink = Tapped(tap, admitted) if tap is not None else admitted
+    guard.reply = transport.send_to_source
     guard.resend = transport.resend_response
     transport.sink = guard
     stack.proxy = proxy
@@ -301,7 +304,6 @@ def build_core(
     guard.is_retransmission = transactions.is_retransmission
     if security.congestion is not None:  # RFC 7339: the share refused, to the clients that ask for it
         transport.feedback = OverloadFeedback(security.congestion)
-    guard.refused = getattr(tap, "refused", None)  # the recent calls' capture forgets what never reached the proxy
     if history is not None and security.authentication is not None:  # its 401/403 refusals, to the history
         security.authentication.on_refused = history.refused
     return SipCore(

@@ -11,6 +11,7 @@ from sipproxy.calls.ring import RecentCalls
 from sipproxy.message import Request, make_response
 from sipproxy.net import Source, Target
 from sipproxy.transport import DatagramSender, SipDatagramProtocol, TransportLayer
+from sipproxy.transport.sink import Tapped
 
 try:
     from tests import messages
@@ -26,7 +27,7 @@ class Sink:
     def __init__(self) -> None:
         self.received: list[Any] = []
 
-    def message_received(self, message: Any, source: Source, size: int) -> None:
+    def message_received(self, message: Any, source: Source, data: bytes) -> None:
         self.received.append((message, source))
 
     def unparseable(self, error: Any, source: Source, size: int) -> bool:
@@ -38,7 +39,8 @@ def stack() -> tuple[TransportLayer, RecentCalls, Clock, Sink, SipDatagramProtoc
     clock.advance(1000)
     ring = RecentCalls()
     sink = Sink()
-    transport = TransportLayer(sink=sink, clock=clock, tap=Capture(ring, clock))
+    capture = Capture(ring, clock)
+    transport = TransportLayer(sink=Tapped(capture, sink), clock=clock, tap=capture)
     transport.register(DatagramSender(transport))
     protocol = SipDatagramProtocol(transport, 4)
     protocol.transport = FakeUDP()  # type: ignore[assignment]
@@ -155,3 +157,34 @@ def test_held_requests_that_never_become_calls_make_way_without_taking_a_calls_p
     protocol.datagramReceived(request("ACK", "ack-1"), ALICE)
     protocol.datagramReceived(request("CANCEL", "cancel-1"), ALICE)
     assert "ack-1" not in ring.pending and "cancel-1" not in ring.pending
+
+
+def test_what_the_guard_refuses_never_reaches_the_capture_what_it_admits_does() -> None:
+    """Behind the admission guard (as ``build_core`` wires it): a refused INVITE takes no place in the ring."""
+    from sipproxy.metrics import Metrics
+    from sipproxy.security import Congestion, Guard
+
+    try:
+        from tests.security_fakes import settings
+    except ImportError:  # pragma: no cover
+        from security_fakes import settings  # type: ignore[no-redef]
+
+    clock = Clock()
+    clock.advance(1000)
+    ring, sink = RecentCalls(), Sink()
+    capture = Capture(ring, clock)
+    congestion = Congestion(clock, 0.5, dwell=0)
+    guard = Guard(settings(rate=None), clock, Metrics(), sink=Tapped(capture, sink), congestion=congestion)
+    transport = TransportLayer(sink=guard, clock=clock, tap=capture)
+    transport.register(DatagramSender(transport))
+    guard.reply = transport.send_to_source
+    protocol = SipDatagramProtocol(transport, 4)
+    protocol.transport = FakeUDP()  # type: ignore[assignment]
+    protocol.startProtocol()
+    congestion.datagram_waited(0.45)  # overloaded: one new request in two refused
+    congestion.admitted = 0.5
+    for n in range(4):
+        protocol.datagramReceived(request(call_id=f"call-{n}"), ALICE)
+    assert len(protocol.transport.written) == 2  # type: ignore[attr-defined]  # two 503s
+    assert sorted(ring.entries) == ["call-1", "call-3"]  # the admitted, each with its INVITE alone
+    assert [len(entry.messages) for entry in ring.entries.values()] == [1, 1]

@@ -372,7 +372,7 @@ def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed
     guard.resend = resent.append
     invite = request("INVITE", call_id="refused")
     assert guard.datagram_waited(invite, 0.45) is True
-    guard.message_received(parse_message(invite), SOURCE, len(invite))
+    guard.message_received(parse_message(invite), SOURCE, invite)
     [refusal] = sent
     assert refusal.status == 503
     assert guard.datagram_waited(invite, 0.46) is False  # the same bytes again: answered, not parsed
@@ -398,7 +398,7 @@ def test_a_reply_that_cannot_be_resent_is_not_remembered() -> None:
     guard.resend = lambda sent: pytest.fail("nothing to resend")
     invite = request("INVITE", call_id="once")
     guard.datagram_waited(invite, 0.45)
-    guard.message_received(parse_message(invite), SOURCE, len(invite))
+    guard.message_received(parse_message(invite), SOURCE, invite)
     assert len(out) == 1
     assert guard.datagram_waited(invite, 0.45) is True  # parsed again, decided again
 
@@ -410,7 +410,7 @@ def test_only_udp_datagrams_are_remembered() -> None:
     guard.resend = lambda again: sent.append(again)  # type: ignore[arg-type]
     invite = request("INVITE")
     guard.datagram_waited(invite, 0.45)
-    guard.message_received(parse_message(invite), Source("TCP", "192.0.2.66", 5060), len(invite))
+    guard.message_received(parse_message(invite), Source("TCP", "192.0.2.66", 5060), invite)
     assert len(sent) == 1
     assert guard.datagram_waited(invite, 0.45) is True
 

@@ -261,7 +261,7 @@ class _Sink:
         self.errors: list[object] = []
         self.answer = parse_errors_answered
 
-    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+    def message_received(self, message: Request | Response, source: Source, data: bytes) -> None:
         self.messages.append(message)
 
     def unparseable(self, error: object, source: Source, size: int) -> bool:
@@ -278,7 +278,8 @@ def test_the_guard_passes_what_it_admits_to_the_next_sink_and_answers_the_rest_i
     guard = Guard(settings(rate=1, burst=2), clock, Metrics(), sink=sink, reply=lambda r, s: replies.append((r, s)))
     source = Source("UDP", "192.0.2.66", 5060)
     for n in range(3):
-        guard.message_received(parse_message(request("MESSAGE", call_id=f"s{n}")), source, 300)
+        data = request("MESSAGE", call_id=f"s{n}")
+        guard.message_received(parse_message(data), source, data)
     assert [m.call_id for m in sink.messages] == ["s0", "s1"]  # type: ignore[union-attr]
     assert [(r.status, s) for r, s in replies] == [(503, source)]
     error = ParseError(400, "Bad request line")
@@ -297,6 +298,6 @@ def test_security_builds_a_guard_in_front_of_a_sink_with_its_blocks() -> None:
     sink, replies = _Sink(), []
     guard = server.security.admission_guard(sink, lambda r, s: replies.append(r))
     options = parse_message(request("OPTIONS", "sip:example.test", to="sip:example.test"))
-    guard.message_received(options, Source("UDP", *ALICE_ADDR), 100)
-    guard.message_received(options, Source("UDP", *BOB_ADDR), 100)
+    guard.message_received(options, Source("UDP", *ALICE_ADDR), b"x" * 100)
+    guard.message_received(options, Source("UDP", *BOB_ADDR), b"x" * 100)
     assert len(sink.messages) == 1 and [r.status for r in replies] == [403]

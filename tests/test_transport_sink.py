@@ -52,13 +52,13 @@ class Recording:
     """A sink that records, optionally raising, or refusing what did not parse."""
 
     def __init__(self, parse_errors_answered: bool = True, raise_: Exception | None = None) -> None:
-        self.messages: list[tuple[Request | Response, Source, int]] = []
+        self.messages: list[tuple[Request | Response, Source, bytes]] = []
         self.unparsed: list[tuple[ParseError, Source, int]] = []
         self.parse_errors_answered = parse_errors_answered
         self.raise_ = raise_
 
-    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
-        self.messages.append((message, source, size))
+    def message_received(self, message: Request | Response, source: Source, data: bytes) -> None:
+        self.messages.append((message, source, data))
         if self.raise_ is not None:
             raise self.raise_
 
@@ -74,11 +74,11 @@ class Refusing:
         self.next = next
         self.reply = reply
 
-    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+    def message_received(self, message: Request | Response, source: Source, data: bytes) -> None:
         if (source.host, source.port) == MALLORY and isinstance(message, Request):
             self.reply(make_response(message, 403, "Forbidden (test)", to_tag="x"), source)
             return
-        self.next.message_received(message, source, size)
+        self.next.message_received(message, source, data)
 
     def unparseable(self, error: ParseError, source: Source, size: int) -> bool:
         return (source.host, source.port) != MALLORY and self.next.unparseable(error, source, size)
@@ -104,8 +104,8 @@ def test_the_sink_gets_the_request_with_received_and_rport_already_stamped() -> 
     transport.sink = sink
     data = options()
     proto.datagramReceived(data, ALICE)
-    [(message, source, size)] = sink.messages
-    assert source == Source("UDP", *ALICE) and size == len(data)
+    [(message, source, received)] = sink.messages
+    assert source == Source("UDP", *ALICE) and received == data  # the bytes as they came
     assert message.top_via.received == "192.0.2.7" and message.top_via.rport == 5062  # type: ignore[union-attr]
 
 

@@ -248,7 +248,7 @@ class HeldSink:
     def __init__(self) -> None:
         self.held: list[tuple[object, object]] = []
 
-    def message_received(self, message, source, size) -> None:  # type: ignore[no-untyped-def]
+    def message_received(self, message, source, data) -> None:  # type: ignore[no-untyped-def]
         self.held.append((message, source))
 
     def unparseable(self, error, source, size) -> bool:  # type: ignore[no-untyped-def]

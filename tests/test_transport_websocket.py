@@ -52,7 +52,7 @@ class Sink:
     def __init__(self) -> None:
         self.received: list[tuple[Any, Source]] = []
 
-    def message_received(self, message: Any, source: Source, size: int) -> None:
+    def message_received(self, message: Any, source: Source, data: bytes) -> None:
         self.received.append((message, source))
 
     def unparseable(self, error: Any, source: Source, size: int) -> bool:

@@ -2,9 +2,14 @@
 """The call-flow capture: every message of a recent call as it crosses the transport, by Call-ID.
 
 :class:`Capture` is the transport's ``MessageTap``
-(:class:`sipproxy.transport.sink.MessageTap`): the transport calls it with
-each message it parsed and each one it sends, with the bytes on the wire.
-It keeps them in the :class:`~sipproxy.calls.ring.RecentCalls` entry of
+(:class:`sipproxy.transport.sink.MessageTap`): a
+:class:`~sipproxy.transport.sink.Tapped` sink behind the admission guard
+calls it with each message admitted, the transport with each one it
+sends, with the bytes on the wire.  What the guard refused never reaches
+it: under overload, thousands of refused INVITEs would each take a place in
+the ring and push out the ladders of the calls that went through, the ones
+the operator wants to see (and each cost the capture its entry).  It keeps
+the messages in the :class:`~sipproxy.calls.ring.RecentCalls` entry of
 their Call-ID:
 
 - an out-of-dialog INVITE received (no To tag) starts an entry;
@@ -69,16 +74,6 @@ class Capture:
             self._sent(message, transport, host, port, data)
         except Exception:
             self.log.failure("Bug in the call capture (message sent)")
-
-    def refused(self, request: Request) -> None:
-        """The guard refused ``request`` (overload, rate, size, blocked): a new INVITE's entry goes again.
-
-        Else, under overload, thousands of refused INVITEs would each take a
-        place in the ring and push out the ladders of the calls that went
-        through, the ones the operator wants to see.
-        """
-        if request.method == "INVITE" and not _has_to_tag(request):
-            self.ring.forget(request.call_id)
 
     def _received(self, message: Request | Response, source: Source, data: bytes) -> None:
         entries = self.ring.entries

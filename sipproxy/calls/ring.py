@@ -220,13 +220,6 @@ class RecentCalls:
         self.pending_bytes -= sum(len(m.data) + MESSAGE_OVERHEAD for m in held)
         return held
 
-    def forget(self, call_id: str) -> None:
-        """Drop ``call_id``'s entry if nothing became of it yet (no record): a request refused before the proxy."""
-        entry = self.entries.get(call_id)
-        if entry is not None and not entry.records:
-            del self.entries[call_id]
-            self.size -= entry.size
-
     def _shrink(self, keep: CallEntry) -> None:
         """Drop the oldest entries until both bounds hold; ``keep`` (the one just added to) stays.
 

@@ -119,16 +119,14 @@ class Guard:
         """Does the request belong to a dialog we record-routed (``DialogRoutes.follows_our_record_route``)?"""
         self.congestion = congestion
         """The admission by wait time (``--overload-wait``); ``None``: off."""
-        self.refused: Callable[[Request], None] | None = None
-        """Told of each new request refused (not a retransmission of one taken): the recent calls forget it."""
         self.rate: RateLimiter | None = None
         if settings.rate is not None:
             self.rate = RateLimiter(settings.rate, settings.effective_burst)
         self.replies = RateLimiter(settings.reply_rate, settings.reply_burst)
         self.blocked_replies = RateLimiter(settings.reply_burst / settings.block_for, settings.reply_burst)
         self._log_once = Throttle(settings.log_every)
-        self._datagram: bytes | None = None
-        """The UDP datagram :meth:`datagram_waited` just let through (what the message now admitted was)."""
+        self._data = b""
+        """The bytes of the message being decided (a UDP datagram's are remembered when it is refused)."""
         self.resend: Resend | None = None
         """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_response``)."""
         self._refused: OrderedDict[bytes, tuple[float, object, int]] = OrderedDict()
@@ -137,15 +135,13 @@ class Guard:
 
     # -- the MessageSink shape -------------------------------------------------
 
-    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+    def message_received(self, message: Request | Response, source: Source, data: bytes) -> None:
         """Pass ``message`` on to the next sink if it is admitted; what is refused was answered or dropped."""
-        admitted = self.admit(message, source, size)
-        self._datagram = None
-        if admitted:
-            if self.sink is not None:
-                self.sink.message_received(message, source, size)
-        elif self.refused is not None and isinstance(message, Request) and not self.is_retransmission(message):
-            self.refused(message)
+        self._data = data
+        admitted = self.admit(message, source, len(data))
+        self._data = b""
+        if admitted and self.sink is not None:
+            self.sink.message_received(message, source, data)
 
     def datagram_waited(self, datagram: bytes, wait: float) -> bool:
         """A UDP datagram waited ``wait`` seconds unread; ``False``: too stale, drop it unparsed.
@@ -173,7 +169,6 @@ class Guard:
                     refusals[datagram] = (until, sent, answered + 1)
                     self.resend(sent)
                 return False
-        self._datagram = datagram
         return True
 
     def _dropped(self, datagram: bytes, reason: str) -> None:
@@ -314,8 +309,8 @@ class Guard:
             congestion.shed(method, "wait")
             response = _response(request, 503, None, congestion.retry_after())
             sent = reply(response, source)
-            datagram = self._datagram
-            if sent is not None and datagram is not None and source.transport == "UDP" and len(datagram) == size:
+            datagram = self._data
+            if sent is not None and datagram and source.transport == "UDP":
                 self._refused[datagram] = (self.clock.seconds() + REFUSED_FOR, sent, 0)
                 if len(self._refused) > REFUSED_KEPT:
                     self._refused.popitem(last=False)

@@ -30,7 +30,7 @@ class TransactionSink:
         self.transactions = transactions
         self.metrics = metrics
 
-    def message_received(self, message: Request | Response, source: Source, size: int) -> None:
+    def message_received(self, message: Request | Response, source: Source, data: bytes) -> None:
         """To the matching transaction, or the TU (§17.1.3, §17.2.3); a ``ParseError`` goes back to the transport."""
         metrics = self.metrics
         if isinstance(message, Request):

@@ -6,7 +6,7 @@ transactions, the proxy or security.  What it receives goes to a
 registered under the transport's name.
 
 - ``layer.py``: :class:`TransportLayer`, §18 in and out, the senders and the connection table
-- ``sink.py``: :class:`MessageSink`, what received messages are handed to
+- ``sink.py``: :class:`MessageSink`, what received messages are handed to; :class:`Tapped`, the capture's view
 - ``udp.py``, ``stream.py``: UDP and the stream transports (TCP), each a protocol and a sender
 - ``resolve.py``: :class:`Resolver`, next hops to ordered targets (RFC 3263 §4: NAPTR, SRV, A/AAAA);
   ``rfc3263.py`` the NAPTR choice and the RFC 2782 SRV order, ``dnscache.py`` the TTL cache

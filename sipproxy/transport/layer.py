@@ -134,7 +134,8 @@ class TransportLayer:
         """Warnings about what is dropped, bounded per source and per 10 s (``clock``: none, every one is written)."""
         """Connections holding a registered binding are never closed to make room (``flows.RegisteredFlows``)."""
         self.tap = tap
-        """Sees every message parsed and sent (the recent calls' capture); ``None``: nobody."""
+        """Sees every message sent (the recent calls' capture, which a ``Tapped`` sink shows what is admitted);
+        ``None``: nobody."""
         self.feedback: Callable[[Via], Via | None] | None = None
         """Rewrites the client's Via of each response we send (RFC 7339 ``oc``, the security layer's); ``None``
         or a ``None`` answer: it goes as it is."""
@@ -172,12 +173,10 @@ class TransportLayer:
                 if self.sink.unparseable(exc, source, len(data)):
                     self._parse_error(exc, source)
                 return
-            if self.tap is not None:
-                self.tap.received(message, source, data)
             if isinstance(message, Request):
                 self._stamp_via(message, source)
             assert self.sink is not None
-            self.sink.message_received(message, source, len(data))
+            self.sink.message_received(message, source, data)
         except ParseError as exc:
             partial = message if isinstance(message, Request) else None
             self._parse_error(exc.with_partial(partial), source)
