@@ -17,6 +17,9 @@
 #      phones that ended registered, the 503s retried and the Timer E retransmissions.
 # The last lines printed are one table row per server, for bench/README.md.
 #
+# On two cores or more the server under test gets one core to itself (SERVER_CPU, default the last; Kamailio's
+# whole process tree too) and every sipp the others (SIPP_CPUS): unpinned, sipp -- which needs most of a core at
+# 4x -- runs on the server's core and the figures measure that contention.  PIN=0: no pinning.
 # Environment: STEP_SECONDS [10]  ROUNDS [1] (each overload and its 50 % step; the median reported)
 #   CAPACITY_RATES ["250 500 750 1000 1500 2000"]  CAPACITY [measured]
 #   AVALANCHE_PHONES [100000]  AVALANCHE_SECONDS [30]  SIPPROXY_ARGS [""]  SIPPROXY_PORT [5180]
@@ -38,6 +41,13 @@ WITHIN="${AVALANCHE_SECONDS:-30}"
 PORT="${SIPPROXY_PORT:-5180}"
 AVALANCHE_PORT="${AVALANCHE_PORT:-5194}"
 STAT="python3 $SHARED/lib/sippstat.py"
+CORES="$(nproc)"
+SERVER_CPU="${SERVER_CPU:-$(( CORES - 1 ))}"
+SIPP_CPUS="${SIPP_CPUS:-0-$(( CORES > 1 ? CORES - 2 : 0 ))}"
+SERVER_PIN=() SIPP_PIN=()
+if [[ "${PIN:-1}" != 0 && "$CORES" -ge 2 ]]; then
+    SERVER_PIN=(taskset -c "$SERVER_CPU") SIPP_PIN=(taskset -c "$SIPP_CPUS")
+fi
 export DOMAIN=bench.test STEP_SECONDS
 export UAS_PORT="${UAS_PORT:-5190}" REG_PORT="${REG_PORT:-5191}" UAC_PORT="${UAC_PORT:-5192}"
 export PROBE_PORT="${PROBE_PORT:-5193}"
@@ -57,7 +67,7 @@ calls() {
     RUN=$(( RUN + 1 ))
     dir="$OUT/$name/$RUN-calls_${rates// /_}"
     SKIP_REGISTER=1 CALL_RATES="$rates" REFINE="$refine" FAIL_COOLDOWN_S=0 SERVER_PIDS="$pids" \
-        OUTDIR="$dir" LABEL="$name overload" timeout -k 10 900 "$SHARED/run_bench.sh" "$host" "$port" \
+        OUTDIR="$dir" LABEL="$name overload" "${SIPP_PIN[@]}" timeout -k 10 900 "$SHARED/run_bench.sh" "$host" "$port" \
         >"$dir.txt" 2>&1
     # the last step run: target, result, achieved, success (steps.tsv columns 2, 3, 4, 6)
     tail -n 1 "$dir/steps.tsv" 2>/dev/null | awk -F'\t' '{print $4, $6, $2 * '"$STEP_SECONDS"', $3}'
@@ -119,7 +129,7 @@ avalanche() {
     log "$name: avalanche: $PHONES phones REGISTER within $WITHIN s ($rate/s), honouring 503 + Retry-After"
     local t0 shed0=0; t0="$(date +%s)"
     [[ "$name" == sipproxy ]] && shed0="$(shed_registers)"
-    ( cd "$dir" && timeout -k 5 $(( WITHIN + 150 )) sipp "$host:$port" -sf "$HERE/scenarios/register_retry.xml" \
+    ( cd "$dir" && "${SIPP_PIN[@]}" timeout -k 5 $(( WITHIN + 150 )) sipp "$host:$port" -sf "$HERE/scenarios/register_retry.xml" \
         -inf "$dir/phones.csv" -key domain bench.test -key contact_host 127.0.0.1 -key contact_port 5199 \
         -key expires 3600 -i 127.0.0.1 -p "$AVALANCHE_PORT" -r "$rate" -m "$PHONES" -l "$PHONES" \
         -nostdin -buff_size 4194304 -recv_timeout 32000 -timeout $(( WITHIN + 140 ))s -trace_stat -fd 1 \
@@ -137,13 +147,14 @@ avalanche() {
 if [[ "$WHAT" != kamailio ]]; then
     work="$(mktemp -d)"
     WEB_PORT="${WEB_PORT:-8180}"
-    (cd "$work" && PYTHONPATH="$ROOT" exec twistd -n --pidfile= --logfile="$OUT/sipproxy.log" sipproxy \
+    (cd "$work" && PYTHONPATH="$ROOT" exec "${SERVER_PIN[@]}" twistd -n --pidfile= --logfile="$OUT/sipproxy.log" sipproxy \
         --sip-interface 127.0.0.1 --sip-port "$PORT" --domain bench.test --db "$work/bench.sqlite" \
         --web "tcp:$WEB_PORT:interface=127.0.0.1" ${SIPPROXY_ARGS:-}) &
     SIPPROXY_PID=$!
     trap 'kill $SIPPROXY_PID 2>/dev/null; rm -rf "$work"' EXIT
     for _ in $(seq 100); do grep -q "sipproxy ready" "$OUT/sipproxy.log" 2>/dev/null && break; sleep 0.1; done
-    log "sipproxy $(git -C "$ROOT" rev-parse --short HEAD) on 127.0.0.1:$PORT, options: ${SIPPROXY_ARGS:-defaults}"
+    log "sipproxy $(git -C "$ROOT" rev-parse --short HEAD) on 127.0.0.1:$PORT, options: ${SIPPROXY_ARGS:-defaults};" \
+        "${SERVER_PIN[*]:-not pinned}, sipp ${SIPP_PIN[*]:-not pinned}"
     one_server sipproxy 127.0.0.1 "$PORT" "$SIPPROXY_PID" "${CAPACITY:-}"
     ls -tr "$OUT"/sipproxy.log* | xargs grep -h "Overload" | cut -c 1-250 | sed 's/^/  log: /' | tee -a "$OUT/summary.txt"
     kill "$SIPPROXY_PID"; wait "$SIPPROXY_PID" 2>/dev/null
@@ -151,13 +162,16 @@ fi
 if [[ "$WHAT" != sipproxy ]]; then
     "$SHARED/kamailio/stop.sh" >/dev/null 2>&1 || true
     if "$SHARED/kamailio/start.sh" >>"$OUT/summary.txt"; then
+        if [[ ${#SERVER_PIN[@]} -gt 0 ]]; then  # the attendant and every child it forked
+            for pid in $(cat "$KAM_PIDFILE") $(pgrep -P "$(cat "$KAM_PIDFILE")"); do taskset -pc "$SERVER_CPU" "$pid" >/dev/null; done
+        fi
         log "kamailio $(/usr/sbin/kamailio -v 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:5070"
         one_server kamailio 127.0.0.1 5070 "$(cat "$KAM_PIDFILE")" "${KAM_CAPACITY:-}"
         "$SHARED/kamailio/stop.sh" >/dev/null
     fi
 fi
 echo
-echo "Overload, $(date -u +%Y-%m-%d\ %H:%M) UTC, ${STEP_SECONDS} s steps, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $OUT"
+echo "Overload, $(date -u +%Y-%m-%d\ %H:%M) UTC, ${STEP_SECONDS} s steps, $(nproc) cores${SERVER_PIN[*]:+ (server on CPU $SERVER_CPU, sipp on $SIPP_CPUS)}, load $(cut -d' ' -f1-3 /proc/loadavg); $OUT"
 echo "| server | capacity (calls/s) | 2x: goodput (of capacity) | 50 % right after | 4x: goodput | 50 % right after | avalanche |"
 echo "|---|---:|---:|---|---:|---|---|"
 cat "$ROWS"
