@@ -37,24 +37,24 @@ def _congestion(**kw: Any) -> tuple[Congestion, Clock]:
 # -- when overload begins and ends -------------------------------------------------------------
 
 
-def test_overload_begins_at_80_percent_of_the_tolerance_held_for_100_ms_and_rising() -> None:
+def test_overload_begins_at_40_percent_of_the_tolerance_held_for_100_ms_and_rising() -> None:
     congestion, clock = _congestion()
-    assert congestion.datagram_waited(0.39) and not congestion.shedding  # a queue, not overload
-    assert congestion.datagram_waited(0.40) and not congestion.shedding  # for how long?
+    assert congestion.datagram_waited(0.19) and not congestion.shedding  # a queue, not overload
+    assert congestion.datagram_waited(0.20) and not congestion.shedding  # for how long?
     clock.advance(0.11)
-    assert congestion.datagram_waited(0.41) and congestion.shedding  # over the mark for 100 ms, rising
-    assert congestion.wait == pytest.approx(0.41)
+    assert congestion.datagram_waited(0.21) and congestion.shedding  # over the mark for 100 ms, rising
+    assert congestion.wait == pytest.approx(0.21)
 
 
-def test_overload_ends_once_all_are_admitted_again_and_the_wait_is_under_50_percent() -> None:
+def test_overload_ends_once_all_are_admitted_again_and_the_wait_is_under_40_percent() -> None:
     congestion, clock = _congestion(dwell=0)
     congestion.datagram_waited(0.45)
     assert congestion.shedding and congestion.admitted < 1
     clock.advance(0.11)
     congestion.datagram_waited(0.30)  # draining fast: the share doubles, back to all
-    assert congestion.shedding and congestion.admitted == 1.0  # but the wait is not yet under 250 ms
+    assert congestion.shedding and congestion.admitted == 1.0  # but the wait is not yet under 200 ms
     clock.advance(0.11)
-    congestion.datagram_waited(0.249)
+    congestion.datagram_waited(0.199)
     assert not congestion.shedding and congestion.refusing == 0.0
 
 
@@ -194,11 +194,11 @@ def test_a_pause_whose_queue_drains_by_itself_sheds_nothing_overload_does() -> N
         assert not congestion.shedding
         clock.advance(0.01)
     for step in range(40):  # twice the capacity offered: every 10 ms the wait grows 5 ms
-        congestion.datagram_waited(0.3 + 0.005 * step)
+        congestion.datagram_waited(0.15 + 0.005 * step)
         clock.advance(0.01)
         if congestion.shedding:
             break
-    assert congestion.shedding and congestion.wait == pytest.approx(0.45, abs=0.006)  # 100 ms after 400 ms
+    assert congestion.shedding and congestion.wait == pytest.approx(0.25, abs=0.006)  # 100 ms after 200 ms
 
 
 def test_datagrams_that_waited_four_tolerances_are_stale() -> None:

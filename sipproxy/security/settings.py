@@ -53,7 +53,7 @@ class SecuritySettings:
     """Seconds the reactor may run behind before new requests get 503 (0: not watched)."""
     overload_wait: float = 0.5
     """The tolerance of the admission by wait time (``--overload-wait``, see
-    :mod:`sipproxy.security.congestion`): shed from 80 % of it, drop UDP datagrams at 4x; 0: off."""
+    :mod:`sipproxy.security.congestion`): shed from 40 % of it, drop UDP datagrams at 4x; 0: off."""
     log_every: float = 60.0
     """At most one log line per source and kind of refusal in this many seconds."""
     unanswered_challenges: int = 3
