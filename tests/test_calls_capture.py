@@ -9,16 +9,20 @@ from twisted.internet.task import Clock
 from sipproxy.calls.capture import Capture
 from sipproxy.calls.ring import RecentCalls
 from sipproxy.message import Request, make_response
+from sipproxy.metrics import Metrics
 from sipproxy.net import Source, Target
+from sipproxy.security import Congestion, Guard
 from sipproxy.transport import DatagramSender, SipDatagramProtocol, TransportLayer
 from sipproxy.transport.sink import Tapped
 
 try:
     from tests import messages
     from tests.fakes import FakeUDP
+    from tests.security_fakes import settings
 except ImportError:  # pragma: no cover
     import messages  # type: ignore[no-redef]
     from fakes import FakeUDP  # type: ignore[no-redef]
+    from security_fakes import settings  # type: ignore[no-redef]
 
 ALICE = ("192.0.2.7", 5060)
 
@@ -161,14 +165,6 @@ def test_held_requests_that_never_become_calls_make_way_without_taking_a_calls_p
 
 def test_what_the_guard_refuses_never_reaches_the_capture_what_it_admits_does() -> None:
     """Behind the admission guard (as ``build_core`` wires it): a refused INVITE takes no place in the ring."""
-    from sipproxy.metrics import Metrics
-    from sipproxy.security import Congestion, Guard
-
-    try:
-        from tests.security_fakes import settings
-    except ImportError:  # pragma: no cover
-        from security_fakes import settings  # type: ignore[no-redef]
-
     clock = Clock()
     clock.advance(1000)
     ring, sink = RecentCalls(), Sink()

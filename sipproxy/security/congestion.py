@@ -50,7 +50,7 @@ default: past it the first retransmission is already queued)
   several times (INVITE, 100, 180, 200, ACK, BYE, 200), and the calls
   admitted while the queue grew towards 400 ms had their 200s
   retransmitted before their ACKs were read; at 4x the capacity the
-  400 ms mark completed 59-78 % of it, 200 ms 79-86 %, in interleaved
+  400 ms mark completed 60-78 % of it, 200 ms 79-86 %, in interleaved
   rounds of one sitting (``bench/README.md``);
 - **while it lasts**, a share of the new out-of-dialog requests gets
   ``503`` with a ``Retry-After`` spread over [R, 2R] seconds (R =

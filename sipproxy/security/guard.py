@@ -125,8 +125,6 @@ class Guard:
         self.replies = RateLimiter(settings.reply_rate, settings.reply_burst)
         self.blocked_replies = RateLimiter(settings.reply_burst / settings.block_for, settings.reply_burst)
         self._log_once = Throttle(settings.log_every)
-        self._data = b""
-        """The bytes of the message being decided (a UDP datagram's are remembered when it is refused)."""
         self.resend: Resend | None = None
         """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_response``)."""
         self._refused: OrderedDict[bytes, tuple[float, object, int]] = OrderedDict()
@@ -137,10 +135,7 @@ class Guard:
 
     def message_received(self, message: Request | Response, source: Source, data: bytes) -> None:
         """Pass ``message`` on to the next sink if it is admitted; what is refused was answered or dropped."""
-        self._data = data
-        admitted = self.admit(message, source, len(data))
-        self._data = b""
-        if admitted and self.sink is not None:
+        if self.admit(message, source, len(data), data=data) and self.sink is not None:
             self.sink.message_received(message, source, data)
 
     def datagram_waited(self, datagram: bytes, wait: float) -> bool:
@@ -185,21 +180,31 @@ class Guard:
 
     # -- the decision ------------------------------------------------------------
 
-    def admit(self, message: Request | Response | None, source: Source, size: int, reply: Reply | None = None) -> bool:
+    def admit(
+        self,
+        message: Request | Response | None,
+        source: Source,
+        size: int,
+        reply: Reply | None = None,
+        *,
+        data: bytes = b"",
+    ) -> bool:
         """May ``message`` (``size`` bytes from ``source``) go on to the transaction layer?
 
         ``message`` is ``None`` for what did not parse: then only the block
         and the rate apply (both drop silently), and ``True`` lets the
         transport send its 400.  Refusals are answered through ``reply``
-        (default: the guard's own).  Never raises.
+        (default: the guard's own).  ``data``, the bytes it came as: a UDP
+        datagram refused for the wait is remembered by them for its
+        retransmissions.  Never raises.
         """
         try:
-            return self._admit(message, source, size, reply or self.reply or _no_reply)
+            return self._admit(message, source, size, reply or self.reply or _no_reply, data)
         except Exception:
             self.log.failure("Bug in the security guard for {host}:{port}", host=source.host, port=source.port)
             return True
 
-    def _admit(self, message: Request | Response | None, source: Source, size: int, reply: Reply) -> bool:
+    def _admit(self, message: Request | Response | None, source: Source, size: int, reply: Reply, data: bytes) -> bool:
         if isinstance(message, Response):
             if size > self.settings.max_message_size:
                 self._note("size", source, "Dropped a {size}-byte response from {host}:{port}", size=size)
@@ -243,7 +248,7 @@ class Guard:
             self.metrics.inc(self.metrics.blocked, "dialog")
             reply(_response(request, 481, None), source)
             return False
-        return self._not_overloaded(request, source, size, now, reply)
+        return self._not_overloaded(request, source, now, reply, data)
 
     def _within_rate(self, request: Request | None, source: Source, key: str, now: float, reply: Reply) -> bool:
         assert self.rate is not None
@@ -268,7 +273,7 @@ class Guard:
             reply(_response(request, 503, None, retry), source)
         return False
 
-    def _not_overloaded(self, request: Request, source: Source, size: int, now: float, reply: Reply) -> bool:
+    def _not_overloaded(self, request: Request, source: Source, now: float, reply: Reply, data: bytes) -> bool:
         in_flight = self.in_flight()
         if in_flight >= self.settings.max_transactions and not self.is_retransmission(request):
             self._overloaded(
@@ -309,9 +314,8 @@ class Guard:
             congestion.shed(method, "wait")
             response = _response(request, 503, None, congestion.retry_after())
             sent = reply(response, source)
-            datagram = self._data
-            if sent is not None and datagram and source.transport == "UDP":
-                self._refused[datagram] = (self.clock.seconds() + REFUSED_FOR, sent, 0)
+            if sent is not None and data and source.transport == "UDP":
+                self._refused[data] = (self.clock.seconds() + REFUSED_FOR, sent, 0)
                 if len(self._refused) > REFUSED_KEPT:
                     self._refused.popitem(last=False)
             return False
