@@ -212,9 +212,9 @@ class Options(usage.Options):
             "overload-wait",
             None,
             "0.5",
-            "Overload control: the seconds a message may wait before it is read. From 80% of it new out-of-dialog "
-            "requests get 503 + jittered Retry-After (until under 50%); UDP datagrams that waited 4 times it are "
-            "dropped unread. 0: off.",
+            "Overload control: the seconds a message may wait before it is read. Once messages wait 40% of it, "
+            "a share of the new out-of-dialog requests gets 503 + jittered Retry-After, as many as keeps the wait "
+            "near 20% of it; UDP datagrams that waited 4 times it are dropped unread. 0: off.",
         ],
         # -- the recent calls (sipproxy.calls) --
         [
