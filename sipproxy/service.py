@@ -298,6 +298,7 @@ def build_core(
     guard.sink = Tapped(tap, admitted) if tap is not None else admitted
     guard.reply = transport.send_to_source
     guard.resend = transport.resend_response
+    guard.reply_data = transport.send_data_to_source
     transport.sink = guard
     stack.proxy = proxy
     guard.in_flight = proxy.active_contexts

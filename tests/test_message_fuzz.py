@@ -19,7 +19,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sipproxy.message import KEEPALIVE, FramingError, Message, ParseError, StreamFramer, parse_message, parse_uri
+from sipproxy.message import (
+    KEEPALIVE,
+    FramingError,
+    Message,
+    ParseError,
+    Request,
+    StreamFramer,
+    make_response,
+    parse_message,
+    parse_uri,
+    response_bytes,
+)
 from sipproxy.message.headers import _split_params, split_params
 from sipproxy.message.parser import _split_crlf, _split_lines
 from sipproxy.message.uri import _parse_sip
@@ -236,6 +247,23 @@ def test_all_built_seeds_parse() -> None:
         message = parse_message(data)
         assert message.to_bytes() == data
     assert len(STREAMABLE) >= 20
+
+
+@FUZZ
+@given(mutated(), st.sampled_from([(503, None), (100, None), (481, "Call Leg Gone"), (513, "")]))
+def test_a_stateless_response_in_one_pass_is_byte_for_byte_the_built_one(data: bytes, answer: tuple) -> None:
+    """``response_bytes`` (the overload refusals' 503) = ``make_response`` + ``add`` + ``to_bytes``, whatever came."""
+    request = parse_or_none(data)
+    if not isinstance(request, Request):
+        return
+    status, reason = answer
+    try:
+        built = make_response(request, status, reason, to_tag="sg.5eed")
+    except ParseError:  # a request the transport answers with its 400 instead
+        return
+    built.add("Retry-After", "7")
+    one_pass = response_bytes(request, status, reason, to_tag="sg.5eed", extra=(("Retry-After", "7"),))
+    assert one_pass == built.to_bytes()
 
 
 # -- short paths agree with the general parsers ---------------------------------------------------

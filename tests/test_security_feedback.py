@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from sipproxy.message import Request, Response, make_response, parse_via
+from sipproxy.message import Request, Response, make_response, parse_message, parse_via
 from sipproxy.security import Congestion, OverloadFeedback
 
 try:
@@ -107,3 +107,33 @@ def test_a_proxied_response_carries_oc_to_the_client_that_asked() -> None:
     [relayed] = [m for m, a in server.send(ringing.to_bytes(), BOB_ADDR) if a == ALICE_ADDR]
     assert isinstance(relayed, Response) and relayed.status == 180
     assert _top_via(relayed)["oc"] == "0"
+
+
+def test_the_503s_of_an_overload_are_the_responses_of_8_2_6_2_whether_serialized_in_one_pass_or_built() -> None:
+    """The refusals without ``oc`` are written in one pass (``response_bytes``); they say what a built one says."""
+    server = FakeServer(users=None)
+    congestion = server.security.congestion
+    assert congestion is not None
+    _overload(congestion, server.clock)
+    refusals = []
+    for via_params in (b";rport", b';rport;oc;oc-algo="loss"'):
+        for n in range(10):  # the admitted share is spread evenly: the next new one is refused
+            invite = request("INVITE", call_id=f"new-{n}").replace(b";branch=", via_params + b";branch=", 1)
+            out = [m for m, _ in server.send(invite, ("198.51.100.9", 40000)) if isinstance(m, Response)]
+            if out and out[-1].status == 503:
+                refusals.append((parse_message(invite), out[-1]))
+                break
+    assert len(refusals) == 2
+    for sent, response in refusals:
+        via = parse_via(response.get("via"))
+        assert via.params["received"] == "198.51.100.9" and via.params["rport"] == "40000"
+        assert via.params["branch"] == sent.top_via.params["branch"]
+        assert (response.call_id, response.get("cseq"), response.get("from")) == (
+            sent.call_id,
+            sent.get("cseq"),
+            sent.get("from"),
+        )
+        assert response.to.tag is not None and response.to.tag.startswith("sg.")
+        assert response.reason == "Service Unavailable" and 5 <= int(response.get("retry-after")) <= 10
+    assert "oc" not in parse_via(refusals[0][1].get("via")).params
+    assert parse_via(refusals[1][1].get("via")).params["oc"] == str(round(congestion.refusing * 100))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,6 +22,7 @@ from sipproxy.transport import (
     TransportLayer,
     TransportLimits,
 )
+from sipproxy.transport.udp import write_datagram
 
 try:
     from tests.fakes import Connector, FakeUDP
@@ -353,3 +357,52 @@ def test_connection_limits_count_a_peer_as_the_security_limits_do() -> None:
         assert address_key(host) == source_key(host)
     assert address_key("::ffff:c000:201") == "192.0.2.1"
     assert address_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+
+
+# -- write_datagram: Twisted's udp.Port.write without its per-datagram address checks --------------
+
+
+class _RecordingSocket:
+    def __init__(self, *errors: int) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.errors = list(errors)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, errno.errorcode[code])
+        self.sent.append((data, addr))
+        return len(data)
+
+
+class _RecordingPort:
+    def __init__(self, sock: _RecordingSocket) -> None:
+        self.socket = sock
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
+def test_a_datagram_to_an_address_goes_to_the_socket_and_anything_else_through_the_ports_own_checks() -> None:
+    sock = _RecordingSocket()
+    port = _RecordingPort(sock)
+    write_datagram(port, 4, "192.0.2.7", 5062, b"one")
+    write_datagram(port, 6, "2001:db8::7", 5062, b"two")
+    # a host name (sendto would look it up, blocking) and an IPv4 address on the IPv6 socket: Twisted decides
+    write_datagram(port, 4, "phone.example.test", 5062, b"three")
+    write_datagram(port, 6, "192.0.2.7", 5062, b"four")
+    assert sock.sent == [(b"one", ("192.0.2.7", 5062)), (b"two", ("2001:db8::7", 5062))]
+    assert port.written == [(b"three", ("phone.example.test", 5062)), (b"four", ("192.0.2.7", 5062))]
+
+
+def test_a_datagram_write_is_retried_after_eintr_ignores_an_earlier_icmp_refusal_and_raises_the_rest() -> None:
+    sock = _RecordingSocket(errno.EINTR)
+    write_datagram(_RecordingPort(sock), 4, "192.0.2.7", 5062, b"again")
+    assert sock.sent == [(b"again", ("192.0.2.7", 5062))]
+    refused = _RecordingSocket(errno.ECONNREFUSED)
+    write_datagram(_RecordingPort(refused), 4, "192.0.2.7", 5062, b"lost")
+    assert refused.sent == []
+    with pytest.raises(OSError) as raised:
+        write_datagram(_RecordingPort(_RecordingSocket(errno.EMSGSIZE)), 4, "192.0.2.7", 5062, b"x" * 70000)
+    assert raised.value.errno == errno.EMSGSIZE

@@ -5,7 +5,7 @@ from sipproxy.message.framing import KEEPALIVE, FramingError, KeepAlive, StreamF
 from sipproxy.message.headers import Header, canonical_key, split_commas
 from sipproxy.message.message import Message, Request, Response
 from sipproxy.message.parser import parse_message
-from sipproxy.message.responses import REASON_PHRASES, make_response
+from sipproxy.message.responses import REASON_PHRASES, make_response, response_bytes
 from sipproxy.message.uri import URI, AbsoluteURI, SipURI, format_host, is_ip_address, parse_uri
 from sipproxy.message.values import (
     MAGIC_COOKIE,
@@ -39,6 +39,7 @@ __all__ = [
     "format_host",
     "is_ip_address",
     "make_response",
+    "response_bytes",
     "parse_cseq",
     "parse_message",
     "parse_name_addr",

@@ -12,11 +12,11 @@ refused (§8.2.6, the :class:`~sipproxy.message.errors.ParseError`'s reason).
 from __future__ import annotations
 
 from sipproxy.message.errors import ParseError
-from sipproxy.message.headers import make_header
+from sipproxy.message.headers import cached_key, display_name, make_header
 from sipproxy.message.message import Request, Response
 from sipproxy.message.values import NameAddr, parse_name_addr
 
-__all__ = ["REASON_PHRASES", "make_response"]
+__all__ = ["REASON_PHRASES", "make_response", "response_bytes"]
 
 _new = object.__new__
 
@@ -116,6 +116,43 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
                     response._cache.pop("to", None)
                 break
     return response
+
+
+def response_bytes(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """``make_response(request, status, reason, to_tag=to_tag)`` with ``extra`` headers added, serialized.
+
+    The same bytes as building that response, adding ``extra`` and calling
+    ``to_bytes()``, in one pass and without the :class:`Response`: for the
+    stateless refusals of an overloaded server, which send a response and
+    keep nothing of it.
+    """
+    out = [f"SIP/2.0 {status} {reason if reason is not None else REASON_PHRASES.get(status, '')}\r\n"]
+    single_seen: set[str] = set()
+    tag_to = bool(to_tag) and status > 100
+    for h in request.headers:
+        key = h.key
+        if key not in _RESPONSE_COPIED:
+            continue
+        if key != "via":
+            if key in single_seen:
+                continue
+            single_seen.add(key)
+            if key == "to" and tag_to and _lacks_tag(request, h.value):
+                out.append(f"{h.name}: {h.value.rstrip()};tag={to_tag}\r\n")
+                continue
+        out.append(f"{h.raw}\r\n" if h.raw is not None else f"{h.name}: {h.value}\r\n")
+    for name, value in extra:
+        key = cached_key(name)
+        out.append(f"{display_name(key) if len(name) == 1 else name}: {value}\r\n")
+    out.append("Content-Length: 0\r\n\r\n")
+    return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def _lacks_tag(request: Request, value: str) -> bool:

@@ -68,7 +68,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from sipproxy.auth import RateLimiter
-from sipproxy.message import ParseError, Request, Response, make_response
+from sipproxy.message import ParseError, Request, Response, make_response, response_bytes
 from sipproxy.metrics import Metrics
 from sipproxy.net import Clock, Source
 from sipproxy.randomness import random_hex
@@ -127,6 +127,9 @@ class Guard:
         self._log_once = Throttle(settings.log_every)
         self.resend: Resend | None = None
         """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_response``)."""
+        self.reply_data: Callable[[bytes, int, Source], object] | None = None
+        """Sends a refusal already serialized straight back, as :attr:`reply` does
+        (``TransportLayer.send_data_to_source``); ``None``: every refusal goes through :attr:`reply`."""
         self._refused: OrderedDict[bytes, tuple[float, object, int]] = OrderedDict()
         """The datagrams refused for the wait: when to forget them, their 503 as sent, how many copies got it again
         (oldest first)."""
@@ -246,7 +249,7 @@ class Guard:
             # "in" a dialog of one of our stateless refusals, which made none: sipp sends a BYE for each call it
             # gives up on; forwarded, each waited 32 s on a phone that drops it (§12.2.2: 481)
             self.metrics.inc(self.metrics.blocked, "dialog")
-            reply(_response(request, 481, None), source)
+            self._refuse(request, source, reply, 481)
             return False
         return self._not_overloaded(request, source, now, reply, data)
 
@@ -312,14 +315,30 @@ class Guard:
             self.metrics.shed_request(method, "wait")
             self.metrics.inc(self.metrics.blocked, "wait")
             congestion.shed(method, "wait")
-            response = _response(request, 503, None, congestion.retry_after())
-            sent = reply(response, source)
+            sent = self._refuse(request, source, reply, 503, congestion.retry_after())
             if sent is not None and data and source.transport == "UDP":
                 self._refused[data] = (self.clock.seconds() + REFUSED_FOR, sent, 0)
                 if len(self._refused) > REFUSED_KEPT:
                     self._refused.popitem(last=False)
             return False
         return True
+
+    def _refuse(
+        self, request: Request, source: Source, reply: Reply, status: int, retry_after: int | None = None
+    ) -> object:
+        """Answer ``request`` with ``status`` (and ``Retry-After``), statelessly; what :attr:`reply` returns.
+
+        The refusals that come by the thousand under overload (the wait's
+        503, the 481 for the BYE of a refused call) are serialized in one
+        pass (``response_bytes``: the same bytes, no :class:`Response`
+        built), unless the Via asks for RFC 7339 feedback, which the
+        transport writes into a built response's Via.
+        """
+        if self.reply_data is not None and reply is self.reply and "oc" not in request.top_via.params:
+            extra = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
+            data = response_bytes(request, status, None, to_tag=_TAG_PREFIX + random_hex(4), extra=extra)
+            return self.reply_data(data, status, source)
+        return reply(_response(request, status, None, retry_after), source)
 
     def _overloaded(
         self, kind: str, request: Request, source: Source, now: float, reply: Reply, fmt: str, **fields: object

@@ -278,6 +278,17 @@ class TransportLayer:
         self._deliver(sent, response)
         return sent
 
+    def send_data_to_source(self, data: bytes, status: int, source: Source) -> SentResponse:
+        """:meth:`send_to_source` for a response already serialized (``response_bytes``), ``status`` its code.
+
+        No RFC 7339 feedback: whoever serialized it did so because the
+        request's Via asked for none.
+        """
+        self.metrics.status(self.metrics.responses_out, status)
+        sent = SentResponse(data, source.transport, source.host, source.port, source.connection)
+        self._deliver(sent, None)
+        return sent
+
     def _feed_back(self, response: Response) -> None:
         assert self.feedback is not None
         try:

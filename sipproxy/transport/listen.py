@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from sipproxy.transport.layer import TransportLayer
 from sipproxy.transport.stream import SipStreamFactory
-from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol
+from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol, write_datagram
 
 __all__ = [
     "UDP_MAX_DATAGRAM",
@@ -168,12 +168,13 @@ class _OwnPortSender(DatagramSender):
         self.writers: dict[int, Any] = {}
 
     def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
-        writer = self.writers.get(6 if ":" in host else 4)
+        family = 6 if ":" in host else 4
+        writer = self.writers.get(family)
         if writer is None or len(data) > self.layer.limits.max_datagram:
             super().send(host, port, data, on_error)
             return
         self.layer.wire.outgoing(self.name, host, port, data)
-        writer.write(data, (host, port))
+        write_datagram(writer, family, host, port, data)
 
 
 class SipListeners(Service):
