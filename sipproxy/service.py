@@ -297,7 +297,7 @@ def build_core(
     admitted: MessageSink = TransactionSink(transactions, metrics)
     guard.sink = Tapped(tap, admitted) if tap is not None else admitted
     guard.reply = transport.send_to_source
-    guard.resend = transport.resend_response
+    guard.resend = transport.resend_refusal
     guard.reply_data = transport.send_data_to_source
     transport.sink = guard
     stack.proxy = proxy

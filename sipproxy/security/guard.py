@@ -64,6 +64,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -126,13 +127,13 @@ class Guard:
         self.blocked_replies = RateLimiter(settings.reply_burst / settings.block_for, settings.reply_burst)
         self._log_once = Throttle(settings.log_every)
         self.resend: Resend | None = None
-        """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_response``)."""
+        """Sends a refusal again from what :attr:`reply` returned (``TransportLayer.resend_refusal``)."""
         self.reply_data: Callable[[bytes, int, Source], object] | None = None
         """Sends a refusal already serialized straight back, as :attr:`reply` does
         (``TransportLayer.send_data_to_source``); ``None``: every refusal goes through :attr:`reply`."""
-        self._refused: OrderedDict[bytes, tuple[float, object, int]] = OrderedDict()
-        """The datagrams refused for the wait: when to forget them, their 503 as sent, how many copies got it again
-        (oldest first)."""
+        self._refused: OrderedDict[bytes, list[Any]] = OrderedDict()
+        """The datagrams refused for the wait: [when to forget them, their 503 as sent, how many copies got it
+        again, the method] (oldest first)."""
 
     # -- the MessageSink shape -------------------------------------------------
 
@@ -161,10 +162,11 @@ class Guard:
                 refusals.popitem(last=False)  # oldest first: its sender's transaction is over
             refused = refusals.get(datagram)
             if refused is not None and self.resend is not None:
-                until, sent, answered = refused
-                self._dropped(datagram, "retransmission")
+                _, sent, answered, method = refused
+                self.metrics.shed_request(method, "retransmission")
+                congestion.shed(method, "retransmission")
                 if answered < REPEATS_ANSWERED:
-                    refusals[datagram] = (until, sent, answered + 1)
+                    refused[2] = answered + 1
                     self.resend(sent)
                 return False
         return True
@@ -317,7 +319,7 @@ class Guard:
             congestion.shed(method, "wait")
             sent = self._refuse(request, source, reply, 503, congestion.retry_after())
             if sent is not None and data and source.transport == "UDP":
-                self._refused[data] = (self.clock.seconds() + REFUSED_FOR, sent, 0)
+                self._refused[data] = [self.clock.seconds() + REFUSED_FOR, sent, 0, method]
                 if len(self._refused) > REFUSED_KEPT:
                     self._refused.popitem(last=False)
             return False

@@ -279,15 +279,25 @@ class TransportLayer:
         return sent
 
     def send_data_to_source(self, data: bytes, status: int, source: Source) -> SentResponse:
-        """:meth:`send_to_source` for a response already serialized (``response_bytes``), ``status`` its code.
+        """:meth:`send_to_source` for a refusal already serialized (``response_bytes``), ``status`` its code.
 
-        No RFC 7339 feedback: whoever serialized it did so because the
-        request's Via asked for none.
+        For the admission guard's refusals, which come by the thousand under
+        overload: no RFC 7339 feedback (the guard serializes only those
+        whose Via asked for none), and not shown to the tap, which never saw
+        the request either (the guard refused it before the capture).
         """
         self.metrics.status(self.metrics.responses_out, status)
         sent = SentResponse(data, source.transport, source.host, source.port, source.connection)
-        self._deliver(sent, None)
+        self.resend_refusal(sent)
         return sent
+
+    def resend_refusal(self, sent: object) -> None:
+        """Send a refusal again, byte for byte (a copy of the refused request came); not shown to the tap."""
+        assert isinstance(sent, SentResponse)
+        if sent.connection is not None and sent.connection.alive:
+            sent.connection.send(sent.data)
+            return
+        self._send(sent.transport, sent.host, sent.port, sent.data, self._response_failed)
 
     def _feed_back(self, response: Response) -> None:
         assert self.feedback is not None
