@@ -31,10 +31,36 @@ KNOWN_METHODS = frozenset(
 )
 
 
+class _Flush:
+    """Registered before every metric: a scrape first adds the counts :meth:`Metrics.inc` kept to the counters."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Any]:
+        self.metrics.flush()
+        return []
+
+
 class Metrics:
+    """The server's counters and gauges, in its own registry.
+
+    The hot path counts with :meth:`inc` (and :meth:`shed_request`,
+    :meth:`method`, :meth:`status`): one dictionary update per count, added
+    to the Prometheus counter when the registry is collected (a scrape of
+    ``/metrics``) or a count is read with :meth:`value`.  A
+    ``prometheus_client`` counter's ``inc`` takes a lock and checks its
+    argument: three of them were a seventh of what a refused INVITE costs
+    under overload (``bench/refusal_path.py``).
+    """
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._pending: dict[tuple[int, str], int] = {}
+        """Counts not yet added to their counters, by (counter, label)."""
+        self._children: dict[tuple[int, str], Any] = {}
+        r.register(_Flush(self))  # type: ignore[arg-type]
         self.requests_in = Counter("sip_requests_received", "SIP requests received, by method", ["method"], registry=r)
         self.responses_in = Counter(
             "sip_responses_received", "SIP responses received, by status code", ["status"], registry=r
@@ -82,27 +108,41 @@ class Metrics:
             registry=r,
         )
 
-        self._children: dict[tuple[int, str], Any] = {}
-
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         gauge.set_function(read)
 
     def inc(self, counter: Counter, label: str) -> None:
-        """``counter.labels(label).inc()``, with the labelled child looked up once (hot path)."""
+        """``counter.labels(label).inc()``, counted now, added to the counter at the next scrape (hot path)."""
         key = (id(counter), label)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = counter.labels(label)
-        child.inc()
+        pending = self._pending.get(key)
+        if pending is None:
+            self._children[key] = counter.labels(label)
+            pending = 0
+        self._pending[key] = pending + 1
 
     def shed_request(self, method: str, reason: str) -> None:
         """``sip_shed_requests{method, reason}`` one up (``response`` for a dropped response)."""
         label = method if method in KNOWN_METHODS or method == "response" else "OTHER"
         key = (id(self.shed), f"{label}\x00{reason}")
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.shed.labels(label, reason)
-        child.inc()
+        pending = self._pending.get(key)
+        if pending is None:
+            self._children[key] = self.shed.labels(label, reason)
+            pending = 0
+        self._pending[key] = pending + 1
+
+    def flush(self) -> None:
+        """Add the counts kept by :meth:`inc` to their counters."""
+        children, pending = self._children, self._pending
+        for key, count in pending.items():
+            if count:
+                children[key].inc(count)
+                pending[key] = 0
+
+    def value(self, metric: Counter | Gauge, *labels: str) -> float:
+        """The value of ``metric`` (its child for ``labels``), counts kept by :meth:`inc` included."""
+        self.flush()
+        child = metric.labels(*labels) if labels else metric
+        return child._value.get()  # type: ignore[no-any-return]
 
     def method(self, counter: Counter, method: str) -> None:
         self.inc(counter, method if method in KNOWN_METHODS else "OTHER")

@@ -66,7 +66,7 @@ def test_blocked_address_through_the_guard_gets_a_few_403s_then_silence() -> Non
     assert guard.admit(ack, source, 100, lambda r, s: replies.append(r)) is False
     assert guard.admit(None, source, 100, lambda r, s: replies.append(r)) is False
     assert len(replies) == 2
-    assert server.metrics.blocked.labels("auth")._value.get() >= 7
+    assert server.metrics.value(server.metrics.blocked, "auth") >= 7
 
 
 def test_failures_for_one_user_from_many_addresses_block_the_user_but_not_its_phones() -> None:

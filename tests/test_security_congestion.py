@@ -304,8 +304,8 @@ def test_new_out_of_dialog_requests_get_503_with_a_jittered_retry_after(method: 
     [response] = out
     assert response.status == 503 and response.get("retry-after") == "8"
     assert response.to.tag is not None and response.to.tag.startswith("sg.")
-    assert metrics.shed.labels(method, "wait")._value.get() == 1
-    assert metrics.blocked.labels("wait")._value.get() == 1
+    assert metrics.value(metrics.shed, method, "wait") == 1
+    assert metrics.value(metrics.blocked, "wait") == 1
 
 
 def test_what_finishes_work_already_taken_passes_under_overload() -> None:
@@ -342,7 +342,7 @@ def test_a_bye_within_one_of_our_refusals_gets_481_and_is_not_forwarded() -> Non
     [refusal] = out
     bye = request("BYE", call_id="given-up", to_tag=refusal.to.tag, cseq=2)
     assert guard.admit(parse_message(bye), SOURCE, 300, lambda r, s: out.append(r)) is False
-    assert out[1].status == 481 and metrics.blocked.labels("dialog")._value.get() == 1
+    assert out[1].status == 481 and metrics.value(metrics.blocked, "dialog") == 1
     assert guard.admit(parse_message(request("BYE", to_tag="callee-tag")), SOURCE, 300) is True
 
 
@@ -359,9 +359,9 @@ def test_stale_datagrams_are_dropped_unparsed_and_counted_by_method() -> None:
     assert guard.datagram_waited(request("INVITE"), 2.5) is False
     assert guard.datagram_waited(make_response_bytes(200), 2.5) is False
     assert guard.datagram_waited(b"\r\nFOO sip:x SIP/2.0\r\n", 3.0) is False
-    assert metrics.shed.labels("INVITE", "stale")._value.get() == 1
-    assert metrics.shed.labels("response", "stale")._value.get() == 1
-    assert metrics.shed.labels("OTHER", "stale")._value.get() == 1
+    assert metrics.value(metrics.shed, "INVITE", "stale") == 1
+    assert metrics.value(metrics.shed, "response", "stale") == 1
+    assert metrics.value(metrics.shed, "OTHER", "stale") == 1
 
 
 def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed_for_32_s() -> None:
@@ -377,7 +377,7 @@ def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed
     assert refusal.status == 503
     assert guard.datagram_waited(invite, 0.46) is False  # the same bytes again: answered, not parsed
     assert resent == [("as sent", refusal, SOURCE)] and len(sent) == 1  # what reply returned, sent again
-    assert metrics.shed.labels("INVITE", "retransmission")._value.get() == 1
+    assert metrics.value(metrics.shed, "INVITE", "retransmission") == 1
     assert guard.datagram_waited(request("INVITE", call_id="other"), 0.45) is True
     over = guard.congestion
     assert over is not None
@@ -387,7 +387,7 @@ def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed
     assert guard.datagram_waited(invite, 0.1) is False  # over, but its sender's transaction is not: same answer
     assert len(resent) == 2
     assert guard.datagram_waited(invite, 0.1) is False  # a third copy: it is not reading them; dropped
-    assert len(resent) == 2 and metrics.shed.labels("INVITE", "retransmission")._value.get() == 3
+    assert len(resent) == 2 and metrics.value(metrics.shed, "INVITE", "retransmission") == 3
     over.clock.advance(32)  # Timer B/F: that client transaction has given up; the bytes are a new chance
     assert guard.datagram_waited(invite, 0.1) is True
 

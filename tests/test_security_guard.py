@@ -73,7 +73,7 @@ def test_a_flood_from_one_address_gets_503_then_silence_another_address_is_unaff
     assert [r.status for r, _ in out] == [503, 503, 503]
     assert all(r.get("retry-after") == "2" for r, _ in out)
     assert all(s == flooder for _, s in out)
-    assert metrics.blocked.labels("rate")._value.get() == 80
+    assert metrics.value(metrics.blocked, "rate") == 80
     [logged] = [e for e in events if "Rate limit" in e["log_format"]]
     assert logged["key"] == "192.0.2.66"
     assert _flood(guard, other, 20, out) == 20
@@ -120,7 +120,7 @@ def test_oversized_request_gets_513_and_oversized_response_is_dropped() -> None:
     assert guard.admit(message, source, 1000, lambda r, s: out.append((r, s))) is True
     [(response, _)] = out
     assert response.status == 513 and response.reason == "Message Too Large"
-    assert metrics.blocked.labels("size")._value.get() == 1
+    assert metrics.value(metrics.blocked, "size") == 1
     ok = parse_message(
         make_response_bytes(
             method="MESSAGE",
@@ -143,7 +143,7 @@ def test_too_many_transactions_in_flight_gets_503_but_ack_and_cancel_pass() -> N
     assert guard.admit(parse_message(request("ACK", to_tag="t")), source, 100, lambda r, s: out.append((r, s))) is True
     [(response, _)] = out
     assert response.status == 503 and response.get("retry-after") == "5"
-    assert metrics.blocked.labels("transactions")._value.get() == 1
+    assert metrics.value(metrics.blocked, "transactions") == 1
     count[0] = 4
     assert guard.admit(parse_message(request("INVITE")), source, 100, lambda r, s: out.append((r, s))) is True
 
@@ -171,7 +171,7 @@ def test_a_lagging_reactor_sheds_new_requests_but_not_dialogs_retransmissions_or
     assert admit(request("CANCEL")) is True
     assert guard.admit(retransmitted, source, 100, lambda r, s: out.append((r, s))) is True
     assert [(r.status, r.get("retry-after")) for r, _ in out] == [(503, "5")] * 3
-    assert metrics.blocked.labels("lag")._value.get() == 3
+    assert metrics.value(metrics.blocked, "lag") == 3
     [logged] = [e for e in events if "behind" in e["log_format"]]
     assert logged["lag"] == 300
     lag[0] = None
@@ -217,7 +217,7 @@ def test_the_transport_consults_the_guard_before_any_transaction() -> None:
         statuses += [r.status for r in server.responses(options)]
     assert statuses == [200, 200, 200, 503, 503]
     assert server.transactions.server_transaction_count() == 3
-    assert server.metrics.blocked.labels("rate")._value.get() == 5
+    assert server.metrics.value(server.metrics.blocked, "rate") == 5
     # garbage over the limit is dropped without the 400
     assert server.send(b"NONSENSE\r\n\r\n") == []
 
