@@ -15,7 +15,7 @@ from sipproxy.message import Response, parse_message
 from sipproxy.metrics import Metrics
 from sipproxy.net import Source
 from sipproxy.security import Congestion, Guard
-from sipproxy.security.congestion import FLOOR
+from sipproxy.security.congestion import FLOOR, SETTLE
 from sipproxy.security.overload import ReactorLag
 
 try:
@@ -46,7 +46,7 @@ def test_overload_begins_at_40_percent_of_the_tolerance_held_for_100_ms_and_risi
     assert congestion.wait == pytest.approx(0.21)
 
 
-def test_overload_ends_once_all_are_admitted_again_and_the_wait_is_under_40_percent() -> None:
+def test_overload_ends_once_all_were_admitted_with_the_wait_under_40_percent_for_2_s() -> None:
     congestion, clock = _congestion(dwell=0)
     congestion.datagram_waited(0.45)
     assert congestion.shedding and congestion.admitted < 1
@@ -54,8 +54,26 @@ def test_overload_ends_once_all_are_admitted_again_and_the_wait_is_under_40_perc
     congestion.datagram_waited(0.30)  # draining fast: the share doubles, back to all
     assert congestion.shedding and congestion.admitted == 1.0  # but the wait is not yet under 200 ms
     clock.advance(0.11)
-    congestion.datagram_waited(0.199)
+    congestion.datagram_waited(0.04)  # under the mark: from now on, all admitted with the queue empty
+    clock.advance(SETTLE - 0.2)
+    congestion.datagram_waited(0.04)
+    assert congestion.shedding and congestion.refusing == 0.0  # still watched, step by step
+    clock.advance(0.3)
+    congestion.datagram_waited(0.04)
     assert not congestion.shedding and congestion.refusing == 0.0
+
+
+def test_a_load_still_over_capacity_after_the_queue_emptied_is_met_at_the_next_step() -> None:
+    """While overload settles, a rising wait cuts the share at once, not after it grew back to 200 ms."""
+    congestion, clock = _congestion(dwell=0)
+    congestion.datagram_waited(0.45)
+    clock.advance(0.11)
+    congestion.datagram_waited(0.03)  # the queue emptied: all admitted again
+    assert congestion.admitted == 1.0
+    for wait in (0.085, 0.14):  # all admitted at twice the capacity: the wait grows by half a second a second
+        clock.advance(0.11)
+        congestion.datagram_waited(wait)
+    assert congestion.shedding and congestion.admitted < 0.6  # cut at 140 ms, before the 200 ms mark
 
 
 def test_a_step_at_most_quarters_the_share_and_it_never_falls_under_the_floor() -> None:
@@ -215,7 +233,10 @@ def test_a_udp_wait_stands_for_a_second_then_the_reactor_lag_alone_decides() -> 
     assert congestion.shedding  # the UDP datagram of a moment ago still says so
     clock.advance(1.01)
     congestion.reactor_lagged(0.01)
-    assert not congestion.shedding and congestion.wait == pytest.approx(0.01)
+    assert congestion.admitted == 1.0 and congestion.wait == pytest.approx(0.01)
+    clock.advance(SETTLE)
+    congestion.reactor_lagged(0.01)
+    assert not congestion.shedding
     congestion.reactor_lagged(0.42)
     assert congestion.shedding
 
@@ -381,8 +402,9 @@ def test_a_retransmission_of_a_refused_datagram_gets_the_same_503_bytes_unparsed
     assert guard.datagram_waited(request("INVITE", call_id="other"), 0.45) is True
     over = guard.congestion
     assert over is not None
-    over.clock.advance(0.11)
-    over.datagram_waited(0.1)
+    for _ in range(int(SETTLE / 0.5) + 6):  # the queue empty: the share back to all, and settled
+        over.clock.advance(0.5)
+        over.datagram_waited(0.01)
     assert not over.shedding
     assert guard.datagram_waited(invite, 0.1) is False  # over, but its sender's transaction is not: same answer
     assert len(resent) == 2

@@ -78,8 +78,13 @@ default: past it the first retransmission is already queued)
   queue drains and admitting everything while it refills, and gets through
   less work than the server could: goodput at 4x capacity swung from half
   of capacity to all of it between runs (``bench/README.md``);
-- **overload ends** once every new request is admitted again and the wait
-  is under the 0.4 T it began at;
+- **overload ends** once every new request has been admitted again, the
+  wait under the 0.4 T it began at, for ``SETTLE`` (2 s).  Until then the
+  control keeps stepping with all admitted, so a load still over capacity
+  is met at the next step, when the wait has grown to about the target,
+  instead of after it grew back to the start mark with everything taken
+  meanwhile (the calls admitted in that burst had their 200s retransmitted
+  before their ACKs were read);
 - a datagram that waited **4 T** (2 s) is dropped unread: a UDP sender has
   retransmitted it twice by then (0.5 s and 1.5 s), so newer copies are
   queued behind it, and answering the old copy first would keep everything
@@ -110,7 +115,7 @@ from twisted.logger import Logger
 
 from sipproxy.net import Clock, DelayedCall
 
-__all__ = ["Congestion", "START", "STALE", "TARGET"]
+__all__ = ["Congestion", "SETTLE", "START", "STALE", "TARGET"]
 
 START = 0.4
 """Overload begins at this share of the tolerance (held ``dwell``, not falling), and ends under it once every new
@@ -125,6 +130,10 @@ FLOOR = 0.02
 """The least share of new requests admitted while overloaded: the control always sees some work to measure."""
 STEP = (0.25, 2.0)
 """The least and the most one control step multiplies the admitted share by."""
+SETTLE = 2.0
+"""Seconds every new request must have been admitted, the wait under the start mark, before overload ends: the
+control keeps stepping meanwhile, so a load still over capacity is met at the next step, not after the wait has
+grown back to the start mark."""
 
 
 class Congestion:
@@ -180,6 +189,7 @@ class Congestion:
         self._step_at = 0.0
         self._step_wait = 0.0
         self._credit = 0.0
+        self._settled_since: float | None = None
         # the episode, for the log: from the first refusal to ``quiet`` seconds without one
         self._episode: DelayedCall | None = None
         self._began = 0.0
@@ -239,8 +249,13 @@ class Congestion:
         admitted = min(1.0, max(FLOOR, self.admitted * min(most, max(least, factor))))
         self._step_at, self._step_wait, self.changed_at = now, wait, now
         if admitted >= 1.0 and wait < self.start_at:
-            self.shedding, self.admitted = False, 1.0
-            return
+            if self._settled_since is None:
+                self._settled_since = now
+            if now - self._settled_since >= SETTLE:
+                self.shedding, self.admitted, self._settled_since = False, 1.0, None
+                return
+        else:
+            self._settled_since = None
         self.admitted = admitted
         self.log.debug(
             "Overload control: wait {wait_ms:.0f} ms, rising {slope:+.2f} s/s: {admitted_pct:.1f} % of new requests in",
