@@ -6,7 +6,9 @@ thousand requests a second the heap holds millions of tracked objects, and
 CPython's full collections, triggered whenever the old generation grew by a
 quarter, stalled the reactor for hundreds of milliseconds every few seconds
 (p99 REGISTER latency 180 ms at 1000/s).  Reference counting frees
-transactions (their timers drop their references when they fire), so young
+transactions (their timers drop their references when they fire; a client
+transaction lets go of its branch when it ends, and a response context of
+its branches once all have ended, so a proxied call leaves no cycle), so young
 collections stay as they are and full collections only run from
 :class:`GarbageCollection`, on a timer.  Objects alive after start-up are
 frozen out of the collector altogether.

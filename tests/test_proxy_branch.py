@@ -8,6 +8,8 @@ attempts behind it.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -428,3 +430,27 @@ def test_a_request_that_did_not_fail_over_logs_nothing_here() -> None:
     [(first, to_first)] = _sends(server, "call-1@192.0.2.7")
     _answer(server, first, to_first, 200)
     assert _infos(server) == []
+
+
+def test_a_finished_call_is_freed_as_its_transactions_end_without_the_garbage_collector() -> None:
+    """Context, branch and client transaction hold each other while the call is set up; once the last transaction
+    ends (Timer M, 32 s after the 2xx), nothing of the call is left for a full collection (``gctune``: ten minutes)."""
+    server = Server(dns={"far.example.net": [V4]})
+    gc.disable()
+    try:
+        _call(server)
+        server.clock.advance(0)
+        [(invite, _)] = server.first_sends("INVITE")
+        [context] = server.proxy._contexts.values()
+        alive = weakref.ref(context)
+        [branch] = context.branches
+        branch_alive = weakref.ref(branch)
+        del context, branch
+        server.incoming(make_response(invite, 200, to_tag="c1"), Source("UDP", V4, 5060))
+        assert server.finals() == [200]
+        server.clock.advance(31)
+        assert alive() is not None  # Timer M: a retransmitted 2xx would still be forwarded
+        server.clock.advance(2)
+        assert alive() is None and branch_alive() is None
+    finally:
+        gc.enable()

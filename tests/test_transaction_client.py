@@ -216,6 +216,8 @@ def test_invite_tcp_non_2xx_terminates_at_once_timer_d_zero(h: Harness) -> None:
     assert h.transport.methods == ["INVITE", "ACK"]
     assert h.transport.requests[1].target == TCP
     assert h.layer.client_transaction_count() == 0
+    h.clock.advance(0)  # the notice that it is over comes after the report
+    assert h.owner.ended == [ctx] and ctx.owner is not h.owner  # told, and let go of
     assert h.clock.getDelayedCalls() == []
     # a late retransmission of the final no longer matches: it goes to the TU as a stray
     h.respond(ctx, 404)

@@ -158,6 +158,9 @@ class _CancelUser:
     def timed_out(self, ctx: Any) -> None:
         pass
 
+    def terminated(self, ctx: Any) -> None:
+        pass
+
     def transport_failed(self, ctx: Any, reason: str) -> None:
         pass
 
@@ -394,6 +397,16 @@ class Branch:
             if self.final is None and not self._next_target():
                 self._stop_timers()
                 self._give_up(408, "Request Timeout", "no answer")
+
+    def terminated(self, ctx: Any) -> None:
+        """A client transaction of this branch is over: the response context may be done with its branches."""
+        if ctx is self.client:
+            self.context.branch_over()
+
+    @property
+    def over(self) -> bool:
+        """Nothing more can come to this branch: it settled and its last transaction ended (or it sent none)."""
+        return self.settled and (self.client is None or self.client.terminated)
 
     def transport_failed(self, ctx: Any, reason: str) -> None:
         """§16.9: a transport error is a 503 for the response context, once no other address is left."""

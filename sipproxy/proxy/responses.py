@@ -288,6 +288,17 @@ class ResponseContext:
             return
         self._send_final(choose_best(self.responses, self.request, self.to_tag, self.cancelled))
 
+    def branch_over(self) -> None:
+        """A branch's transaction ended: once the final is sent and every branch is over, let go of the branches.
+
+        Each branch holds its context (for the late 2xx it forwards); the
+        context letting go of them leaves no cycle, so reference counting
+        frees the context, its branches and their transactions as soon as
+        the last of them ends, not at the next full garbage collection.
+        """
+        if self.final is not None and all(branch.over for branch in self.branches):
+            self.branches = []
+
     def _send_final(self, response: Response) -> None:
         """Send the one final response of the server transaction; the context's work is then done."""
         self.final = response

@@ -23,6 +23,26 @@ S = State
 I = Input  # noqa: E741 - reads like the RFC's tables
 
 
+class _Detached:
+    """The owner of a terminated client transaction: it hears nothing more (``ClientTransactionUser.terminated``)."""
+
+    def response_received(self, ctx: object, response: object) -> None:
+        pass
+
+    def timed_out(self, ctx: object) -> None:
+        pass
+
+    def transport_failed(self, ctx: object, reason: str) -> None:
+        pass
+
+    def terminated(self, ctx: object) -> None:
+        pass
+
+
+DETACHED: ClientTransactionUser = _Detached()  # type: ignore[assignment]
+"""What a terminated client transaction's ``owner`` becomes."""
+
+
 class ClientTransaction(Machine):
     """A client transaction (§17.1): one request sent to one resolved ``target``.
 
@@ -57,6 +77,7 @@ class ClientTransaction(Machine):
         self.failure: str | None = None
         """Why the transaction ended without a final response: ``"timeout"`` or the transport's reason."""
         self._starting = False
+        self._dispatching = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.state} to {self.target.host}:{self.target.port}>"
@@ -75,6 +96,26 @@ class ClientTransaction(Machine):
     def receive_response(self, response: Response) -> None:
         """A response that matched this transaction (§17.1.3)."""
         self._dispatch(self._classify(response.status), response)
+
+    def _dispatch(self, event: Input, arg: object = None) -> object:
+        """The table's step; once it ends in Terminated, let go of the owner and tell it (after any report).
+
+        The owner holds the transaction (a branch its attempt) and the
+        transaction its owner: without the cut, each finished call was a
+        reference cycle left for the next full garbage collection, ten
+        minutes away (``gctune``).
+        """
+        if self._dispatching:  # a zero timer (D, K on reliable transports) fired inside a step: the outer one cuts
+            return super()._dispatch(event, arg)
+        self._dispatching = True
+        try:
+            result = super()._dispatch(event, arg)
+        finally:
+            self._dispatching = False
+        if self.state is State.TERMINATED and self.owner is not DETACHED:
+            owner, self.owner = self.owner, DETACHED
+            self._tell_owner(owner.terminated)
+        return result
 
     def _classify(self, status: int) -> Input:
         raise NotImplementedError

@@ -78,3 +78,11 @@ class ClientTransactionUser(Protocol):
 
     def transport_failed(self, ctx: ClientTransaction, reason: str) -> None:
         """The transport could not deliver the request; the transaction is already Terminated."""
+
+    def terminated(self, ctx: ClientTransaction) -> None:
+        """The transaction is over (Terminated, out of the table): nothing more comes from it.
+
+        Called once, after the transaction let go of its user, so that what
+        the user holds of it can go too (reference counting frees them; no
+        cycle is left for the garbage collector).
+        """

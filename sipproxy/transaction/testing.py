@@ -131,6 +131,8 @@ class RecordingOwner:
 
     events: list[tuple[object, ...]] = field(default_factory=list)
     on_response: Callable[[ClientTransaction, Response], None] | None = None
+    ended: list[ClientTransaction] = field(default_factory=list)
+    """The transactions that told it they were over (``terminated``)."""
 
     def response_received(self, ctx: ClientTransaction, response: Response) -> None:
         self.events.append(("response", ctx, response.status))
@@ -142,6 +144,9 @@ class RecordingOwner:
 
     def transport_failed(self, ctx: ClientTransaction, reason: str) -> None:
         self.events.append(("transport", ctx, reason))
+
+    def terminated(self, ctx: ClientTransaction) -> None:
+        self.ended.append(ctx)
 
     @property
     def statuses(self) -> list[int]:
