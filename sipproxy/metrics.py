@@ -113,20 +113,17 @@ class Metrics:
 
     def inc(self, counter: Counter, label: str) -> None:
         """``counter.labels(label).inc()``, counted now, added to the counter at the next scrape (hot path)."""
-        key = (id(counter), label)
-        pending = self._pending.get(key)
-        if pending is None:
-            self._children[key] = counter.labels(label)
-            pending = 0
-        self._pending[key] = pending + 1
+        self._count((id(counter), label), counter, label)
 
     def shed_request(self, method: str, reason: str) -> None:
         """``sip_shed_requests{method, reason}`` one up (``response`` for a dropped response)."""
         label = method if method in KNOWN_METHODS or method == "response" else "OTHER"
-        key = (id(self.shed), f"{label}\x00{reason}")
+        self._count((id(self.shed), f"{label}\x00{reason}"), self.shed, label, reason)
+
+    def _count(self, key: tuple[int, str], counter: Counter, *labels: str) -> None:
         pending = self._pending.get(key)
         if pending is None:
-            self._children[key] = self.shed.labels(label, reason)
+            self._children[key] = counter.labels(*labels)
             pending = 0
         self._pending[key] = pending + 1
 

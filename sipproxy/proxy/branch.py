@@ -51,7 +51,7 @@ from sipproxy.proxy.outbound import FLOW_FAILED, flow_gone, incoming_flow_token,
 from sipproxy.proxy.routing import is_sips_request
 from sipproxy.proxy.targets import TargetURI
 from sipproxy.proxy.validate import make_branch
-from sipproxy.transaction import TransactionError
+from sipproxy.transaction import NO_USER, TransactionError
 
 if TYPE_CHECKING:
     from sipproxy.proxy.core import ProxyLog, ProxySettings
@@ -147,22 +147,6 @@ def reachable(target: TargetURI, flow_open: FlowOpen | None) -> TargetURI:
     if flow is None or target.flow_bound or flow_open is None or not is_reliable(flow.transport) or flow_open(flow):
         return target
     return replace(target, flow=None)
-
-
-class _CancelUser:
-    """The client transaction user of a CANCEL we send: its response tells us nothing we need (§9.1)."""
-
-    def response_received(self, ctx: Any, response: Response) -> None:
-        pass
-
-    def timed_out(self, ctx: Any) -> None:
-        pass
-
-    def terminated(self, ctx: Any) -> None:
-        pass
-
-    def transport_failed(self, ctx: Any, reason: str) -> None:
-        pass
 
 
 class Branch:
@@ -520,7 +504,7 @@ class Branch:
         env = self.env
         try:
             cancel = env.transactions.build_cancel(self.request)
-            env.transactions.send_request(cancel, self.hop, _CancelUser())
+            env.transactions.send_request(cancel, self.hop, NO_USER)  # its response tells us nothing (§9.1)
         except TransactionError as error:
             env.log.warn("Could not CANCEL {uri}: {error}", uri=self.request.uri_text, error=str(error))
         self.cancel_timer = env.clock.callLater(env.settings.cancel_wait, self._cancel_expired)

@@ -163,8 +163,7 @@ class Guard:
             refused = refusals.get(datagram)
             if refused is not None and self.resend is not None:
                 _, sent, answered, method = refused
-                self.metrics.shed_request(method, "retransmission")
-                congestion.shed(method, "retransmission")
+                self._shed(method, "retransmission")
                 if answered < REPEATS_ANSWERED:
                     refused[2] = answered + 1
                     self.resend(sent)
@@ -172,7 +171,10 @@ class Guard:
         return True
 
     def _dropped(self, datagram: bytes, reason: str) -> None:
-        method = _method_of(datagram)
+        self._shed(_method_of(datagram), reason)
+
+    def _shed(self, method: str, reason: str) -> None:
+        """One request refused or dropped for the wait: to the metrics and to the overload's episode."""
         self.metrics.shed_request(method, reason)
         assert self.congestion is not None
         self.congestion.shed(method, reason)
@@ -314,9 +316,8 @@ class Guard:
             and not self.is_retransmission(request)
             and not congestion.admits()
         ):
-            self.metrics.shed_request(method, "wait")
+            self._shed(method, "wait")
             self.metrics.inc(self.metrics.blocked, "wait")
-            congestion.shed(method, "wait")
             sent = self._refuse(request, source, reply, 503, congestion.retry_after())
             if sent is not None and data and source.transport == "UDP":
                 self._refused[data] = [self.clock.seconds() + REFUSED_FOR, sent, 0, method]

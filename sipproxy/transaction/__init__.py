@@ -14,7 +14,7 @@ messages go out only through an injected :class:`Transport`.
 """
 
 from sipproxy.transaction.builders import build_ack, build_cancel
-from sipproxy.transaction.client import ClientTransaction, InviteClientTransaction, NonInviteClientTransaction
+from sipproxy.transaction.client import NO_USER, ClientTransaction, InviteClientTransaction, NonInviteClientTransaction
 from sipproxy.transaction.interfaces import (
     RELIABLE_TRANSPORTS,
     ClientTransactionUser,
@@ -32,6 +32,7 @@ from sipproxy.transaction.sink import TransactionSink
 from sipproxy.transaction.timers import Clock, DelayedCall, TimerSettings
 
 __all__ = [
+    "NO_USER",
     "RELIABLE_TRANSPORTS",
     "ClientTransaction",
     "ClientTransactionUser",

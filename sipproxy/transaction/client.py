@@ -23,8 +23,8 @@ S = State
 I = Input  # noqa: E741 - reads like the RFC's tables
 
 
-class _Detached:
-    """The owner of a terminated client transaction: it hears nothing more (``ClientTransactionUser.terminated``)."""
+class _NoUser:
+    """A client transaction user that hears and does nothing (see :data:`NO_USER`)."""
 
     def response_received(self, ctx: object, response: object) -> None:
         pass
@@ -39,8 +39,9 @@ class _Detached:
         pass
 
 
-DETACHED: ClientTransactionUser = _Detached()  # type: ignore[assignment]
-"""What a terminated client transaction's ``owner`` becomes."""
+NO_USER: ClientTransactionUser = _NoUser()  # type: ignore[assignment]
+"""The owner of a request whose answer tells its sender nothing it needs (a CANCEL, §9.1), and what every client
+transaction's ``owner`` becomes once it ended (``ClientTransactionUser.terminated``)."""
 
 
 class ClientTransaction(Machine):
@@ -112,8 +113,8 @@ class ClientTransaction(Machine):
             result = super()._dispatch(event, arg)
         finally:
             self._dispatching = False
-        if self.state is State.TERMINATED and self.owner is not DETACHED:
-            owner, self.owner = self.owner, DETACHED
+        if self.state is State.TERMINATED and self.owner is not NO_USER:
+            owner, self.owner = self.owner, NO_USER
             self._tell_owner(owner.terminated)
         return result
 

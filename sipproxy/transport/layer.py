@@ -259,10 +259,7 @@ class TransportLayer:
     def _deliver(self, sent: SentResponse, response: Response | None) -> None:
         if self.tap is not None:
             self.tap.sent(response, sent.transport, sent.host, sent.port, sent.data)
-        if sent.connection is not None and sent.connection.alive:
-            sent.connection.send(sent.data)
-            return
-        self._send(sent.transport, sent.host, sent.port, sent.data, self._response_failed)
+        self.resend_refusal(sent)
 
     def send_to_source(self, response: Response, source: Source) -> SentResponse:
         """Straight back where the request came from, whatever its Via says (its connection, else its address).
@@ -292,7 +289,10 @@ class TransportLayer:
         return sent
 
     def resend_refusal(self, sent: object) -> None:
-        """Send a refusal again, byte for byte (a copy of the refused request came); not shown to the tap."""
+        """Send a refusal again, byte for byte (a copy of the refused request came); not shown to the tap.
+
+        Every response goes out here, the tap shown it first (``_deliver``) for all but the refusals.
+        """
         assert isinstance(sent, SentResponse)
         if sent.connection is not None and sent.connection.alive:
             sent.connection.send(sent.data)

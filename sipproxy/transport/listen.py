@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from twisted.logger import Logger
 
 from sipproxy.transport.layer import TransportLayer
 from sipproxy.transport.stream import SipStreamFactory
-from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol, write_datagram
+from sipproxy.transport.udp import DatagramSender, SipDatagramProtocol
 
 __all__ = [
     "UDP_MAX_DATAGRAM",
@@ -167,14 +166,9 @@ class _OwnPortSender(DatagramSender):
         super().__init__(layer)
         self.writers: dict[int, Any] = {}
 
-    def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
-        family = 6 if ":" in host else 4
-        writer = self.writers.get(family)
-        if writer is None or len(data) > self.layer.limits.max_datagram:
-            super().send(host, port, data, on_error)
-            return
-        self.layer.wire.outgoing(self.name, host, port, data)
-        write_datagram(writer, family, host, port, data)
+    def writer(self, family: int) -> Any:
+        own = self.writers.get(family)
+        return own if own is not None else super().writer(family)
 
 
 class SipListeners(Service):

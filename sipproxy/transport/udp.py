@@ -16,6 +16,7 @@ may have it dropped unread.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -38,8 +39,8 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 """Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS): a ``struct timespec`` of the arrival, CLOCK_REALTIME."""
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
-_READ_IGNORE = frozenset({11, 4})  # EAGAIN/EWOULDBLOCK, EINTR: nothing (more) to read now
-_READ_REFUSED = 111  # ECONNREFUSED, an ICMP error for what we sent: nothing to read either
+_READ_IGNORE = frozenset({errno.EAGAIN, errno.EINTR})  # nothing (more) to read now
+_READ_REFUSED = errno.ECONNREFUSED  # an ICMP error for what we sent: nothing to read either
 _log = Logger(namespace="sipproxy.transport")
 
 
@@ -134,7 +135,7 @@ class DatagramSender:
 
     def send(self, host: str, port: int, data: bytes, on_error: Callable[[str], None]) -> None:
         family = 6 if ":" in host else 4
-        writer = self.layer.udp.get(family)
+        writer = self.writer(family)
         if writer is None:
             raise OSError(f"no IPv{family} UDP socket to send from")
         if len(data) > self.layer.limits.max_datagram:
@@ -142,17 +143,20 @@ class DatagramSender:
         self.layer.wire.outgoing(self.name, host, port, data)
         write_datagram(writer, family, host, port, data)
 
+    def writer(self, family: int) -> Any:
+        """The port to send from to an address of ``family`` (4 or 6): the listening one; ``None``: none."""
+        return self.layer.udp.get(family)
+
 
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
-_ECONNREFUSED, _EINTR = 111, 4
 
 
 def write_datagram(writer: Any, family: int, host: str, port: int, data: bytes) -> None:
     """``writer.write(data, (host, port))`` (Twisted's ``udp.Port``), with its checks made once, in C.
 
     The port checks every address with ``isIPAddress`` twice and
-    ``isIPv6Address`` once (an exception for every IPv4 one): 3 us of each
-    datagram sent, as much as the ``sendto`` itself.  An address that is one
+    ``isIPv6Address`` once (an exception for every IPv4 one): 1.1 us of the
+    5.3 us a datagram took to send here.  An address that is one
     for the socket's family (``inet_pton``) goes straight to ``sendto``,
     with the port's handling of its errors (``EINTR`` again, ``ECONNREFUSED``
     -- an ICMP error for an earlier datagram -- ignored); anything else
@@ -170,9 +174,9 @@ def write_datagram(writer: Any, family: int, host: str, port: int, data: bytes) 
                     sock.sendto(data, (host, port))
                     return
                 except OSError as error:
-                    if error.errno == _EINTR:
+                    if error.errno == errno.EINTR:
                         continue
-                    if error.errno == _ECONNREFUSED:
+                    if error.errno == errno.ECONNREFUSED:
                         return
                     raise
     writer.write(data, (host, port))
